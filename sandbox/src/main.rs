@@ -1,0 +1,3 @@
+fn main() {
+    println!("concur-sandbox: under construction");
+}
