@@ -1,1 +1,6 @@
-//! Shared library of the TripLink connector.
+//! Shared library of the TripLink connector: Concur models and API client, and (as the
+//! functions arrive) the store, matching, configuration and telemetry they share.
+
+pub mod concur;
+pub mod model;
+pub mod privacy;

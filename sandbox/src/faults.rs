@@ -1,0 +1,251 @@
+//! Fault injection: rules that make chosen routes slow, failing or broken.
+//!
+//! Grammar of one rule (CLI `--fault`, and the strings of `POST /_sandbox/faults`):
+//!
+//! ```text
+//! ROUTE:KIND[:OPTION]...
+//! ROUTE   = token | list | get | put | create | revoke | any
+//! KIND    = latency=MS | 429 | 500 | 503 | 500-after | 503-after | drop | drop-after
+//!         | slow=MS | malformed | error200 | xml
+//! OPTION  = next=N | p=PROBABILITY | retry-after=SECONDS
+//! ```
+//!
+//! Without `next` or `p` a rule fires on every matching call. `next=N` fires on
+//! the next N matching calls, then the rule is spent. `p=0.25` fires with that
+//! probability, drawn from an RNG seeded with `--fault-seed`, so a sequential
+//! client sees the same faults on every run. `latency` rules add up and let
+//! the call go on; the first other rule that fires decides the call's fate.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+/// Which calls a rule applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteSel {
+    /// `POST /oauth2/v0/token`
+    Token,
+    /// `GET .../connectionrequests/`
+    List,
+    /// `GET .../connectionrequests/{id}`
+    Get,
+    /// `PUT .../connectionrequests/{id}`
+    Put,
+    /// `POST .../connectionrequests/?user=`
+    Create,
+    /// `DELETE /app-mgmt/v0/connections`
+    Revoke,
+    /// Every non-admin call.
+    Any,
+}
+
+impl RouteSel {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "token" => Self::Token,
+            "list" => Self::List,
+            "get" => Self::Get,
+            "put" => Self::Put,
+            "create" => Self::Create,
+            "revoke" => Self::Revoke,
+            "any" | "*" => Self::Any,
+            _ => return None,
+        })
+    }
+}
+
+/// What a rule does.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum FaultKind {
+    /// Wait this long before handling the call.
+    Latency { ms: u64 },
+    /// 429 with `Retry-After` (seconds), call not processed.
+    TooManyRequests { retry_after: u64 },
+    /// This status (500 or 503) with the Error body; `after`: the call is
+    /// processed first and its real answer replaced.
+    Status { code: u16, after: bool },
+    /// The TCP connection is closed without a complete response; `after`: the
+    /// call is processed first.
+    Drop { after: bool },
+    /// The real response, its body trickled out over this many milliseconds.
+    SlowBody { ms: u64 },
+    /// HTTP 200 with a truncated JSON body (call processed).
+    MalformedJson,
+    /// HTTP 200 whose body is the Error element (call not processed).
+    Error200,
+    /// The call is answered in XML although it asked for JSON.
+    XmlDespiteJson,
+}
+
+/// When a rule fires.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    Always,
+    /// On the next N matching calls (the number left).
+    Next(u32),
+    Probability(f64),
+}
+
+/// One fault rule.
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultRule {
+    /// The rule as written.
+    pub spec: String,
+    pub route: RouteSel,
+    #[serde(flatten)]
+    pub kind: FaultKind,
+    pub trigger: Trigger,
+    /// How many calls it fired on.
+    pub hits: u64,
+}
+
+impl FaultRule {
+    /// Parses `ROUTE:KIND[:OPTION]...`.
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let spec = spec.trim();
+        let mut parts = spec.split(':');
+        let route_s = parts.next().unwrap_or_default();
+        let route = RouteSel::parse(route_s).ok_or_else(|| {
+            format!("fault {spec:?}: unknown route {route_s:?} (token, list, get, put, create, revoke, any)")
+        })?;
+        let kind_s = parts
+            .next()
+            .ok_or_else(|| format!("fault {spec:?}: missing kind"))?
+            .to_ascii_lowercase();
+        let mut trigger = Trigger::Always;
+        let mut retry_after: u64 = 1;
+        for opt in parts {
+            let (k, v) = opt
+                .split_once('=')
+                .ok_or_else(|| format!("fault {spec:?}: option {opt:?} is not key=value"))?;
+            match k.to_ascii_lowercase().as_str() {
+                "next" => {
+                    let n: u32 = v
+                        .parse()
+                        .map_err(|_| format!("fault {spec:?}: next must be a count"))?;
+                    trigger = Trigger::Next(n);
+                }
+                "p" => {
+                    let p: f64 = v
+                        .parse()
+                        .map_err(|_| format!("fault {spec:?}: p must be a number"))?;
+                    if !(0.0..=1.0).contains(&p) {
+                        return Err(format!("fault {spec:?}: p must be in [0, 1]"));
+                    }
+                    trigger = Trigger::Probability(p);
+                }
+                "retry-after" => {
+                    retry_after = v
+                        .parse()
+                        .map_err(|_| format!("fault {spec:?}: retry-after must be seconds"))?;
+                }
+                other => return Err(format!("fault {spec:?}: unknown option {other:?}")),
+            }
+        }
+        let num = |v: &str| -> Result<u64, String> {
+            v.parse()
+                .map_err(|_| format!("fault {spec:?}: {v:?} is not a number of milliseconds"))
+        };
+        let kind = match kind_s.split_once('=') {
+            Some(("latency", v)) => FaultKind::Latency { ms: num(v)? },
+            Some(("slow", v)) => FaultKind::SlowBody { ms: num(v)? },
+            Some(_) => return Err(format!("fault {spec:?}: unknown kind {kind_s:?}")),
+            None => match kind_s.as_str() {
+                "429" => FaultKind::TooManyRequests { retry_after },
+                "500" => FaultKind::Status {
+                    code: 500,
+                    after: false,
+                },
+                "503" => FaultKind::Status {
+                    code: 503,
+                    after: false,
+                },
+                "500-after" => FaultKind::Status {
+                    code: 500,
+                    after: true,
+                },
+                "503-after" => FaultKind::Status {
+                    code: 503,
+                    after: true,
+                },
+                "drop" => FaultKind::Drop { after: false },
+                "drop-after" => FaultKind::Drop { after: true },
+                "malformed" => FaultKind::MalformedJson,
+                "error200" => FaultKind::Error200,
+                "xml" => FaultKind::XmlDespiteJson,
+                _ => return Err(format!("fault {spec:?}: unknown kind {kind_s:?}")),
+            },
+        };
+        Ok(Self {
+            spec: spec.to_string(),
+            route,
+            kind,
+            trigger,
+            hits: 0,
+        })
+    }
+}
+
+/// The fault rules in force and their RNG.
+#[derive(Debug)]
+pub struct Faults {
+    pub rules: Vec<FaultRule>,
+    rng: StdRng,
+}
+
+/// What to do with one call.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Decision {
+    pub latency_ms: u64,
+    pub action: Option<FaultKind>,
+}
+
+impl Faults {
+    pub fn new(seed: u64, rules: Vec<FaultRule>) -> Self {
+        Self {
+            rules,
+            rng: StdRng::seed_from_u64(seed),
+        }
+    }
+
+    /// Decides the faults for a call on `route` (consumes `next=` counts and RNG draws).
+    pub fn decide(&mut self, route: Option<RouteSel>) -> Decision {
+        let mut d = Decision::default();
+        let Some(route) = route else {
+            return d;
+        };
+        for rule in &mut self.rules {
+            if rule.route != RouteSel::Any && rule.route != route {
+                continue;
+            }
+            let is_latency = matches!(rule.kind, FaultKind::Latency { .. });
+            if d.action.is_some() && !is_latency {
+                continue;
+            }
+            let fires = match &mut rule.trigger {
+                Trigger::Always => true,
+                Trigger::Next(n) => {
+                    if *n > 0 {
+                        *n -= 1;
+                        true
+                    } else {
+                        false
+                    }
+                }
+                Trigger::Probability(p) => self.rng.random::<f64>() < *p,
+            };
+            if !fires {
+                continue;
+            }
+            rule.hits += 1;
+            match rule.kind {
+                FaultKind::Latency { ms } => d.latency_ms = d.latency_ms.saturating_add(ms),
+                k => d.action = Some(k),
+            }
+        }
+        d
+    }
+}

@@ -1,0 +1,1 @@
+//! Concur API client.

@@ -1,0 +1,287 @@
+//! The connector's one model of a Concur connection request, and the wire formats at the
+//! edge ([`json`] for v3.1/v3.2 JSON and v3.0 JSON, [`xml`] for the XML forms).
+//!
+//! Wire values become the model through [`ConnectionRequest::from_wire`], which is where
+//! every rule about incoming values lives: blank strings are absent values, `ID` is
+//! required, `status` must be a known code, `lastModified` carries no zone and is UTC.
+
+pub mod json;
+pub mod status;
+pub mod xml;
+
+use std::fmt;
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::privacy;
+pub use status::{ConnectionStatus, UnknownStatus};
+
+/// A connection request as the connector works with it, whatever version it came from.
+#[derive(Clone)]
+pub struct ConnectionRequest {
+    /// Concur's `ID`: the only identifier the connector uses (never one parsed from `URI`).
+    pub id: String,
+    /// Concur's `URI`, kept for reference only; it may name another host.
+    pub uri: Option<String>,
+    /// The Concur user id (`userId`, v3.2 only).
+    pub user_id: Option<String>,
+    pub first_name: Option<String>,
+    pub middle_name: Option<String>,
+    pub last_name: Option<String>,
+    pub loyalty_number: Option<String>,
+    pub status: Option<ConnectionStatus>,
+    /// The request token to exchange for the user's tokens. Secret: never printed.
+    pub request_token: Option<SecretString>,
+    /// `lastModified`, read as UTC.
+    pub last_modified: Option<DateTime<Utc>>,
+    /// Verified e-mail addresses, `email1`..`email5` in order, absent ones left out.
+    pub emails: Vec<String>,
+    /// v3.0 only, deprecated by Concur.
+    pub discount_code: Option<String>,
+    /// v3.0 only, unused by Concur.
+    pub message: Option<String>,
+}
+
+/// One page of the pending queue as Concur returned it.
+#[derive(Debug, Clone)]
+pub struct ConnectionRequestPage {
+    pub items: Vec<ConnectionRequest>,
+    /// The raw `NextPage` value: `None` when the queue is drained.
+    pub next_page: Option<String>,
+}
+
+/// A payload that could not be read as what it should be.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModelError {
+    #[error("malformed JSON: {0}")]
+    Json(String),
+    #[error("malformed XML: {0}")]
+    Xml(String),
+    #[error("unexpected XML document root <{0}>")]
+    UnexpectedRoot(String),
+    #[error("connection request without an ID")]
+    MissingId,
+    #[error("connection request {id}: {source}")]
+    Status { id: String, source: UnknownStatus },
+    #[error("connection request {id}: lastModified {value:?} is not a date and time")]
+    LastModified { id: String, value: String },
+}
+
+/// The fields of a connection request as they appear on the wire, any version.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WireConnectionRequest {
+    pub id: Option<String>,
+    pub uri: Option<String>,
+    pub user_id: Option<String>,
+    pub first_name: Option<String>,
+    pub middle_name: Option<String>,
+    pub last_name: Option<String>,
+    pub loyalty_number: Option<String>,
+    pub status: Option<String>,
+    pub request_token: Option<String>,
+    pub last_modified: Option<String>,
+    pub emails: [Option<String>; 5],
+    pub discount_code: Option<String>,
+    pub message: Option<String>,
+}
+
+/// A collection as it appears on the wire: `Items` and `NextPage`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WireCollection {
+    pub items: Vec<WireConnectionRequest>,
+    pub next_page: Option<String>,
+}
+
+/// The `Error` body Concur may send, even with HTTP 200 (http-status-codes page).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WireErrorBody {
+    pub message: Option<String>,
+    pub server_time: Option<String>,
+    pub id: Option<String>,
+}
+
+fn present(value: Option<String>) -> Option<String> {
+    value
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// Parse `lastModified`: the examples carry no zone (`2022-11-02T09:39:21`) and the page
+/// says UTC. A value with a zone or fractional seconds is accepted too.
+pub fn parse_last_modified(value: &str) -> Option<DateTime<Utc>> {
+    let value = value.trim();
+    if let Ok(with_zone) = DateTime::parse_from_rfc3339(value) {
+        return Some(with_zone.with_timezone(&Utc));
+    }
+    NaiveDateTime::parse_from_str(value, "%Y-%m-%dT%H:%M:%S%.f")
+        .ok()
+        .map(|naive| naive.and_utc())
+}
+
+impl ConnectionRequest {
+    /// Turn wire fields into the model, applying every rule about incoming values.
+    pub fn from_wire(wire: WireConnectionRequest) -> Result<Self, ModelError> {
+        let id = present(wire.id).ok_or(ModelError::MissingId)?;
+        let status = match present(wire.status) {
+            Some(raw) => Some(raw.parse().map_err(|source| ModelError::Status {
+                id: id.clone(),
+                source,
+            })?),
+            None => None,
+        };
+        let last_modified = match present(wire.last_modified) {
+            Some(raw) => Some(
+                parse_last_modified(&raw).ok_or_else(|| ModelError::LastModified {
+                    id: id.clone(),
+                    value: raw,
+                })?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            id,
+            uri: present(wire.uri),
+            user_id: present(wire.user_id),
+            first_name: present(wire.first_name),
+            middle_name: present(wire.middle_name),
+            last_name: present(wire.last_name),
+            loyalty_number: present(wire.loyalty_number),
+            status,
+            request_token: present(wire.request_token).map(SecretString::from),
+            last_modified,
+            emails: wire.emails.into_iter().filter_map(present).collect(),
+            discount_code: present(wire.discount_code),
+            message: present(wire.message),
+        })
+    }
+
+    /// The request token, for the one call that needs it (the password grant).
+    pub fn request_token_secret(&self) -> Option<&str> {
+        self.request_token.as_ref().map(|t| t.expose_secret())
+    }
+}
+
+impl ConnectionRequestPage {
+    /// Convert a wire collection; one bad item fails the page (nothing is silently dropped).
+    pub fn from_wire(wire: WireCollection) -> Result<Self, ModelError> {
+        let items = wire
+            .items
+            .into_iter()
+            .map(ConnectionRequest::from_wire)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            items,
+            next_page: present(wire.next_page),
+        })
+    }
+}
+
+/// Debug output is safe for logs: personal data masked, the request token redacted.
+impl fmt::Debug for ConnectionRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let emails: Vec<_> = self
+            .emails
+            .iter()
+            .map(|e| privacy::email(Some(e)))
+            .collect();
+        f.debug_struct("ConnectionRequest")
+            .field("id", &self.id)
+            .field("user_id", &self.user_id)
+            .field("first_name", &privacy::name(self.first_name.as_deref()))
+            .field("middle_name", &privacy::name(self.middle_name.as_deref()))
+            .field("last_name", &privacy::name(self.last_name.as_deref()))
+            .field(
+                "loyalty_number",
+                &privacy::loyalty(self.loyalty_number.as_deref()),
+            )
+            .field("status", &self.status)
+            .field(
+                "request_token",
+                &self.request_token.as_ref().map(|_| "[REDACTED]"),
+            )
+            .field("last_modified", &self.last_modified)
+            .field("emails", &emails)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn wire() -> WireConnectionRequest {
+        WireConnectionRequest {
+            id: Some("abc".into()),
+            first_name: Some("Maria".into()),
+            last_name: Some("Smith".into()),
+            loyalty_number: Some("23242526".into()),
+            status: Some("pending".into()),
+            request_token: Some("secret-token".into()),
+            last_modified: Some("2014-04-29T23:19:03".into()),
+            emails: [
+                Some("maria@example.com".into()),
+                None,
+                Some("  ".into()),
+                None,
+                Some("m2@example.com".into()),
+            ],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn last_modified_without_zone_is_utc() {
+        let request = ConnectionRequest::from_wire(wire()).unwrap();
+        assert_eq!(
+            request.last_modified,
+            Some(Utc.with_ymd_and_hms(2014, 4, 29, 23, 19, 3).unwrap())
+        );
+        assert_eq!(
+            parse_last_modified("2014-04-29T23:19:03+02:00"),
+            Some(Utc.with_ymd_and_hms(2014, 4, 29, 21, 19, 3).unwrap())
+        );
+        assert!(parse_last_modified("yesterday").is_none());
+    }
+
+    #[test]
+    fn blank_values_are_absent_and_emails_keep_order() {
+        let request = ConnectionRequest::from_wire(wire()).unwrap();
+        assert_eq!(request.emails, ["maria@example.com", "m2@example.com"]);
+        assert_eq!(request.middle_name, None);
+        assert_eq!(request.status, Some(ConnectionStatus::Pending));
+    }
+
+    #[test]
+    fn missing_id_unknown_status_and_bad_dates_are_errors() {
+        let mut no_id = wire();
+        no_id.id = Some(" ".into());
+        assert_eq!(
+            ConnectionRequest::from_wire(no_id).unwrap_err(),
+            ModelError::MissingId
+        );
+        let mut bad_status = wire();
+        bad_status.status = Some("Waiting".into());
+        assert!(matches!(
+            ConnectionRequest::from_wire(bad_status).unwrap_err(),
+            ModelError::Status { .. }
+        ));
+        let mut bad_date = wire();
+        bad_date.last_modified = Some("29/04/2014".into());
+        assert!(matches!(
+            ConnectionRequest::from_wire(bad_date).unwrap_err(),
+            ModelError::LastModified { .. }
+        ));
+    }
+
+    #[test]
+    fn debug_masks_personal_data_and_redacts_the_token() {
+        let shown = format!("{:?}", ConnectionRequest::from_wire(wire()).unwrap());
+        for secret in ["Maria", "Smith", "23242526", "maria@example.com", "secret-token"] {
+            assert!(!shown.contains(secret), "{secret} leaked in {shown}");
+        }
+        assert!(shown.contains("abc"));
+        assert!(shown.contains("[REDACTED]"));
+    }
+}
