@@ -159,10 +159,10 @@ struct Cr30<'a> {
     last_modified: &'a str,
 }
 
-fn json_value(v: Version, cr: &CrView) -> serde_json::Value {
+fn json_value(v: Version, cr: &CrView) -> String {
     let e = &cr.emails;
     let r = match v {
-        Version::V32 => serde_json::to_value(Cr32 {
+        Version::V32 => serde_json::to_string(&Cr32 {
             first_name: &cr.first_name,
             middle_name: &cr.middle_name,
             last_name: &cr.last_name,
@@ -181,7 +181,7 @@ fn json_value(v: Version, cr: &CrView) -> serde_json::Value {
             id: &cr.id,
             uri: &cr.uri,
         }),
-        Version::V31 => serde_json::to_value(Cr31 {
+        Version::V31 => serde_json::to_string(&Cr31 {
             id: &cr.id,
             uri: &cr.uri,
             first_name: &cr.first_name,
@@ -199,7 +199,7 @@ fn json_value(v: Version, cr: &CrView) -> serde_json::Value {
                 email5: &e[4],
             },
         }),
-        Version::V30 => serde_json::to_value(Cr30 {
+        Version::V30 => serde_json::to_string(&Cr30 {
             id: &cr.id,
             uri: &cr.uri,
             first_name: &cr.first_name,
@@ -213,7 +213,7 @@ fn json_value(v: Version, cr: &CrView) -> serde_json::Value {
             last_modified: &cr.last_modified,
         }),
     };
-    r.unwrap_or(serde_json::Value::Null)
+    r.unwrap_or_else(|_| "null".to_string())
 }
 
 fn xml_field(out: &mut String, name: &str, value: Option<&str>) {
@@ -299,7 +299,7 @@ fn xml_cr(out: &mut String, v: Version, cr: &CrView, root_ns: bool) {
 /// One connection request (GET by id).
 pub fn render_one(v: Version, f: Format, cr: &CrView) -> String {
     match f {
-        Format::Json => json_value(v, cr).to_string(),
+        Format::Json => json_value(v, cr),
         Format::Xml => {
             let mut out = String::new();
             xml_cr(&mut out, v, cr, true);
@@ -312,8 +312,10 @@ pub fn render_one(v: Version, f: Format, cr: &CrView) -> String {
 pub fn render_page(v: Version, f: Format, items: &[CrView], next: Option<&str>) -> String {
     match f {
         Format::Json => {
-            let items: Vec<serde_json::Value> = items.iter().map(|c| json_value(v, c)).collect();
-            serde_json::json!({ "Items": items, "NextPage": next }).to_string()
+            // Field order as on the page: Items, then NextPage.
+            let items: Vec<String> = items.iter().map(|c| json_value(v, c)).collect();
+            let next = serde_json::to_string(&next).unwrap_or_else(|_| "null".into());
+            format!("{{\"Items\":[{}],\"NextPage\":{next}}}", items.join(","))
         }
         Format::Xml => {
             let mut out = String::from("<ConnectionRequests ");
@@ -414,25 +416,22 @@ fn xml_status(text: &str) -> Result<String, String> {
         match reader.read_event() {
             Ok(Event::Start(e)) => {
                 saw_root = true;
-                if e.local_name().as_ref().eq_ignore_ascii_case(b"status") {
+                if e.local_name().as_ref().eq_ignore_ascii_case("status") {
                     in_status = true;
                     value.clear();
                 }
             }
             Ok(Event::Text(t)) if in_status => {
-                let s = t
-                    .decode()
-                    .map_err(|e| format!("malformed XML body: {e}"))?;
-                value.push_str(&s);
+                value.push_str(&t.xml10_content());
             }
             Ok(Event::End(e)) => {
-                if in_status && e.local_name().as_ref().eq_ignore_ascii_case(b"status") {
+                if in_status && e.local_name().as_ref().eq_ignore_ascii_case("status") {
                     return Ok(value.trim().to_string());
                 }
             }
             Ok(Event::Empty(e)) => {
                 saw_root = true;
-                if e.local_name().as_ref().eq_ignore_ascii_case(b"status") {
+                if e.local_name().as_ref().eq_ignore_ascii_case("status") {
                     return Ok(String::new());
                 }
             }

@@ -260,7 +260,6 @@ pub fn generate(seed: u64, n: usize) -> SeedData {
         let mut first = FIRST[rng.random_range(0..FIRST.len())].to_string();
         let mut member_first = first.clone();
         let plain_last = LAST[rng.random_range(0..LAST.len())];
-        let pick = |rng: &mut StdRng, list: &[(&str, &str)]| list[rng.random_range(0..list.len())];
         let (concur_last, member_last): (String, String) = match case {
             Case::AccentInMember => {
                 let (p, a) = pick(&mut rng, &ACCENTS);
@@ -375,6 +374,10 @@ pub fn generate(seed: u64, n: usize) -> SeedData {
         members,
         expectations,
     }
+}
+
+fn pick(rng: &mut StdRng, list: &[(&'static str, &'static str)]) -> (&'static str, &'static str) {
+    list[rng.random_range(0..list.len())]
 }
 
 trait IntoTuple {
