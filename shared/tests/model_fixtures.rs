@@ -16,10 +16,9 @@ fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> chrono::DateTime<Utc>
 
 #[test]
 fn v32_list_xml_example() {
-    let page = ConnectionRequestPage::from_wire(
-        xml::parse_collection(&fixture("v32_list.xml")).unwrap(),
-    )
-    .unwrap();
+    let page =
+        ConnectionRequestPage::from_wire(xml::parse_collection(&fixture("v32_list.xml")).unwrap())
+            .unwrap();
     assert_eq!(page.items.len(), 2);
     assert_eq!(
         page.next_page.as_deref(),
@@ -28,7 +27,11 @@ fn v32_list_xml_example() {
     let first = &page.items[0];
     // The page's URI for this item names another id ("44f5142-..."): the ID field wins.
     assert_eq!(first.id, "444f5142-2e5a-4ab9-9aad-da916af6fcd7");
-    assert!(first.uri.as_deref().unwrap().ends_with("/44f5142-2e5a-4ab9-9aad-da916af6fcd7"));
+    assert!(first
+        .uri
+        .as_deref()
+        .unwrap()
+        .ends_with("/44f5142-2e5a-4ab9-9aad-da916af6fcd7"));
     assert_eq!(first.first_name.as_deref(), Some("First"));
     assert_eq!(first.middle_name, None);
     assert_eq!(first.last_name.as_deref(), Some("Last"));
@@ -38,7 +41,11 @@ fn v32_list_xml_example() {
     assert_eq!(first.last_modified, Some(at(2022, 11, 2, 9, 39, 21)));
     assert_eq!(
         first.emails,
-        ["example1@example.com", "example2@example.com", "example3@example.com"]
+        [
+            "example1@example.com",
+            "example2@example.com",
+            "example3@example.com"
+        ]
     );
     assert_eq!(
         first.user_id.as_deref(),
@@ -73,7 +80,11 @@ fn v32_list_json_example() {
     assert_eq!(first.first_name.as_deref(), Some("FirstName"));
     assert_eq!(first.middle_name, None);
     assert_eq!(first.last_name.as_deref(), Some("LastName"));
-    assert_eq!(first.loyalty_number.as_deref(), Some("0123"), "leading zero kept");
+    assert_eq!(
+        first.loyalty_number.as_deref(),
+        Some("0123"),
+        "leading zero kept"
+    );
     assert_eq!(first.status, Some(ConnectionStatus::Pending));
     assert_eq!(first.request_token_secret(), Some("token-string"));
     assert_eq!(first.last_modified, Some(at(2022, 11, 9, 5, 57, 29)));
@@ -118,8 +129,8 @@ fn assert_v32_get(request: &ConnectionRequest) {
 
 #[test]
 fn v32_get_examples_xml_and_json_agree() {
-    let from_xml = ConnectionRequest::from_wire(xml::parse_request(&fixture("v32_get.xml")).unwrap())
-        .unwrap();
+    let from_xml =
+        ConnectionRequest::from_wire(xml::parse_request(&fixture("v32_get.xml")).unwrap()).unwrap();
     let from_json =
         ConnectionRequest::from_wire(json::parse_request(&fixture("v32_get.json")).unwrap())
             .unwrap();
@@ -145,15 +156,18 @@ fn assert_maria_smith(request: &ConnectionRequest) {
 
 #[test]
 fn v30_list_xml_example_is_a_collection_of_one() {
-    let page = ConnectionRequestPage::from_wire(
-        xml::parse_collection(&fixture("v30_list.xml")).unwrap(),
-    )
-    .unwrap();
+    let page =
+        ConnectionRequestPage::from_wire(xml::parse_collection(&fixture("v30_list.xml")).unwrap())
+            .unwrap();
     assert_eq!(page.items.len(), 1);
     assert_eq!(page.next_page, None);
     let request = &page.items[0];
     assert_maria_smith(request);
-    assert_eq!(request.status, Some(ConnectionStatus::Pending), "`pending` read case-insensitively");
+    assert_eq!(
+        request.status,
+        Some(ConnectionStatus::Pending),
+        "`pending` read case-insensitively"
+    );
     assert_eq!(request.discount_code, None, "xsi:nil");
     assert_eq!(
         request.uri.as_deref(),
@@ -173,7 +187,11 @@ fn v30_put_examples_carry_their_status() {
         assert_maria_smith(&request);
         assert_eq!(request.status, Some(status), "{file}");
         // Examples 8 and 9 put a space before the URI; it is trimmed.
-        assert!(request.uri.as_deref().unwrap().starts_with("https://www.concursolutions.com/"));
+        assert!(request
+            .uri
+            .as_deref()
+            .unwrap()
+            .starts_with("https://www.concursolutions.com/"));
     }
 }
 

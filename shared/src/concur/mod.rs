@@ -1,1 +1,15 @@
-//! Concur API client.
+//! Concur API client: OAuth2 grants and the Connection Requests API.
+
+pub mod auth;
+pub mod base_url;
+pub mod client;
+pub mod error;
+pub mod retry;
+pub mod version;
+
+pub use auth::{OAuthError, OAuthErrorKind, UserTokens};
+pub use base_url::{BaseUrl, BaseUrlError, GLZ_BASE_URL};
+pub use client::{ConcurClient, ConcurConfig, Page, Pager, MAX_PAGE_LIMIT};
+pub use error::{CallInfo, ConcurError};
+pub use retry::RetryPolicy;
+pub use version::ApiVersion;

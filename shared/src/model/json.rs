@@ -42,29 +42,68 @@ struct JsonEmails {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct JsonRequest {
-    #[serde(rename = "ID", alias = "Id", alias = "id", deserialize_with = "opt_text")]
+    #[serde(
+        rename = "ID",
+        alias = "Id",
+        alias = "id",
+        deserialize_with = "opt_text"
+    )]
     id: Option<String>,
-    #[serde(rename = "URI", alias = "Uri", alias = "uri", deserialize_with = "opt_text")]
+    #[serde(
+        rename = "URI",
+        alias = "Uri",
+        alias = "uri",
+        deserialize_with = "opt_text"
+    )]
     uri: Option<String>,
-    #[serde(rename = "userId", alias = "UserId", alias = "UserID", deserialize_with = "opt_text")]
+    #[serde(
+        rename = "userId",
+        alias = "UserId",
+        alias = "UserID",
+        deserialize_with = "opt_text"
+    )]
     user_id: Option<String>,
-    #[serde(rename = "firstName", alias = "FirstName", deserialize_with = "opt_text")]
+    #[serde(
+        rename = "firstName",
+        alias = "FirstName",
+        deserialize_with = "opt_text"
+    )]
     first_name: Option<String>,
-    #[serde(rename = "middleName", alias = "MiddleName", deserialize_with = "opt_text")]
+    #[serde(
+        rename = "middleName",
+        alias = "MiddleName",
+        deserialize_with = "opt_text"
+    )]
     middle_name: Option<String>,
     #[serde(rename = "lastName", alias = "LastName", deserialize_with = "opt_text")]
     last_name: Option<String>,
-    #[serde(rename = "loyaltyNumber", alias = "LoyaltyNumber", deserialize_with = "opt_text")]
+    #[serde(
+        rename = "loyaltyNumber",
+        alias = "LoyaltyNumber",
+        deserialize_with = "opt_text"
+    )]
     loyalty_number: Option<String>,
     #[serde(rename = "status", alias = "Status", deserialize_with = "opt_text")]
     status: Option<String>,
-    #[serde(rename = "requestToken", alias = "RequestToken", deserialize_with = "opt_text")]
+    #[serde(
+        rename = "requestToken",
+        alias = "RequestToken",
+        deserialize_with = "opt_text"
+    )]
     request_token: Option<String>,
-    #[serde(rename = "lastModified", alias = "LastModified", deserialize_with = "opt_text")]
+    #[serde(
+        rename = "lastModified",
+        alias = "LastModified",
+        deserialize_with = "opt_text"
+    )]
     last_modified: Option<String>,
     #[serde(rename = "emailAddresses", alias = "EmailAddresses")]
     email_addresses: Option<JsonEmails>,
-    #[serde(rename = "DiscountCode", alias = "discountCode", deserialize_with = "opt_text")]
+    #[serde(
+        rename = "DiscountCode",
+        alias = "discountCode",
+        deserialize_with = "opt_text"
+    )]
     discount_code: Option<String>,
     #[serde(rename = "Message", alias = "message", deserialize_with = "opt_text")]
     message: Option<String>,
@@ -216,7 +255,10 @@ mod tests {
         let wire = parse_request(r#"{"ID":"x","loyaltyNumber":1234}"#).unwrap();
         assert_eq!(wire.loyalty_number.as_deref(), Some("1234"));
         assert!(matches!(parse_collection("[]"), Err(ModelError::Json(_))));
-        assert!(matches!(parse_collection("{\"Items\":"), Err(ModelError::Json(_))));
+        assert!(matches!(
+            parse_collection("{\"Items\":"),
+            Err(ModelError::Json(_))
+        ));
         assert!(matches!(
             parse_request(r#"{"ID":{"a":1}}"#),
             Err(ModelError::Json(_))

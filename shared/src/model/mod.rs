@@ -102,9 +102,7 @@ pub struct WireErrorBody {
 }
 
 fn present(value: Option<String>) -> Option<String> {
-    value
-        .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty())
+    value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
 }
 
 /// Parse `lastModified`: the examples carry no zone (`2022-11-02T09:39:21`) and the page
@@ -131,12 +129,14 @@ impl ConnectionRequest {
             None => None,
         };
         let last_modified = match present(wire.last_modified) {
-            Some(raw) => Some(
-                parse_last_modified(&raw).ok_or_else(|| ModelError::LastModified {
-                    id: id.clone(),
-                    value: raw,
-                })?,
-            ),
+            Some(raw) => {
+                Some(
+                    parse_last_modified(&raw).ok_or_else(|| ModelError::LastModified {
+                        id: id.clone(),
+                        value: raw,
+                    })?,
+                )
+            }
             None => None,
         };
         Ok(Self {
@@ -278,7 +278,13 @@ mod tests {
     #[test]
     fn debug_masks_personal_data_and_redacts_the_token() {
         let shown = format!("{:?}", ConnectionRequest::from_wire(wire()).unwrap());
-        for secret in ["Maria", "Smith", "23242526", "maria@example.com", "secret-token"] {
+        for secret in [
+            "Maria",
+            "Smith",
+            "23242526",
+            "maria@example.com",
+            "secret-token",
+        ] {
             assert!(!shown.contains(secret), "{secret} leaked in {shown}");
         }
         assert!(shown.contains("abc"));

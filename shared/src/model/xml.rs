@@ -79,9 +79,7 @@ fn escape_bare_ampersands(body: &str) -> Cow<'_, str> {
             return !dec.is_empty() && dec.chars().all(|c| c.is_ascii_digit());
         }
         let mut chars = name.chars();
-        chars
-            .next()
-            .is_some_and(|c| c.is_alphabetic() || c == '_')
+        chars.next().is_some_and(|c| c.is_alphabetic() || c == '_')
             && chars.all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.'))
     }
     let bare = |(i, _): &(usize, &str)| !starts_reference(&body[i + 1..]);

@@ -1,0 +1,758 @@
+//! The Concur API client: app token, connection requests, user token grants.
+//!
+//! Every call has a timeout (`call_timeout`, shortened to what is left before the
+//! caller's deadline); transient failures (429, 5xx, timeouts, broken connections) are
+//! retried by [`RetryPolicy`]; a 401/403 on an API call refreshes the app token once.
+
+use std::time::{Duration, SystemTime};
+
+use reqwest::header::{HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use reqwest::{Method, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+use url::Url;
+
+use super::auth::{id_token_subject, parse_oauth_error, TokenResponse, UserTokens};
+use super::base_url::BaseUrl;
+use super::error::{CallInfo, ConcurError};
+use super::retry::{parse_retry_after, Decision, RetryPolicy};
+use super::version::ApiVersion;
+use crate::model::{
+    json, xml, ConnectionRequest, ConnectionRequestPage, ConnectionStatus, ModelError,
+    WireCollection, WireConnectionRequest,
+};
+
+/// The largest page the API serves.
+pub const MAX_PAGE_LIMIT: u32 = 10;
+
+/// Everything the client needs to know.
+#[derive(Debug, Clone)]
+pub struct ConcurConfig {
+    /// Where connection requests live (the app's geolocation).
+    pub api_base: BaseUrl,
+    /// Where the client-credentials grant goes ("any production base URI").
+    pub token_base: BaseUrl,
+    /// Where the password grant with `credtype=authtoken` goes: the GLZ base URI.
+    pub authtoken_base: BaseUrl,
+    pub client_id: String,
+    pub client_secret: SecretString,
+    pub version: ApiVersion,
+    /// The longest any one HTTP exchange may take (connect to last body byte).
+    pub call_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub retry: RetryPolicy,
+    /// Refresh the app token this long before it expires (at most half its lifetime).
+    pub token_refresh_margin: Duration,
+}
+
+impl ConcurConfig {
+    /// Defaults for everything but the base URL and credentials. Against loopback (a
+    /// local sandbox) every grant goes to that same base; otherwise the authtoken
+    /// grant goes to GLZ, as the auth page says.
+    pub fn new(
+        api_base: BaseUrl,
+        client_id: impl Into<String>,
+        client_secret: SecretString,
+    ) -> Self {
+        let authtoken_base = if api_base.is_loopback() {
+            api_base.clone()
+        } else {
+            BaseUrl::glz()
+        };
+        Self {
+            token_base: api_base.clone(),
+            authtoken_base,
+            api_base,
+            client_id: client_id.into(),
+            client_secret,
+            version: ApiVersion::V3_2,
+            call_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(3),
+            retry: RetryPolicy::default(),
+            token_refresh_margin: Duration::from_secs(300),
+        }
+    }
+}
+
+/// One page of pending connection requests.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub items: Vec<ConnectionRequest>,
+    /// The offset to ask for next (taken from `NextPage`); `None` when the queue is drained.
+    pub next_offset: Option<String>,
+    pub correlation_id: Option<String>,
+}
+
+#[derive(Clone)]
+struct CachedToken {
+    token: SecretString,
+    refresh_at: Instant,
+}
+
+enum Body {
+    Empty,
+    Form(String),
+    Typed(&'static str, String),
+}
+
+struct Call {
+    op: &'static str,
+    method: Method,
+    url: Url,
+    body: Body,
+    /// Safe to send twice (a retry after a timeout may repeat a call that did happen).
+    idempotent: bool,
+}
+
+struct Response {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+    info: CallInfo,
+}
+
+impl Response {
+    fn is_xml(&self) -> bool {
+        let declared = self
+            .headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.to_ascii_lowercase().contains("xml"));
+        declared || self.body.trim_start().starts_with('<')
+    }
+
+    fn malformed(&self, error: impl ToString) -> ConcurError {
+        ConcurError::Malformed {
+            info: self.info.clone(),
+            message: error.to_string(),
+        }
+    }
+
+    /// A success status carrying an `Error` body is an error (http-status-codes page).
+    fn reject_error_body(self) -> Result<Self, ConcurError> {
+        let error = if self.is_xml() {
+            xml::parse_error_body(&self.body)
+        } else {
+            json::parse_error_body(&self.body)
+        };
+        match error {
+            Some(error) => Err(ConcurError::ErrorBody {
+                info: self.info,
+                message: error.message,
+                error_id: error.id,
+            }),
+            None => Ok(self),
+        }
+    }
+}
+
+fn correlation_id(headers: &HeaderMap) -> Option<String> {
+    ["concur-correlationid", "correlationid"]
+        .iter()
+        .find_map(|name| headers.get(*name))
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// Map a non-success status of an API call to its error class.
+fn api_status_error(response: Response) -> ConcurError {
+    let info = response.info.clone();
+    match response.status {
+        StatusCode::UNAUTHORIZED => ConcurError::Unauthorized { info },
+        StatusCode::FORBIDDEN => ConcurError::Forbidden { info },
+        StatusCode::NOT_FOUND => ConcurError::NotFound { info },
+        StatusCode::BAD_REQUEST => {
+            let message = json::parse_error_body(&response.body)
+                .or_else(|| xml::parse_error_body(&response.body))
+                .and_then(|e| e.message);
+            ConcurError::BadRequest { info, message }
+        }
+        StatusCode::TOO_MANY_REQUESTS => ConcurError::RateLimited {
+            retry_after: response
+                .headers
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| parse_retry_after(v, SystemTime::now())),
+            info,
+        },
+        status if status.is_server_error() => ConcurError::Unavailable { info },
+        _ => ConcurError::UnexpectedStatus { info },
+    }
+}
+
+/// Map a non-success status of the token endpoint: an OAuth error body wins.
+fn token_status_error(response: Response) -> ConcurError {
+    if response.status.is_client_error() && response.status != StatusCode::TOO_MANY_REQUESTS {
+        if let Some(error) = parse_oauth_error(&response.body) {
+            return ConcurError::OAuth {
+                info: response.info,
+                error: Box::new(error),
+            };
+        }
+    }
+    api_status_error(response)
+}
+
+fn deadline_left(deadline: Instant, op: &'static str) -> Result<Duration, ConcurError> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        Err(ConcurError::DeadlineExceeded { op })
+    } else {
+        Ok(left)
+    }
+}
+
+/// The Concur API client. Cheap to share (`Arc`); the app token is cached inside and
+/// survives across warm Lambda invocations when the client does.
+pub struct ConcurClient {
+    http: reqwest::Client,
+    config: ConcurConfig,
+    app_token: Mutex<Option<CachedToken>>,
+}
+
+impl ConcurClient {
+    pub fn new(config: ConcurConfig) -> Result<Self, ConcurError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("triplink-connector/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ConcurError::Invalid(format!("HTTP client: {e}")))?;
+        Ok(Self {
+            http,
+            config,
+            app_token: Mutex::new(None),
+        })
+    }
+
+    pub fn config(&self) -> &ConcurConfig {
+        &self.config
+    }
+
+    // ----- transport -------------------------------------------------------------
+
+    async fn send_once(
+        &self,
+        call: &Call,
+        token: Option<&SecretString>,
+        deadline: Instant,
+    ) -> Result<Response, ConcurError> {
+        let left = deadline_left(deadline, call.op)?;
+        let mut request = self
+            .http
+            .request(call.method.clone(), call.url.clone())
+            .timeout(self.config.call_timeout.min(left))
+            .header(ACCEPT, "application/json");
+        if let Some(token) = token {
+            request = request.header(AUTHORIZATION, format!("Bearer {}", token.expose_secret()));
+        }
+        request = match &call.body {
+            Body::Empty => request.header(CONTENT_LENGTH, "0"),
+            Body::Form(form) => request
+                .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(form.clone()),
+            Body::Typed(content_type, body) => request
+                .header(CONTENT_TYPE, *content_type)
+                .body(body.clone()),
+        };
+        let started = Instant::now();
+        let mut info = CallInfo::new(call.op);
+        let transport = |info: &CallInfo, e: reqwest::Error| {
+            if e.is_timeout() {
+                ConcurError::Timeout { info: info.clone() }
+            } else {
+                ConcurError::Connection {
+                    info: info.clone(),
+                    message: e.to_string(),
+                }
+            }
+        };
+        let response = request.send().await.map_err(|e| transport(&info, e))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        info.status = Some(status.as_u16());
+        info.correlation_id = correlation_id(&headers);
+        let body = response.text().await.map_err(|e| transport(&info, e))?;
+        debug!(
+            op = call.op,
+            status = status.as_u16(),
+            correlation_id = info.correlation_id.as_deref().unwrap_or(""),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "concur call"
+        );
+        Ok(Response {
+            status,
+            headers,
+            body,
+            info,
+        })
+    }
+
+    /// Send with retries of transient failures; `to_error` classifies non-2xx answers.
+    async fn send(
+        &self,
+        call: &Call,
+        token: Option<&SecretString>,
+        deadline: Instant,
+        to_error: fn(Response) -> ConcurError,
+    ) -> Result<Response, ConcurError> {
+        let mut attempt = 1;
+        loop {
+            let error = match self.send_once(call, token, deadline).await {
+                Ok(response) if response.status.is_success() => return Ok(response),
+                Ok(response) => to_error(response),
+                Err(e) => e,
+            };
+            // A call that may not be repeated is retried only on answers that prove it
+            // did not happen (429, 5xx); a timeout or broken connection leaves it unknown.
+            let repeatable = call.idempotent
+                || matches!(
+                    error,
+                    ConcurError::RateLimited { .. } | ConcurError::Unavailable { .. }
+                );
+            if !error.is_transient() || !repeatable {
+                return Err(error);
+            }
+            let decision = self.config.retry.decide(
+                attempt,
+                error.retry_after(),
+                Instant::now(),
+                deadline,
+                &mut rand::rng(),
+            );
+            match decision {
+                Decision::GiveUp => return Err(error),
+                Decision::RetryAfter(wait) => {
+                    warn!(
+                        op = call.op,
+                        attempt,
+                        wait_ms = wait.as_millis() as u64,
+                        error = %error,
+                        error_kind = error.kind(),
+                        "transient Concur failure, retrying"
+                    );
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// An API call with the app token: on 401/403 the token is refreshed once and the
+    /// call made again; a second refusal is returned as a clear auth error.
+    async fn api(&self, call: Call, deadline: Instant) -> Result<Response, ConcurError> {
+        let token = self.app_token(deadline).await?;
+        let first = self
+            .send(&call, Some(&token), deadline, api_status_error)
+            .await;
+        let response = match first {
+            Err(ConcurError::Unauthorized { .. } | ConcurError::Forbidden { .. }) => {
+                warn!(
+                    op = call.op,
+                    "Concur refused the app token, refreshing it once"
+                );
+                self.invalidate_app_token(&token).await;
+                let fresh = self.app_token(deadline).await?;
+                self.send(&call, Some(&fresh), deadline, api_status_error)
+                    .await?
+            }
+            other => other?,
+        };
+        response.reject_error_body()
+    }
+
+    // ----- app token ---------------------------------------------------------------
+
+    fn token_form(&self, grant: &[(&str, &str)]) -> String {
+        let mut form = url::form_urlencoded::Serializer::new(String::new());
+        form.append_pair("client_id", &self.config.client_id);
+        form.append_pair("client_secret", self.config.client_secret.expose_secret());
+        for (key, value) in grant {
+            form.append_pair(key, value);
+        }
+        form.finish()
+    }
+
+    async fn token_call(
+        &self,
+        base: &BaseUrl,
+        grant: &[(&str, &str)],
+        deadline: Instant,
+    ) -> Result<(TokenResponse, CallInfo), ConcurError> {
+        let call = Call {
+            op: "token",
+            method: Method::POST,
+            url: base.join("/oauth2/v0/token"),
+            body: Body::Form(self.token_form(grant)),
+            idempotent: true,
+        };
+        let response = self.send(&call, None, deadline, token_status_error).await?;
+        let parsed: TokenResponse = serde_json::from_str(&response.body)
+            .map_err(|e| response.malformed(format!("token response: {e}")))?;
+        if parsed.access_token.trim().is_empty() {
+            return Err(response.malformed("token response without access_token"));
+        }
+        Ok((parsed, response.info))
+    }
+
+    /// The app token (client-credentials grant), from the cache while it is fresh.
+    pub async fn app_token(&self, deadline: Instant) -> Result<SecretString, ConcurError> {
+        let mut cached = self.app_token.lock().await;
+        if let Some(token) = cached.as_ref() {
+            if Instant::now() < token.refresh_at {
+                return Ok(token.token.clone());
+            }
+        }
+        let (response, _) = self
+            .token_call(
+                &self.config.token_base,
+                &[("grant_type", "client_credentials")],
+                deadline,
+            )
+            .await?;
+        let lifetime = response.lifetime();
+        let margin = self.config.token_refresh_margin.min(lifetime / 2);
+        let token = SecretString::from(response.access_token);
+        *cached = Some(CachedToken {
+            token: token.clone(),
+            refresh_at: Instant::now() + (lifetime - margin),
+        });
+        debug!(lifetime_s = lifetime.as_secs(), "app token obtained");
+        Ok(token)
+    }
+
+    /// Forget the cached app token if it is still `rejected` (another task may already
+    /// have replaced it).
+    async fn invalidate_app_token(&self, rejected: &SecretString) {
+        let mut cached = self.app_token.lock().await;
+        if cached
+            .as_ref()
+            .is_some_and(|c| c.token.expose_secret() == rejected.expose_secret())
+        {
+            *cached = None;
+        }
+    }
+
+    // ----- user tokens -------------------------------------------------------------
+
+    fn user_tokens(
+        &self,
+        response: TokenResponse,
+        info: CallInfo,
+        fallback_refresh: Option<&SecretString>,
+        fallback_geolocation: Option<&BaseUrl>,
+        fallback_user: Option<&str>,
+    ) -> Result<UserTokens, ConcurError> {
+        let expires_in = response.lifetime();
+        let malformed = |message: &str| ConcurError::Malformed {
+            info: info.clone(),
+            message: message.to_owned(),
+        };
+        let refresh_token = match response.refresh_token.filter(|t| !t.trim().is_empty()) {
+            Some(token) => SecretString::from(token),
+            None => fallback_refresh
+                .cloned()
+                .ok_or_else(|| malformed("token response without refresh_token"))?,
+        };
+        let geolocation = match response.geolocation.filter(|g| !g.trim().is_empty()) {
+            Some(geolocation) => BaseUrl::parse(&geolocation)?,
+            None => fallback_geolocation
+                .cloned()
+                .ok_or_else(|| malformed("token response without geolocation"))?,
+        };
+        let user_id = response
+            .id_token
+            .as_deref()
+            .and_then(id_token_subject)
+            .or_else(|| fallback_user.map(str::to_owned));
+        Ok(UserTokens {
+            expires_in,
+            access_token: SecretString::from(response.access_token),
+            refresh_token,
+            geolocation,
+            user_id,
+            scope: response.scope,
+        })
+    }
+
+    /// Exchange a connection request's token for the user's tokens: password grant with
+    /// `credtype=authtoken`, against the GLZ base URI. `user_id` is the request's `userId`.
+    pub async fn exchange_request_token(
+        &self,
+        user_id: &str,
+        request_token: &SecretString,
+        deadline: Instant,
+    ) -> Result<UserTokens, ConcurError> {
+        let (response, info) = self
+            .token_call(
+                &self.config.authtoken_base,
+                &[
+                    ("grant_type", "password"),
+                    ("credtype", "authtoken"),
+                    ("username", user_id),
+                    ("password", request_token.expose_secret()),
+                ],
+                deadline,
+            )
+            .await?;
+        self.user_tokens(response, info, None, None, Some(user_id))
+    }
+
+    /// Refresh a user's tokens at their geolocation. The answer's refresh token (which may
+    /// have rotated) and geolocation replace the stored ones.
+    pub async fn refresh_user_token(
+        &self,
+        geolocation: &BaseUrl,
+        refresh_token: &SecretString,
+        deadline: Instant,
+    ) -> Result<UserTokens, ConcurError> {
+        let (response, info) = self
+            .token_call(
+                geolocation,
+                &[
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", refresh_token.expose_secret()),
+                ],
+                deadline,
+            )
+            .await?;
+        self.user_tokens(response, info, Some(refresh_token), Some(geolocation), None)
+    }
+
+    /// Revoke every refresh token of the user for this app (`DELETE /app-mgmt/v0/connections`
+    /// with the user's access token).
+    pub async fn revoke_connection(
+        &self,
+        geolocation: &BaseUrl,
+        user_access_token: &SecretString,
+        deadline: Instant,
+    ) -> Result<(), ConcurError> {
+        let call = Call {
+            op: "revoke",
+            method: Method::DELETE,
+            url: geolocation.join("/app-mgmt/v0/connections"),
+            body: Body::Empty,
+            idempotent: true,
+        };
+        self.send(&call, Some(user_access_token), deadline, api_status_error)
+            .await?;
+        Ok(())
+    }
+
+    // ----- connection requests ------------------------------------------------------
+
+    fn collection_url(&self) -> Url {
+        self.config
+            .api_base
+            .join(&self.config.version.collection_path())
+    }
+
+    fn item_url(&self, id: &str) -> Result<Url, ConcurError> {
+        if id.trim().is_empty() {
+            return Err(ConcurError::Invalid("empty connection request id".into()));
+        }
+        let mut url = self.collection_url();
+        url.path_segments_mut()
+            .map_err(|_| ConcurError::Invalid("base URL cannot take a path".into()))?
+            .pop_if_empty()
+            .push(id);
+        Ok(url)
+    }
+
+    fn check_offset(&self, offset: &str) -> Result<(), ConcurError> {
+        if self.config.version.integer_offsets() && offset.parse::<u32>().is_err() {
+            return Err(ConcurError::Invalid(format!(
+                "offset {offset:?} is not a non-negative integer"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The offset of a `NextPage` URI. Only the offset is taken: the URI's host is never
+    /// followed (it may name another host than the one called; that is logged).
+    fn next_offset(&self, response: &Response, next_page: &str) -> Result<String, ConcurError> {
+        let url = Url::parse(next_page)
+            .or_else(|_| self.config.api_base.join("/").join(next_page))
+            .map_err(|e| response.malformed(format!("NextPage is not a URL: {e}")))?;
+        if let Some(host) = url.host_str() {
+            if !host.eq_ignore_ascii_case(&self.config.api_base.host()) {
+                warn!(
+                    next_page_host = host,
+                    api_host = %self.config.api_base.host(),
+                    "NextPage names another host; only its offset is used"
+                );
+            }
+        }
+        let offset = url
+            .query_pairs()
+            .find(|(key, _)| key.eq_ignore_ascii_case("offset"))
+            .map(|(_, value)| value.into_owned())
+            .ok_or_else(|| response.malformed("NextPage has no offset"))?;
+        self.check_offset(&offset).map_err(|_| {
+            response.malformed(format!("NextPage offset {offset:?} is not an integer"))
+        })?;
+        Ok(offset)
+    }
+
+    fn parse_body<T>(
+        &self,
+        response: &Response,
+        from_xml: fn(&str) -> Result<T, ModelError>,
+        from_json: fn(&str) -> Result<T, ModelError>,
+    ) -> Result<T, ConcurError> {
+        let parsed = if response.is_xml() {
+            from_xml(&response.body)
+        } else {
+            from_json(&response.body)
+        };
+        parsed.map_err(|e| response.malformed(e))
+    }
+
+    /// One page of pending requests: `limit` in 1..=10, `offset` from the previous page's
+    /// `NextPage` (none for the first page).
+    pub async fn list_page(
+        &self,
+        limit: u32,
+        offset: Option<&str>,
+        deadline: Instant,
+    ) -> Result<Page, ConcurError> {
+        if !(1..=MAX_PAGE_LIMIT).contains(&limit) {
+            return Err(ConcurError::Invalid(format!(
+                "limit {limit} is outside 1..={MAX_PAGE_LIMIT}"
+            )));
+        }
+        if let Some(offset) = offset {
+            self.check_offset(offset)?;
+        }
+        let mut url = self.collection_url();
+        {
+            let mut query = url.query_pairs_mut();
+            query.append_pair("limit", &limit.to_string());
+            if let Some(offset) = offset {
+                query.append_pair("offset", offset);
+            }
+        }
+        let call = Call {
+            op: "list",
+            method: Method::GET,
+            url,
+            body: Body::Empty,
+            idempotent: true,
+        };
+        let response = self.api(call, deadline).await?;
+        let wire: WireCollection =
+            self.parse_body(&response, xml::parse_collection, json::parse_collection)?;
+        let page = ConnectionRequestPage::from_wire(wire).map_err(|e| response.malformed(e))?;
+        let next_offset = match page.next_page.as_deref() {
+            Some(next) => Some(self.next_offset(&response, next)?),
+            None => None,
+        };
+        Ok(Page {
+            items: page.items,
+            next_offset,
+            correlation_id: response.info.correlation_id,
+        })
+    }
+
+    /// A pager over the queue, following `NextPage` offsets until it is null.
+    pub fn pages(&self, limit: u32) -> Pager<'_> {
+        Pager {
+            client: self,
+            limit,
+            next: Some(None),
+        }
+    }
+
+    /// One connection request by id (certification and testing only).
+    pub async fn get(&self, id: &str, deadline: Instant) -> Result<ConnectionRequest, ConcurError> {
+        let call = Call {
+            op: "get",
+            method: Method::GET,
+            url: self.item_url(id)?,
+            body: Body::Empty,
+            idempotent: true,
+        };
+        let response = self.api(call, deadline).await?;
+        let wire: WireConnectionRequest =
+            self.parse_body(&response, xml::parse_request, json::parse_request)?;
+        ConnectionRequest::from_wire(wire).map_err(|e| response.malformed(e))
+    }
+
+    /// Create a pending request for a user login (certification only). Returns the new
+    /// id when the (deprecated) response body carries one. Not retried after a timeout.
+    pub async fn create_for_user(
+        &self,
+        login: &str,
+        deadline: Instant,
+    ) -> Result<Option<String>, ConcurError> {
+        if login.trim().is_empty() {
+            return Err(ConcurError::Invalid("empty user login".into()));
+        }
+        let mut url = self.collection_url();
+        url.query_pairs_mut().append_pair("user", login);
+        let call = Call {
+            op: "create",
+            method: Method::POST,
+            url,
+            body: Body::Empty,
+            idempotent: false,
+        };
+        let response = self.api(call, deadline).await?;
+        Ok(if response.is_xml() {
+            xml::parse_create_response(&response.body)
+        } else {
+            json::parse_create_response(&response.body)
+        })
+    }
+
+    /// Report a status: `PUT .../{id}` with the version's body; 204 expected. Sending the
+    /// same status twice is harmless, so transient failures are retried.
+    pub async fn update_status(
+        &self,
+        id: &str,
+        status: ConnectionStatus,
+        deadline: Instant,
+    ) -> Result<(), ConcurError> {
+        if !status.is_reportable() {
+            return Err(ConcurError::Invalid(format!(
+                "{status} is not a status a partner may report"
+            )));
+        }
+        let (content_type, body) = self.config.version.status_body(id, status);
+        let call = Call {
+            op: "update_status",
+            method: Method::PUT,
+            url: self.item_url(id)?,
+            body: Body::Typed(content_type, body),
+            idempotent: true,
+        };
+        self.api(call, deadline).await?;
+        Ok(())
+    }
+}
+
+/// Walks the queue page by page. Stops after the page whose `NextPage` is null.
+pub struct Pager<'a> {
+    client: &'a ConcurClient,
+    limit: u32,
+    /// `Some(offset)`: the next page to fetch (`None` offset: the first); `None`: done.
+    next: Option<Option<String>>,
+}
+
+impl Pager<'_> {
+    /// The next page, or `None` once the queue is drained. After an error the same page
+    /// is asked for again on the next call.
+    pub async fn next_page(&mut self, deadline: Instant) -> Option<Result<Page, ConcurError>> {
+        let offset = self.next.clone()?;
+        let result = self
+            .client
+            .list_page(self.limit, offset.as_deref(), deadline)
+            .await;
+        if let Ok(page) = &result {
+            self.next = page.next_offset.clone().map(Some);
+        }
+        Some(result)
+    }
+}
