@@ -182,9 +182,15 @@ struct NewRequest {
     id: Option<Uuid>,
 }
 
-async fn create_request(State(state): State<SharedState>, body: Option<Json<NewRequest>>) -> Response {
+async fn create_request(
+    State(state): State<SharedState>,
+    body: Option<Json<NewRequest>>,
+) -> Response {
     let Some(Json(b)) = body else {
-        return bad(StatusCode::BAD_REQUEST, "body must be {\"user\": LOGIN_OR_USER_ID}");
+        return bad(
+            StatusCode::BAD_REQUEST,
+            "body must be {\"user\": LOGIN_OR_USER_ID}",
+        );
     };
     let now = state.now();
     let mut w = state.world();
@@ -196,8 +202,15 @@ async fn create_request(State(state): State<SharedState>, body: Option<Json<NewR
         },
     };
     match w.create_request(user_id, b.id, now) {
-        Ok(id) => (StatusCode::CREATED, Json(json!({ "id": id, "user_id": user_id }))).into_response(),
-        Err(QueueError::AlreadyPending) => bad(StatusCode::CONFLICT, "the user already has a pending request"),
+        Ok(id) => (
+            StatusCode::CREATED,
+            Json(json!({ "id": id, "user_id": user_id })),
+        )
+            .into_response(),
+        Err(QueueError::AlreadyPending) => bad(
+            StatusCode::CONFLICT,
+            "the user already has a pending request",
+        ),
         Err(_) => bad(StatusCode::NOT_FOUND, "unknown user"),
     }
 }
@@ -225,7 +238,10 @@ struct NewUsers {
 
 async fn create_users(State(state): State<SharedState>, body: Option<Json<NewUsers>>) -> Response {
     let Some(Json(b)) = body else {
-        return bad(StatusCode::BAD_REQUEST, "body must be a user object or {\"count\": N}");
+        return bad(
+            StatusCode::BAD_REQUEST,
+            "body must be a user object or {\"count\": N}",
+        );
     };
     if b.emails.len() > 5 {
         return bad(StatusCode::BAD_REQUEST, "at most 5 verified e-mails");
@@ -268,7 +284,10 @@ async fn create_users(State(state): State<SharedState>, body: Option<Json<NewUse
                 .clone()
                 .unwrap_or_else(|| format!("{id}@sandbox.example"));
             if w.user_by_login(&login).is_some() || w.user(id).is_some() {
-                return bad(StatusCode::CONFLICT, "a user with this id or login id exists");
+                return bad(
+                    StatusCode::CONFLICT,
+                    "a user with this id or login id exists",
+                );
             }
             new_users.push(User {
                 id,
@@ -324,7 +343,11 @@ pub fn default_expected_path(members: &Path) -> PathBuf {
 }
 
 /// Writes the member directory and the expectations.
-pub fn write_seed_files(data: &SeedData, members: &Path, expected: Option<&Path>) -> std::io::Result<()> {
+pub fn write_seed_files(
+    data: &SeedData,
+    members: &Path,
+    expected: Option<&Path>,
+) -> std::io::Result<()> {
     let m = serde_json::to_string_pretty(&data.members).map_err(std::io::Error::other)?;
     std::fs::write(members, m + "\n")?;
     let e = serde_json::to_string_pretty(&data.expectations).map_err(std::io::Error::other)?;
@@ -344,7 +367,10 @@ struct SeedBody {
 
 async fn seed_route(State(state): State<SharedState>, body: Option<Json<SeedBody>>) -> Response {
     let Some(Json(b)) = body else {
-        return bad(StatusCode::BAD_REQUEST, "body must be {\"seed\": S, \"users\": N}");
+        return bad(
+            StatusCode::BAD_REQUEST,
+            "body must be {\"seed\": S, \"users\": N}",
+        );
     };
     if b.users > 100_000 {
         return bad(StatusCode::BAD_REQUEST, "users is at most 100000");
@@ -355,7 +381,10 @@ async fn seed_route(State(state): State<SharedState>, body: Option<Json<SeedBody
     };
     if let Some(p) = &b.members_out {
         if let Err(e) = write_seed_files(&data, p, b.expected_out.as_deref()) {
-            return bad(StatusCode::INTERNAL_SERVER_ERROR, format!("writing {}: {e}", p.display()));
+            return bad(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("writing {}: {e}", p.display()),
+            );
         }
     }
     (
@@ -383,7 +412,10 @@ struct SetFaults {
 
 async fn set_faults(State(state): State<SharedState>, body: Option<Json<SetFaults>>) -> Response {
     let Some(Json(b)) = body else {
-        return bad(StatusCode::BAD_REQUEST, "body must be {\"rules\": [\"ROUTE:KIND[:OPTION]...\"], \"replace\": false}");
+        return bad(
+            StatusCode::BAD_REQUEST,
+            "body must be {\"rules\": [\"ROUTE:KIND[:OPTION]...\"], \"replace\": false}",
+        );
     };
     let mut parsed = Vec::new();
     for s in &b.rules {

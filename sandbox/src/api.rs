@@ -26,15 +26,19 @@ pub fn error(state: &SharedState, status: StatusCode, f: Format, message: &str) 
         &Uuid::new_v4().to_string(),
     );
     let mut r = (status, body).into_response();
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(f.content_type()));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(f.content_type()),
+    );
     r
 }
 
 fn ok_body(status: StatusCode, f: Format, body: String) -> Response {
     let mut r = (status, body).into_response();
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(f.content_type()));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(f.content_type()),
+    );
     r
 }
 
@@ -49,7 +53,8 @@ pub fn parse_path(path: &str) -> Option<(Version, Option<String>)> {
         return None;
     }
     let version = Version::parse(segs[0])?;
-    if !segs[1].eq_ignore_ascii_case("common") || !segs[2].eq_ignore_ascii_case("connectionrequests")
+    if !segs[1].eq_ignore_ascii_case("common")
+        || !segs[2].eq_ignore_ascii_case("connectionrequests")
     {
         return None;
     }
@@ -58,7 +63,11 @@ pub fn parse_path(path: &str) -> Option<(Version, Option<String>)> {
 
 /// Checks the bearer token: an unexpired app token (client credentials).
 #[allow(clippy::result_large_err)]
-pub fn check_app_token(state: &SharedState, headers: &HeaderMap, f: Format) -> Result<(), Response> {
+pub fn check_app_token(
+    state: &SharedState,
+    headers: &HeaderMap,
+    f: Format,
+) -> Result<(), Response> {
     match bearer(state, headers) {
         Ok(AccessToken {
             principal: Principal::App,
@@ -231,16 +240,24 @@ pub async fn dispatch(
 ) -> Response {
     let f = Format::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
     let Some((version, id)) = parse_path(uri.path()) else {
-        return error(&state, StatusCode::NOT_FOUND, f, "The requested resource was not found.");
+        return error(
+            &state,
+            StatusCode::NOT_FOUND,
+            f,
+            "The requested resource was not found.",
+        );
     };
     // Unsupported methods answer 405 before authentication.
-    let allowed = match (&id, &method) {
-        (None, &Method::GET | &Method::POST) => true,
-        (Some(_), &Method::GET | &Method::PUT) => true,
-        _ => false,
-    };
+    let allowed = matches!(
+        (&id, &method),
+        (None, &Method::GET | &Method::POST) | (Some(_), &Method::GET | &Method::PUT)
+    );
     if !allowed {
-        return crate::method_not_allowed(if id.is_none() { "GET, POST" } else { "GET, PUT" });
+        return crate::method_not_allowed(if id.is_none() {
+            "GET, POST"
+        } else {
+            "GET, PUT"
+        });
     }
     if let Err(r) = check_app_token(&state, &headers, f) {
         return r;
@@ -279,7 +296,12 @@ fn list(state: &SharedState, v: Version, f: Format, pairs: &[(String, String)]) 
         Err(e) => return error(state, StatusCode::BAD_REQUEST, f, &e),
     };
     if limit <= 0 {
-        return error(state, StatusCode::BAD_REQUEST, f, "limit must be a positive integer.");
+        return error(
+            state,
+            StatusCode::BAD_REQUEST,
+            f,
+            "limit must be a positive integer.",
+        );
     }
     let limit = limit.min(MAX_LIMIT);
     let offset = match parse_int("offset", param(pairs, "offset")) {
@@ -287,7 +309,12 @@ fn list(state: &SharedState, v: Version, f: Format, pairs: &[(String, String)]) 
         Err(e) => return error(state, StatusCode::BAD_REQUEST, f, &e),
     };
     if offset < 0 {
-        return error(state, StatusCode::BAD_REQUEST, f, "offset must not be negative.");
+        return error(
+            state,
+            StatusCode::BAD_REQUEST,
+            f,
+            "offset must not be negative.",
+        );
     }
     // v3.0/v3.1 only: the status filter.
     let filter = if v == Version::V32 {
@@ -338,10 +365,18 @@ fn list(state: &SharedState, v: Version, f: Format, pairs: &[(String, String)]) 
     } else {
         None
     };
-    ok_body(StatusCode::OK, f, formats::render_page(v, f, &items, next.as_deref()))
+    ok_body(
+        StatusCode::OK,
+        f,
+        formats::render_page(v, f, &items, next.as_deref()),
+    )
 }
 
-fn selection(world: &mut World, filter: Option<StatusFilter>, now: chrono::DateTime<chrono::Utc>) -> Vec<Uuid> {
+fn selection(
+    world: &mut World,
+    filter: Option<StatusFilter>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Vec<Uuid> {
     let queue = world.queue(now);
     match filter {
         None | Some(StatusFilter::Pending) => queue,
@@ -366,7 +401,14 @@ fn selection(world: &mut World, filter: Option<StatusFilter>, now: chrono::DateT
 }
 
 fn get_one(state: &SharedState, v: Version, f: Format, id: &str) -> Response {
-    let not_found = || error(state, StatusCode::NOT_FOUND, f, "Connection request not found.");
+    let not_found = || {
+        error(
+            state,
+            StatusCode::NOT_FOUND,
+            f,
+            "Connection request not found.",
+        )
+    };
     let Ok(id) = Uuid::parse_str(id) else {
         return not_found();
     };
@@ -387,7 +429,12 @@ fn get_one(state: &SharedState, v: Version, f: Format, id: &str) -> Response {
 
 fn create(state: &SharedState, v: Version, f: Format, pairs: &[(String, String)]) -> Response {
     let Some(login) = param(pairs, "user").filter(|s| !s.trim().is_empty()) else {
-        return error(state, StatusCode::BAD_REQUEST, f, "The user parameter is required.");
+        return error(
+            state,
+            StatusCode::BAD_REQUEST,
+            f,
+            "The user parameter is required.",
+        );
     };
     let now = state.now();
     let mut world = state.world();
@@ -398,7 +445,11 @@ fn create(state: &SharedState, v: Version, f: Format, pairs: &[(String, String)]
         Ok(id) => {
             drop(world);
             let uri = format!("{}{}{}", state.settings.base_url, v.collection_path(), id);
-            ok_body(StatusCode::OK, f, formats::render_created(f, &id.to_string(), &uri))
+            ok_body(
+                StatusCode::OK,
+                f,
+                formats::render_created(f, &id.to_string(), &uri),
+            )
         }
         Err(QueueError::AlreadyPending) => error(
             state,
@@ -418,7 +469,14 @@ fn put(
     content_type: Option<&str>,
     body: &[u8],
 ) -> Response {
-    let not_found = || error(state, StatusCode::NOT_FOUND, f, "Connection request not found.");
+    let not_found = || {
+        error(
+            state,
+            StatusCode::NOT_FOUND,
+            f,
+            "Connection request not found.",
+        )
+    };
     let Ok(id) = Uuid::parse_str(id) else {
         return not_found();
     };

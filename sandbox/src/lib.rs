@@ -9,7 +9,7 @@
 //! Start it in-process from a test:
 //!
 //! ```no_run
-//! # async fn demo() -> std::io::Result<()> {
+//! # async fn demo() -> Result<(), concur_sandbox::StartError> {
 //! let sandbox = concur_sandbox::spawn(concur_sandbox::Config::for_tests()).await?;
 //! let url = sandbox.url("/oauth2/v0/token");
 //! # let _ = url; Ok(()) }
@@ -41,8 +41,8 @@ use futures::stream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use crate::config::Config;
 use crate::clock::VirtualClock;
+pub use crate::config::Config;
 use crate::faults::{FaultKind, FaultRule, Faults, RouteSel};
 use crate::formats::Format;
 use crate::state::{Rules, World};
@@ -391,7 +391,9 @@ async fn fault_layer(State(state): State<SharedState>, mut req: Request, next: N
                 let n = 8usize.min(bytes.len());
                 let size = bytes.len().div_ceil(n);
                 (0..n)
-                    .map(|i| bytes.slice((i * size).min(bytes.len())..((i + 1) * size).min(bytes.len())))
+                    .map(|i| {
+                        bytes.slice((i * size).min(bytes.len())..((i + 1) * size).min(bytes.len()))
+                    })
                     .collect()
             };
             let pause = StdDuration::from_millis(ms / (chunks.len().max(1) as u64));

@@ -51,8 +51,11 @@ pub const INCORRECT_CREDENTIALS: OAuthError =
     e400(5, "invalid_grant", "Incorrect credentials. Please Retry");
 pub const USERNAME_MISSING: OAuthError = e400(51, "invalid_request", "username was not supplied");
 pub const PASSWORD_MISSING: OAuthError = e400(52, "invalid_request", "password was not supplied");
-pub const UNSUPPORTED_GRANT: OAuthError =
-    e400(60, "invalid_grant", "these are not the grants you are looking for");
+pub const UNSUPPORTED_GRANT: OAuthError = e400(
+    60,
+    "invalid_grant",
+    "these are not the grants you are looking for",
+);
 pub const CLIENT_ID_MISSING: OAuthError = e400(62, "invalid_request", "client_id was not supplied");
 pub const CLIENT_SECRET_MISSING: OAuthError =
     e400(63, "invalid_request", "client_secret was not supplied");
@@ -149,7 +152,11 @@ pub async fn token(State(state): State<SharedState>, headers: HeaderMap, body: B
     }
 }
 
-fn token_inner(state: &SharedState, headers: &HeaderMap, body: &[u8]) -> Result<Response, OAuthError> {
+fn token_inner(
+    state: &SharedState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, OAuthError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -180,7 +187,10 @@ fn token_inner(state: &SharedState, headers: &HeaderMap, body: &[u8]) -> Result<
         "client_credentials" => {
             let (access, ttl) = {
                 let mut w = state.world();
-                (w.issue_access_token(Principal::App, now), w.rules.access_token_ttl)
+                (
+                    w.issue_access_token(Principal::App, now),
+                    w.rules.access_token_ttl,
+                )
             };
             Ok(json_response(
                 StatusCode::OK,
@@ -199,7 +209,9 @@ fn token_inner(state: &SharedState, headers: &HeaderMap, body: &[u8]) -> Result<
             let password = get("password").ok_or(PASSWORD_MISSING)?;
             match credtype.to_ascii_lowercase().as_str() {
                 "authtoken" => {
-                    let r = state.world().exchange_request_token(password, username, now);
+                    let r = state
+                        .world()
+                        .exchange_request_token(password, username, now);
                     match r {
                         Ok(user_id) => {
                             tracing::info!(request_token = %mask(password), "request token exchanged");

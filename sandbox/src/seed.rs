@@ -123,9 +123,26 @@ const FIRST: [&str; 20] = [
     "Liam", "Maya", "Noah", "Olga", "Paul", "Rosa", "Sven", "Tara", "Victor",
 ];
 const LAST: [&str; 20] = [
-    "Smith", "Johnson", "Larsen", "Nakamura", "Kowalski", "Rossi", "Dubois", "Novak", "Silva",
-    "Schneider", "Andersen", "Murphy", "Fischer", "Costa", "Lindqvist", "Moreau", "Weber",
-    "Horvat", "Jensen", "Bauer",
+    "Smith",
+    "Johnson",
+    "Larsen",
+    "Nakamura",
+    "Kowalski",
+    "Rossi",
+    "Dubois",
+    "Novak",
+    "Silva",
+    "Schneider",
+    "Andersen",
+    "Murphy",
+    "Fischer",
+    "Costa",
+    "Lindqvist",
+    "Moreau",
+    "Weber",
+    "Horvat",
+    "Jensen",
+    "Bauer",
 ];
 const MIDDLE: [&str; 4] = ["Marie", "J.", "Lee", "Anne"];
 /// (plain, accented): the accents decompose under NFKD.
@@ -286,7 +303,12 @@ pub fn generate(seed: u64, n: usize) -> SeedData {
         } else {
             None
         };
-        let slug = format!("{}.{}{}", ascii_slug(&first), ascii_slug(&concur_last), i + 1);
+        let slug = format!(
+            "{}.{}{}",
+            ascii_slug(&first),
+            ascii_slug(&concur_last),
+            i + 1
+        );
         let login_id = format!("{slug}@sandbox.example");
         let email_only = matches!(case, Case::EmailOnly | Case::EmailOnlyOtherAddress);
         let mut emails = vec![format!("{slug}@mail.example")];
@@ -406,10 +428,19 @@ mod tests {
     #[test]
     fn normalisation_follows_the_rules() {
         assert_eq!(normalize_name("Müller"), normalize_name("Muller"));
-        assert_eq!(normalize_name("García-López"), normalize_name("Garcia Lopez"));
-        assert_eq!(normalize_name("van der Berg"), normalize_name("Van Der Berg"));
+        assert_eq!(
+            normalize_name("García-López"),
+            normalize_name("Garcia Lopez")
+        );
+        assert_eq!(
+            normalize_name("van der Berg"),
+            normalize_name("Van Der Berg")
+        );
         assert_eq!(normalize_name("O'Brien"), normalize_name("OBrien"));
-        assert_eq!(normalize_name("O\u{2019}Connor"), normalize_name("O'Connor"));
+        assert_eq!(
+            normalize_name("O\u{2019}Connor"),
+            normalize_name("O'Connor")
+        );
         assert_eq!(normalize_name("St. John"), normalize_name("St John"));
         assert_ne!(normalize_name("Schmidt"), normalize_name("Schmitt"));
     }

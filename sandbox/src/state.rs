@@ -372,7 +372,7 @@ impl World {
             .iter()
             .filter(|r| r.state.outstanding())
             .collect();
-        v.sort_by(|a, b| (a.visible_since, a.seq).cmp(&(b.visible_since, b.seq)));
+        v.sort_by_key(|r| (r.visible_since, r.seq));
         v.into_iter().map(|r| r.id).collect()
     }
 
@@ -477,7 +477,10 @@ impl World {
         if info.used || info.expires_at <= now {
             return Err(ExchangeError::BadOrExpired);
         }
-        if !username.trim().eq_ignore_ascii_case(&info.user_id.to_string()) {
+        if !username
+            .trim()
+            .eq_ignore_ascii_case(&info.user_id.to_string())
+        {
             return Err(ExchangeError::NotForYou);
         }
         for t in self.request_tokens.values_mut() {
