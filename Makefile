@@ -10,10 +10,11 @@ VENV_STAMP := $(VENV)/.installed-$(shell cat requirements-dev.txt | cksum | cut 
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: help test fmt-check clippy cargo-test demo venv
+.PHONY: help test fmt-check clippy cargo-test demo venv conformance
 
 help:
 	@echo "make test   - fmt check, clippy -D warnings, every test"
+	@echo "make conformance - Schemathesis: the Concur sandbox against the v3.2 Swagger"
 	@echo "make demo   - run the connector end to end on one machine"
 
 # A project virtualenv with the pinned Python tools of requirements-dev.txt.
@@ -34,7 +35,12 @@ clippy:
 cargo-test: venv
 	cargo test --workspace --locked
 
-test: fmt-check clippy cargo-test
+# The Concur sandbox against the official v3.2 Swagger (corrected where it
+# contradicts the reference page): sandbox/conformance/run.sh, sandbox/README.md.
+conformance: venv
+	VENV=$(VENV) sandbox/conformance/run.sh
+
+test: fmt-check clippy cargo-test conformance
 
 demo:
 	@echo "make demo: the end-to-end run arrives with the poller and worker (issues 4-6)."

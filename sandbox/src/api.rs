@@ -282,11 +282,12 @@ pub async fn dispatch(
 fn parse_int(name: &str, raw: Option<&str>) -> Result<Option<i64>, String> {
     match raw {
         None => Ok(None),
+        // Int32, as the Swagger declares (and the .NET back end binds).
         Some(s) => s
             .trim()
-            .parse::<i64>()
-            .map(Some)
-            .map_err(|_| format!("{name} must be an integer, got {s:?}")),
+            .parse::<i32>()
+            .map(|v| Some(i64::from(v)))
+            .map_err(|_| format!("{name} must be a 32-bit integer, got {s:?}")),
     }
 }
 
