@@ -4,3 +4,6 @@
 pub mod concur;
 pub mod model;
 pub mod privacy;
+pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;

@@ -1,0 +1,252 @@
+//! The requests store on DynamoDB: conditional writes make every operation safe to run
+//! twice and safe to run concurrently.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
+use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::Client;
+use chrono::{DateTime, Utc};
+use tracing::debug;
+
+use super::layout::{attr, timestamp, RequestItem, RequestState};
+use super::{plan_poll_write, PollPlan, PollWrite, RequestStore, StoreError};
+use crate::model::ConnectionRequest;
+
+/// How many read-decide-write rounds a contended write gets before giving up.
+const MAX_ROUNDS: u32 = 5;
+
+/// The requests table on DynamoDB.
+#[derive(Clone)]
+pub struct DynamoRequestStore {
+    client: Client,
+    table: String,
+}
+
+/// A write that failed either on its condition or for another reason.
+pub(crate) enum WriteError {
+    ConditionFailed,
+    Other(StoreError),
+}
+
+pub(crate) fn sdk_error<E, R>(op: &'static str, error: SdkError<E, R>) -> StoreError
+where
+    E: std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let transient = matches!(
+        error,
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_)
+    ) || {
+        let text = format!("{}", DisplayErrorContext(&error));
+        text.contains("ProvisionedThroughputExceeded")
+            || text.contains("ThrottlingException")
+            || text.contains("RequestLimitExceeded")
+            || text.contains("InternalServerError")
+            || text.contains("TransactionConflict")
+    };
+    StoreError::Backend {
+        op,
+        message: format!("{}", DisplayErrorContext(&error)),
+        transient,
+    }
+}
+
+fn is_condition_failure<E, R>(error: &SdkError<E, R>) -> bool
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
+{
+    error
+        .as_service_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == "ConditionalCheckFailedException")
+}
+
+fn to_item(item: &RequestItem) -> Result<HashMap<String, AttributeValue>, StoreError> {
+    serde_dynamo::to_item(item).map_err(|e| StoreError::Corrupt {
+        id: item.request_id.clone(),
+        message: e.to_string(),
+    })
+}
+
+pub(crate) fn from_item(
+    id: &str,
+    item: HashMap<String, AttributeValue>,
+) -> Result<RequestItem, StoreError> {
+    serde_dynamo::from_item(item).map_err(|e| StoreError::Corrupt {
+        id: id.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+fn n(value: impl ToString) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+impl DynamoRequestStore {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    async fn put_if_absent(&self, item: &RequestItem) -> Result<(), WriteError> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(to_item(item).map_err(WriteError::Other)?))
+            .condition_expression("attribute_not_exists(#id)")
+            .expression_attribute_names("#id", attr::REQUEST_ID)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                if is_condition_failure(&e) {
+                    WriteError::ConditionFailed
+                } else {
+                    WriteError::Other(sdk_error("PutItem", e))
+                }
+            })
+    }
+
+    /// Replace a reported attempt by the next one, if the item is still exactly the
+    /// reported attempt that was read.
+    async fn put_requeued(&self, next: &RequestItem, read_attempt: u32) -> Result<(), WriteError> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(to_item(next).map_err(WriteError::Other)?))
+            .condition_expression("#state = :reported AND #attempt = :attempt")
+            .expression_attribute_names("#state", attr::STATE)
+            .expression_attribute_names("#attempt", attr::ATTEMPT)
+            .expression_attribute_values(":reported", s(RequestState::Reported.as_str()))
+            .expression_attribute_values(":attempt", n(read_attempt))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                if is_condition_failure(&e) {
+                    WriteError::ConditionFailed
+                } else {
+                    WriteError::Other(sdk_error("PutItem", e))
+                }
+            })
+    }
+
+    /// Store a newer request token on an attempt still in progress.
+    async fn refresh_token(
+        &self,
+        id: &str,
+        token: &str,
+        read_attempt: u32,
+        now: DateTime<Utc>,
+    ) -> Result<(), WriteError> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key(attr::REQUEST_ID, s(id))
+            .update_expression(
+                "SET #token = :token, #updated = :now, #polled = if_not_exists(#polled, :zero) + :one",
+            )
+            .condition_expression("#attempt = :attempt AND #state <> :reported")
+            .expression_attribute_names("#token", attr::REQUEST_TOKEN)
+            .expression_attribute_names("#updated", attr::UPDATED_AT)
+            .expression_attribute_names("#polled", attr::TIMES_POLLED)
+            .expression_attribute_names("#attempt", attr::ATTEMPT)
+            .expression_attribute_names("#state", attr::STATE)
+            .expression_attribute_values(":token", s(token))
+            .expression_attribute_values(":now", s(timestamp(now)))
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":attempt", n(read_attempt))
+            .expression_attribute_values(":reported", s(RequestState::Reported.as_str()))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                if is_condition_failure(&e) {
+                    WriteError::ConditionFailed
+                } else {
+                    WriteError::Other(sdk_error("UpdateItem", e))
+                }
+            })
+    }
+}
+
+impl RequestStore for DynamoRequestStore {
+    async fn record_polled(
+        &self,
+        request: &ConnectionRequest,
+        now: DateTime<Utc>,
+    ) -> Result<PollWrite, StoreError> {
+        let fresh = RequestItem::received(request, now);
+        for round in 1..=MAX_ROUNDS {
+            match self.put_if_absent(&fresh).await {
+                Ok(()) => return Ok(PollWrite::New),
+                Err(WriteError::Other(e)) => return Err(e),
+                Err(WriteError::ConditionFailed) => {}
+            }
+            let Some(existing) = self.get(&request.id).await? else {
+                // Deleted (TTL) between the two calls: try the insert again.
+                continue;
+            };
+            let outcome = match plan_poll_write(&existing, request) {
+                PollPlan::Unchanged => return Ok(PollWrite::Unchanged),
+                PollPlan::Requeue => {
+                    let mut next = fresh.clone();
+                    next.attempt = existing.attempt + 1;
+                    next.history = existing.history.clone();
+                    next.times_polled = existing.times_polled + 1;
+                    self.put_requeued(&next, existing.attempt)
+                        .await
+                        .map(|()| PollWrite::Requeued {
+                            attempt: next.attempt,
+                        })
+                }
+                PollPlan::RefreshToken => {
+                    let token = request.request_token_secret().unwrap_or_default();
+                    self.refresh_token(&request.id, token, existing.attempt, now)
+                        .await
+                        .map(|()| PollWrite::TokenRefreshed)
+                }
+            };
+            match outcome {
+                Ok(write) => return Ok(write),
+                Err(WriteError::Other(e)) => return Err(e),
+                Err(WriteError::ConditionFailed) => {
+                    debug!(request_id = %request.id, round, "concurrent write, reading again");
+                }
+            }
+        }
+        Err(StoreError::Contention {
+            id: request.id.clone(),
+            tries: MAX_ROUNDS,
+        })
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<RequestItem>, StoreError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(attr::REQUEST_ID, s(id))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk_error("GetItem", e))?;
+        output.item.map(|item| from_item(id, item)).transpose()
+    }
+}

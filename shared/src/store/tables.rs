@@ -1,0 +1,123 @@
+//! Create the connector's tables as [`super::layout`] describes them: for local runs, the
+//! demo and tests (the SAM template creates them in the cloud).
+
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType,
+    Projection, ProjectionType, ScalarAttributeType, StreamSpecification, StreamViewType,
+    TimeToLiveSpecification,
+};
+use aws_sdk_dynamodb::Client;
+
+use super::layout::{attr, members, TTL_ATTRIBUTE};
+use super::StoreError;
+
+fn backend(op: &'static str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend {
+        op,
+        message: e.to_string(),
+        transient: false,
+    }
+}
+
+fn hash_key(name: &str) -> Result<(KeySchemaElement, AttributeDefinition), StoreError> {
+    let key = KeySchemaElement::builder()
+        .attribute_name(name)
+        .key_type(KeyType::Hash)
+        .build()
+        .map_err(|e| backend("CreateTable", e))?;
+    let definition = AttributeDefinition::builder()
+        .attribute_name(name)
+        .attribute_type(ScalarAttributeType::S)
+        .build()
+        .map_err(|e| backend("CreateTable", e))?;
+    Ok((key, definition))
+}
+
+/// The requests table: key `request_id`, stream of new and old images, TTL `expires_at`.
+pub async fn create_requests_table(client: &Client, name: &str) -> Result<(), StoreError> {
+    let (key, definition) = hash_key(attr::REQUEST_ID)?;
+    client
+        .create_table()
+        .table_name(name)
+        .key_schema(key)
+        .attribute_definitions(definition)
+        .billing_mode(BillingMode::PayPerRequest)
+        .stream_specification(
+            StreamSpecification::builder()
+                .stream_enabled(true)
+                .stream_view_type(StreamViewType::NewAndOldImages)
+                .build()
+                .map_err(|e| backend("CreateTable", e))?,
+        )
+        .send()
+        .await
+        .map_err(|e| backend("CreateTable", aws_sdk_dynamodb::error::DisplayErrorContext(e)))?;
+    client
+        .update_time_to_live()
+        .table_name(name)
+        .time_to_live_specification(
+            TimeToLiveSpecification::builder()
+                .enabled(true)
+                .attribute_name(TTL_ATTRIBUTE)
+                .build()
+                .map_err(|e| backend("UpdateTimeToLive", e))?,
+        )
+        .send()
+        .await
+        .map_err(|e| {
+            backend(
+                "UpdateTimeToLive",
+                aws_sdk_dynamodb::error::DisplayErrorContext(e),
+            )
+        })?;
+    Ok(())
+}
+
+fn index(name: &str, key: KeySchemaElement) -> Result<GlobalSecondaryIndex, StoreError> {
+    GlobalSecondaryIndex::builder()
+        .index_name(name)
+        .key_schema(key)
+        .projection(
+            Projection::builder()
+                .projection_type(ProjectionType::All)
+                .build(),
+        )
+        .build()
+        .map_err(|e| backend("CreateTable", e))
+}
+
+/// The members table: key `member_id`, indexes by loyalty number and by e-mail key.
+pub async fn create_members_table(client: &Client, name: &str) -> Result<(), StoreError> {
+    let (key, definition) = hash_key(members::MEMBER_ID)?;
+    let (loyalty_key, loyalty_definition) = hash_key(members::LOYALTY_NUMBER)?;
+    let (email_key, email_definition) = hash_key(members::EMAIL_KEY)?;
+    client
+        .create_table()
+        .table_name(name)
+        .key_schema(key)
+        .attribute_definitions(definition)
+        .attribute_definitions(loyalty_definition)
+        .attribute_definitions(email_definition)
+        .global_secondary_indexes(index(members::BY_LOYALTY_NUMBER, loyalty_key)?)
+        .global_secondary_indexes(index(members::BY_EMAIL, email_key)?)
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await
+        .map_err(|e| backend("CreateTable", aws_sdk_dynamodb::error::DisplayErrorContext(e)))?;
+    Ok(())
+}
+
+/// The connections table: key `member_id`.
+pub async fn create_connections_table(client: &Client, name: &str) -> Result<(), StoreError> {
+    let (key, definition) = hash_key(members::MEMBER_ID)?;
+    client
+        .create_table()
+        .table_name(name)
+        .key_schema(key)
+        .attribute_definitions(definition)
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await
+        .map_err(|e| backend("CreateTable", aws_sdk_dynamodb::error::DisplayErrorContext(e)))?;
+    Ok(())
+}

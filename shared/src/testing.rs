@@ -1,0 +1,92 @@
+//! Test support (feature `testing`): a real local DynamoDB (`moto_server`) started on a
+//! free loopback port, and SDK clients pointed at it with dummy credentials.
+//!
+//! One moto server serves a whole test binary; tests isolate themselves with unique
+//! table names. The server is started through a small shell watchdog that stops it when
+//! the test process exits, so no server outlives its tests.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_credential_types::Credentials;
+
+/// A running moto server.
+pub struct Moto {
+    pub endpoint: String,
+    _watchdog: Child,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free loopback port: {e}"))
+}
+
+fn start() -> Moto {
+    let binary = std::env::var("MOTO_SERVER").unwrap_or_else(|_| "moto_server".into());
+    let port = free_port();
+    let script = format!(
+        "{binary} -H 127.0.0.1 -p {port} >/dev/null 2>&1 & m=$!; \
+         while kill -0 {parent} 2>/dev/null && kill -0 $m 2>/dev/null; do sleep 0.5; done; \
+         kill $m 2>/dev/null; wait $m 2>/dev/null",
+        parent = std::process::id()
+    );
+    let watchdog = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start moto_server through sh: {e}"));
+    let address: SocketAddr = ([127, 0, 0, 1], port).into();
+    let started = Instant::now();
+    while TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "moto_server did not listen on {address} within 60 s; is it installed? \
+             (`make test` installs it into .venv; or set MOTO_SERVER to its path)"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Moto {
+        endpoint: format!("http://{address}"),
+        _watchdog: watchdog,
+    }
+}
+
+/// The moto server of this test process, started on first use.
+pub fn moto() -> &'static Moto {
+    static MOTO: OnceLock<Moto> = OnceLock::new();
+    MOTO.get_or_init(start)
+}
+
+/// An SDK configuration for a local endpoint: dummy credentials, region `us-east-1`.
+pub fn local_sdk_config(endpoint: &str) -> SdkConfig {
+    SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(
+            Credentials::new("test", "test", None, None, "triplink-tests"),
+        ))
+        .build()
+}
+
+/// A DynamoDB client for the shared moto server.
+pub fn dynamodb() -> aws_sdk_dynamodb::Client {
+    aws_sdk_dynamodb::Client::new(&local_sdk_config(&moto().endpoint))
+}
+
+/// A table name no other test of this process uses.
+pub fn unique_name(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}

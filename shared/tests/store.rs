@@ -1,0 +1,148 @@
+//! The DynamoDB requests store against a real local DynamoDB (moto_server).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use chrono::Utc;
+use triplink_shared::model::{json, ConnectionRequest};
+use triplink_shared::store::layout::{AttemptRecord, RequestState};
+use triplink_shared::store::{tables, DynamoRequestStore, PollWrite, RequestStore};
+use triplink_shared::testing;
+
+async fn store() -> DynamoRequestStore {
+    let client = testing::dynamodb();
+    let table = testing::unique_name("requests");
+    tables::create_requests_table(&client, &table).await.unwrap();
+    DynamoRequestStore::new(client, table)
+}
+
+fn polled(id: &str, token: &str) -> ConnectionRequest {
+    ConnectionRequest::from_wire(
+        json::parse_request(&format!(
+            r#"{{"ID":"{id}","requestToken":"{token}","lastName":"Müller","loyaltyNumber":"123456",
+                "userId":"u-{id}","status":"Pending","emailAddresses":{{"email1":"a@example.com"}}}}"#
+        ))
+        .unwrap(),
+    )
+    .unwrap()
+}
+
+/// Mark the stored attempt as reported, as the worker will.
+async fn mark_reported(store: &DynamoRequestStore, id: &str) {
+    let mut item = store.get(id).await.unwrap().unwrap();
+    item.state = RequestState::Reported;
+    item.history.push(AttemptRecord {
+        attempt: item.attempt,
+        status: triplink_shared::model::ConnectionStatus::AccountNotFound,
+        decided_at: "2026-01-01T00:00:00.000Z".into(),
+        reported_at: Some("2026-01-01T00:00:01.000Z".into()),
+        reason: None,
+    });
+    item.request_token = None;
+    store
+        .client()
+        .put_item()
+        .table_name(store.table())
+        .set_item(Some(serde_dynamo::to_item(&item).unwrap()))
+        .send()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn new_unchanged_token_refresh_and_requeue() {
+    let store = store().await;
+    let now = Utc::now();
+    assert_eq!(store.record_polled(&polled("a", "t1"), now).await.unwrap(), PollWrite::New);
+    let item = store.get("a").await.unwrap().unwrap();
+    assert_eq!((item.state, item.attempt), (RequestState::Received, 1));
+    assert_eq!(item.request_token.as_deref(), Some("t1"));
+    assert_eq!(item.last_name.as_deref(), Some("Müller"));
+    assert_eq!(item.emails, ["a@example.com"]);
+
+    assert_eq!(
+        store.record_polled(&polled("a", "t1"), now).await.unwrap(),
+        PollWrite::Unchanged
+    );
+    assert_eq!(
+        store.record_polled(&polled("a", "t2"), now).await.unwrap(),
+        PollWrite::TokenRefreshed
+    );
+    let item = store.get("a").await.unwrap().unwrap();
+    assert_eq!(item.request_token.as_deref(), Some("t2"));
+    assert_eq!((item.state, item.attempt), (RequestState::Received, 1));
+    assert_eq!(item.times_polled, 2);
+
+    mark_reported(&store, "a").await;
+    assert_eq!(
+        store.record_polled(&polled("a", "t3"), now).await.unwrap(),
+        PollWrite::Requeued { attempt: 2 }
+    );
+    let item = store.get("a").await.unwrap().unwrap();
+    assert_eq!((item.state, item.attempt), (RequestState::Received, 2));
+    assert_eq!(item.request_token.as_deref(), Some("t3"));
+    assert_eq!(item.history.len(), 1, "the first attempt's history is kept");
+    assert_eq!(item.history[0].attempt, 1);
+    assert_eq!(item.decided_status, None);
+    assert_eq!(
+        store.record_polled(&polled("a", "t3"), now).await.unwrap(),
+        PollWrite::Unchanged,
+        "reading the requeue again does not requeue twice"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_pollers_store_a_request_exactly_once() {
+    let store = Arc::new(store().await);
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .record_polled(&polled("same", &format!("tok-{}", i % 2)), Utc::now())
+                .await
+                .unwrap()
+        }));
+    }
+    let mut writes = Vec::new();
+    for task in tasks {
+        writes.push(task.await.unwrap());
+    }
+    assert_eq!(writes.iter().filter(|w| **w == PollWrite::New).count(), 1, "{writes:?}");
+    assert!(writes
+        .iter()
+        .all(|w| matches!(w, PollWrite::New | PollWrite::Unchanged | PollWrite::TokenRefreshed)));
+    let item = store.get("same").await.unwrap().unwrap();
+    assert_eq!(item.attempt, 1);
+}
+
+#[tokio::test]
+async fn concurrent_requeues_bump_the_attempt_once() {
+    let store = Arc::new(store().await);
+    store.record_polled(&polled("r", "t1"), Utc::now()).await.unwrap();
+    mark_reported(&store, "r").await;
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store.record_polled(&polled("r", "t2"), Utc::now()).await.unwrap()
+        }));
+    }
+    let mut writes = HashSet::new();
+    let mut requeues = 0;
+    for task in tasks {
+        let write = task.await.unwrap();
+        if matches!(write, PollWrite::Requeued { .. }) {
+            requeues += 1;
+        }
+        writes.insert(format!("{write:?}"));
+    }
+    assert_eq!(requeues, 1, "{writes:?}");
+    assert_eq!(store.get("r").await.unwrap().unwrap().attempt, 2);
+}
+
+#[tokio::test]
+async fn a_missing_item_reads_as_none() {
+    let store = store().await;
+    assert!(store.get("nope").await.unwrap().is_none());
+}
