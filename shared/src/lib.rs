@@ -2,8 +2,10 @@
 //! functions arrive) the store, matching, configuration and telemetry they share.
 
 pub mod concur;
+pub mod config;
 pub mod model;
 pub mod privacy;
 pub mod store;
+pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;

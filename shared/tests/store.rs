@@ -12,7 +12,9 @@ use triplink_shared::testing;
 async fn store() -> DynamoRequestStore {
     let client = testing::dynamodb();
     let table = testing::unique_name("requests");
-    tables::create_requests_table(&client, &table).await.unwrap();
+    tables::create_requests_table(&client, &table)
+        .await
+        .unwrap();
     DynamoRequestStore::new(client, table)
 }
 
@@ -53,7 +55,10 @@ async fn mark_reported(store: &DynamoRequestStore, id: &str) {
 async fn new_unchanged_token_refresh_and_requeue() {
     let store = store().await;
     let now = Utc::now();
-    assert_eq!(store.record_polled(&polled("a", "t1"), now).await.unwrap(), PollWrite::New);
+    assert_eq!(
+        store.record_polled(&polled("a", "t1"), now).await.unwrap(),
+        PollWrite::New
+    );
     let item = store.get("a").await.unwrap().unwrap();
     assert_eq!((item.state, item.attempt), (RequestState::Received, 1));
     assert_eq!(item.request_token.as_deref(), Some("t1"));
@@ -108,10 +113,15 @@ async fn concurrent_pollers_store_a_request_exactly_once() {
     for task in tasks {
         writes.push(task.await.unwrap());
     }
-    assert_eq!(writes.iter().filter(|w| **w == PollWrite::New).count(), 1, "{writes:?}");
-    assert!(writes
-        .iter()
-        .all(|w| matches!(w, PollWrite::New | PollWrite::Unchanged | PollWrite::TokenRefreshed)));
+    assert_eq!(
+        writes.iter().filter(|w| **w == PollWrite::New).count(),
+        1,
+        "{writes:?}"
+    );
+    assert!(writes.iter().all(|w| matches!(
+        w,
+        PollWrite::New | PollWrite::Unchanged | PollWrite::TokenRefreshed
+    )));
     let item = store.get("same").await.unwrap().unwrap();
     assert_eq!(item.attempt, 1);
 }
@@ -119,13 +129,19 @@ async fn concurrent_pollers_store_a_request_exactly_once() {
 #[tokio::test]
 async fn concurrent_requeues_bump_the_attempt_once() {
     let store = Arc::new(store().await);
-    store.record_polled(&polled("r", "t1"), Utc::now()).await.unwrap();
+    store
+        .record_polled(&polled("r", "t1"), Utc::now())
+        .await
+        .unwrap();
     mark_reported(&store, "r").await;
     let mut tasks = Vec::new();
     for _ in 0..6 {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
-            store.record_polled(&polled("r", "t2"), Utc::now()).await.unwrap()
+            store
+                .record_polled(&polled("r", "t2"), Utc::now())
+                .await
+                .unwrap()
         }));
     }
     let mut writes = HashSet::new();

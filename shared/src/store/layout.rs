@@ -220,10 +220,16 @@ impl std::fmt::Debug for RequestItem {
             .field("request_id", &self.request_id)
             .field("state", &self.state)
             .field("attempt", &self.attempt)
-            .field("request_token", &self.request_token.as_ref().map(|_| "[REDACTED]"))
+            .field(
+                "request_token",
+                &self.request_token.as_ref().map(|_| "[REDACTED]"),
+            )
             .field("user_id", &self.user_id)
             .field("last_name", &privacy::name(self.last_name.as_deref()))
-            .field("loyalty_number", &privacy::loyalty(self.loyalty_number.as_deref()))
+            .field(
+                "loyalty_number",
+                &privacy::loyalty(self.loyalty_number.as_deref()),
+            )
             .field("decided_status", &self.decided_status)
             .field("history", &self.history)
             .finish_non_exhaustive()
@@ -255,11 +261,17 @@ mod tests {
         assert_eq!(item.state, RequestState::Received);
         assert_eq!(item.attempt, 1);
         assert_eq!(item.request_token.as_deref(), Some("tok"));
-        assert_eq!(item.last_modified.as_deref(), Some("2022-11-02T09:39:21.000Z"));
+        assert_eq!(
+            item.last_modified.as_deref(),
+            Some("2022-11-02T09:39:21.000Z")
+        );
         assert_eq!(item.received_at, "2026-01-02T03:04:05.000Z");
         let stored = serde_json::to_value(&item).unwrap();
         assert_eq!(stored["state"], "received");
-        assert!(stored.get("decided_status").is_none(), "absent values are not stored");
+        assert!(
+            stored.get("decided_status").is_none(),
+            "absent values are not stored"
+        );
         let back: RequestItem = serde_json::from_value(stored).unwrap();
         assert_eq!(back, item);
     }
@@ -276,6 +288,9 @@ mod tests {
     fn expiry_and_email_keys() {
         let at = DateTime::from_timestamp(1_000_000, 0).unwrap();
         assert_eq!(expiry(at, 1), 1_000_000 + 86_400);
-        assert_eq!(email_key("  Maria.Smith@Example.COM "), "maria.smith@example.com");
+        assert_eq!(
+            email_key("  Maria.Smith@Example.COM "),
+            "maria.smith@example.com"
+        );
     }
 }

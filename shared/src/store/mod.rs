@@ -91,7 +91,8 @@ pub trait RequestStore: Send + Sync {
     ) -> impl Future<Output = Result<PollWrite, StoreError>> + Send;
 
     /// One item, read consistently.
-    fn get(&self, id: &str) -> impl Future<Output = Result<Option<RequestItem>, StoreError>> + Send;
+    fn get(&self, id: &str)
+        -> impl Future<Output = Result<Option<RequestItem>, StoreError>> + Send;
 }
 
 #[cfg(test)]
@@ -109,10 +110,22 @@ mod tests {
     #[test]
     fn the_poll_rule() {
         let mut item = RequestItem::received(&polled("t1"), Utc::now());
-        for state in [RequestState::Received, RequestState::Working, RequestState::Decided] {
+        for state in [
+            RequestState::Received,
+            RequestState::Working,
+            RequestState::Decided,
+        ] {
             item.state = state;
-            assert_eq!(plan_poll_write(&item, &polled("t1")), PollPlan::Unchanged, "{state:?}");
-            assert_eq!(plan_poll_write(&item, &polled("t2")), PollPlan::RefreshToken, "{state:?}");
+            assert_eq!(
+                plan_poll_write(&item, &polled("t1")),
+                PollPlan::Unchanged,
+                "{state:?}"
+            );
+            assert_eq!(
+                plan_poll_write(&item, &polled("t2")),
+                PollPlan::RefreshToken,
+                "{state:?}"
+            );
         }
         item.state = RequestState::Reported;
         item.request_token = None;

@@ -2,8 +2,8 @@
 //! demo and tests (the SAM template creates them in the cloud).
 
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType,
-    Projection, ProjectionType, ScalarAttributeType, StreamSpecification, StreamViewType,
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
+    ProjectionType, ScalarAttributeType, StreamSpecification, StreamViewType,
     TimeToLiveSpecification,
 };
 use aws_sdk_dynamodb::Client;
@@ -51,7 +51,12 @@ pub async fn create_requests_table(client: &Client, name: &str) -> Result<(), St
         )
         .send()
         .await
-        .map_err(|e| backend("CreateTable", aws_sdk_dynamodb::error::DisplayErrorContext(e)))?;
+        .map_err(|e| {
+            backend(
+                "CreateTable",
+                aws_sdk_dynamodb::error::DisplayErrorContext(e),
+            )
+        })?;
     client
         .update_time_to_live()
         .table_name(name)
@@ -103,7 +108,12 @@ pub async fn create_members_table(client: &Client, name: &str) -> Result<(), Sto
         .billing_mode(BillingMode::PayPerRequest)
         .send()
         .await
-        .map_err(|e| backend("CreateTable", aws_sdk_dynamodb::error::DisplayErrorContext(e)))?;
+        .map_err(|e| {
+            backend(
+                "CreateTable",
+                aws_sdk_dynamodb::error::DisplayErrorContext(e),
+            )
+        })?;
     Ok(())
 }
 
@@ -118,6 +128,11 @@ pub async fn create_connections_table(client: &Client, name: &str) -> Result<(),
         .billing_mode(BillingMode::PayPerRequest)
         .send()
         .await
-        .map_err(|e| backend("CreateTable", aws_sdk_dynamodb::error::DisplayErrorContext(e)))?;
+        .map_err(|e| {
+            backend(
+                "CreateTable",
+                aws_sdk_dynamodb::error::DisplayErrorContext(e),
+            )
+        })?;
     Ok(())
 }

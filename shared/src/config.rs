@@ -1,0 +1,445 @@
+//! Configuration from the environment, and where secrets come from.
+//!
+//! Every variable the functions read is documented in the README's configuration
+//! reference. The Concur client secret comes from `CONCUR_CLIENT_SECRET_SOURCE`:
+//!
+//! | source | meaning |
+//! | --- | --- |
+//! | `secretsmanager:<id or ARN>` | AWS Secrets Manager (the cloud default) |
+//! | `ssm:<parameter name>` | SSM Parameter Store, decrypted (`SecureString`) |
+//! | `env:<VARIABLE>` | an environment variable — local runs only |
+//! | `file:<path>` | a file — local runs only |
+//!
+//! The secret is either the client secret itself or a JSON object
+//! `{"client_id": "...", "client_secret": "..."}` (the `client_id` there wins over
+//! `CONCUR_CLIENT_ID`). In a deployed Lambda (`AWS_LAMBDA_FUNCTION_NAME` set and not
+//! under `sam local`, which sets `AWS_SAM_LOCAL=true`), `env:` and `file:` are refused:
+//! a secret never sits in a plain environment variable in the cloud.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use aws_config::SdkConfig;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::concur::{ApiVersion, BaseUrl, ConcurClient, ConcurConfig, RetryPolicy};
+
+/// A configuration problem, named by its variable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0} is not set")]
+    Missing(&'static str),
+    #[error("{key}={value:?} is invalid: {reason}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("cannot read the Concur client secret from {source_name}: {message}")]
+    Secret {
+        source_name: String,
+        message: String,
+    },
+}
+
+/// Reads variables: the process environment, or a map in tests.
+pub trait Env {
+    fn var(&self, key: &str) -> Option<String>;
+
+    /// A set, non-blank value.
+    fn get(&self, key: &str) -> Option<String> {
+        self.var(key).filter(|v| !v.trim().is_empty())
+    }
+
+    fn required(&self, key: &'static str) -> Result<String, ConfigError> {
+        self.get(key).ok_or(ConfigError::Missing(key))
+    }
+
+    /// A parsed value, or `default` when unset.
+    fn parsed<T>(&self, key: &'static str, default: T) -> Result<T, ConfigError>
+    where
+        T: FromStr,
+        T::Err: std::fmt::Display,
+    {
+        match self.get(key) {
+            None => Ok(default),
+            Some(value) => value
+                .trim()
+                .parse()
+                .map_err(|e: T::Err| ConfigError::Invalid {
+                    key,
+                    reason: e.to_string(),
+                    value,
+                }),
+        }
+    }
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok()
+    }
+}
+
+impl Env for std::collections::HashMap<String, String> {
+    fn var(&self, key: &str) -> Option<String> {
+        self.get(key).cloned()
+    }
+}
+
+fn base_url(env: &impl Env, key: &'static str) -> Result<Option<BaseUrl>, ConfigError> {
+    env.get(key)
+        .map(|value| {
+            BaseUrl::parse(&value).map_err(|e| ConfigError::Invalid {
+                key,
+                value,
+                reason: e.to_string(),
+            })
+        })
+        .transpose()
+}
+
+/// True inside a deployed Lambda function (not `sam local invoke`).
+pub fn in_deployed_lambda(env: &impl Env) -> bool {
+    env.get("AWS_LAMBDA_FUNCTION_NAME").is_some()
+        && !env
+            .get("AWS_SAM_LOCAL")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+}
+
+/// Where the Concur client secret comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    SecretsManager(String),
+    Ssm(String),
+    Env(String),
+    File(PathBuf),
+}
+
+impl FromStr for SecretSource {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (kind, rest) = s.trim().split_once(':').ok_or_else(|| {
+            "expected secretsmanager:ID, ssm:NAME, env:VAR or file:PATH".to_owned()
+        })?;
+        if rest.trim().is_empty() {
+            return Err(format!("{kind}: names nothing"));
+        }
+        let rest = rest.trim().to_owned();
+        match kind.to_ascii_lowercase().as_str() {
+            "secretsmanager" => Ok(Self::SecretsManager(rest)),
+            "ssm" => Ok(Self::Ssm(rest)),
+            "env" => Ok(Self::Env(rest)),
+            "file" => Ok(Self::File(PathBuf::from(rest))),
+            other => Err(format!(
+                "unknown source {other:?}: expected secretsmanager, ssm, env or file"
+            )),
+        }
+    }
+}
+
+impl SecretSource {
+    fn name(&self) -> String {
+        match self {
+            Self::SecretsManager(id) => format!("secretsmanager:{id}"),
+            Self::Ssm(name) => format!("ssm:{name}"),
+            Self::Env(var) => format!("env:{var}"),
+            Self::File(path) => format!("file:{}", path.display()),
+        }
+    }
+
+    fn is_local_only(&self) -> bool {
+        matches!(self, Self::Env(_) | Self::File(_))
+    }
+
+    async fn fetch(&self, aws: &SdkConfig, env: &impl Env) -> Result<SecretString, ConfigError> {
+        let fail = |message: String| ConfigError::Secret {
+            source_name: self.name(),
+            message,
+        };
+        let text = match self {
+            Self::SecretsManager(id) => aws_sdk_secretsmanager::Client::new(aws)
+                .get_secret_value()
+                .secret_id(id)
+                .send()
+                .await
+                .map_err(|e| {
+                    fail(aws_sdk_secretsmanager::error::DisplayErrorContext(e).to_string())
+                })?
+                .secret_string
+                .ok_or_else(|| fail("the secret has no string value".into()))?,
+            Self::Ssm(name) => aws_sdk_ssm::Client::new(aws)
+                .get_parameter()
+                .name(name)
+                .with_decryption(true)
+                .send()
+                .await
+                .map_err(|e| fail(aws_sdk_ssm::error::DisplayErrorContext(e).to_string()))?
+                .parameter
+                .and_then(|p| p.value)
+                .ok_or_else(|| fail("the parameter has no value".into()))?,
+            Self::Env(var) => env
+                .get(var)
+                .ok_or_else(|| fail(format!("{var} is not set")))?,
+            Self::File(path) => std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?,
+        };
+        Ok(SecretString::from(text))
+    }
+}
+
+/// The app's OAuth2 client credentials.
+#[derive(Debug, Clone)]
+pub struct ClientCredentials {
+    pub client_id: String,
+    pub client_secret: SecretString,
+}
+
+/// Split a fetched secret into credentials: a JSON object with `client_secret` (and
+/// optionally `client_id`), or the bare secret with the id from configuration.
+pub fn credentials_from_secret(
+    secret: &SecretString,
+    configured_id: Option<String>,
+) -> Result<ClientCredentials, String> {
+    let text = secret.expose_secret().trim();
+    if text.starts_with('{') {
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|_| "the secret is not valid JSON".to_owned())?;
+        let field = |name: &str| {
+            value
+                .get(name)
+                .and_then(|v| v.as_str())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        };
+        let client_secret = field("client_secret")
+            .ok_or_else(|| "the JSON secret has no client_secret".to_owned())?;
+        let client_id = field("client_id")
+            .or(configured_id)
+            .ok_or_else(|| "no client_id in the secret nor in CONCUR_CLIENT_ID".to_owned())?;
+        return Ok(ClientCredentials {
+            client_id,
+            client_secret: SecretString::from(client_secret),
+        });
+    }
+    if text.is_empty() {
+        return Err("the secret is empty".into());
+    }
+    Ok(ClientCredentials {
+        client_id: configured_id.ok_or_else(|| "CONCUR_CLIENT_ID is not set".to_owned())?,
+        client_secret: SecretString::from(text.to_owned()),
+    })
+}
+
+/// Everything needed to build the Concur client.
+#[derive(Debug, Clone)]
+pub struct ConcurSettings {
+    pub api_base: BaseUrl,
+    pub auth_base: Option<BaseUrl>,
+    pub authtoken_base: Option<BaseUrl>,
+    pub version: ApiVersion,
+    pub client_id: Option<String>,
+    pub secret_source: SecretSource,
+    pub call_timeout: Duration,
+    pub max_attempts: u32,
+    in_deployed_lambda: bool,
+}
+
+impl ConcurSettings {
+    /// `CONCUR_API_BASE_URL` (required), `CONCUR_AUTH_BASE_URL`, `CONCUR_AUTHTOKEN_BASE_URL`,
+    /// `CONCUR_API_VERSION` (3.2), `CONCUR_CLIENT_ID`, `CONCUR_CLIENT_SECRET_SOURCE`
+    /// (required), `CONCUR_CALL_TIMEOUT_MS` (10000), `CONCUR_MAX_ATTEMPTS` (4).
+    pub fn from_env(env: &impl Env) -> Result<Self, ConfigError> {
+        let api_base = base_url(env, "CONCUR_API_BASE_URL")?
+            .ok_or(ConfigError::Missing("CONCUR_API_BASE_URL"))?;
+        let raw_source = env.required("CONCUR_CLIENT_SECRET_SOURCE")?;
+        let secret_source: SecretSource =
+            raw_source.parse().map_err(|reason| ConfigError::Invalid {
+                key: "CONCUR_CLIENT_SECRET_SOURCE",
+                value: raw_source.clone(),
+                reason,
+            })?;
+        let in_lambda = in_deployed_lambda(env);
+        if in_lambda && secret_source.is_local_only() {
+            return Err(ConfigError::Invalid {
+                key: "CONCUR_CLIENT_SECRET_SOURCE",
+                value: raw_source,
+                reason: "env: and file: sources are for local runs only; use secretsmanager: or ssm: in a deployed function".into(),
+            });
+        }
+        let max_attempts: u32 = env.parsed("CONCUR_MAX_ATTEMPTS", 4)?;
+        if max_attempts == 0 {
+            return Err(ConfigError::Invalid {
+                key: "CONCUR_MAX_ATTEMPTS",
+                value: "0".into(),
+                reason: "at least one attempt is needed".into(),
+            });
+        }
+        Ok(Self {
+            api_base,
+            auth_base: base_url(env, "CONCUR_AUTH_BASE_URL")?,
+            authtoken_base: base_url(env, "CONCUR_AUTHTOKEN_BASE_URL")?,
+            version: env.parsed("CONCUR_API_VERSION", ApiVersion::V3_2)?,
+            client_id: env.get("CONCUR_CLIENT_ID"),
+            secret_source,
+            call_timeout: Duration::from_millis(env.parsed("CONCUR_CALL_TIMEOUT_MS", 10_000)?),
+            max_attempts,
+            in_deployed_lambda: in_lambda,
+        })
+    }
+
+    /// Fetch the secret and build the client (once per cold start).
+    pub async fn client(
+        &self,
+        aws: &SdkConfig,
+        env: &impl Env,
+    ) -> Result<ConcurClient, ConfigError> {
+        let secret = self.secret_source.fetch(aws, env).await?;
+        let credentials =
+            credentials_from_secret(&secret, self.client_id.clone()).map_err(|message| {
+                ConfigError::Secret {
+                    source_name: self.secret_source.name(),
+                    message,
+                }
+            })?;
+        let mut config = ConcurConfig::new(
+            self.api_base.clone(),
+            credentials.client_id,
+            credentials.client_secret,
+        );
+        if let Some(base) = &self.auth_base {
+            config.token_base = base.clone();
+        }
+        if let Some(base) = &self.authtoken_base {
+            config.authtoken_base = base.clone();
+        }
+        config.version = self.version;
+        config.call_timeout = self.call_timeout;
+        config.retry = RetryPolicy {
+            max_attempts: self.max_attempts,
+            ..RetryPolicy::default()
+        };
+        if self.in_deployed_lambda && self.api_base.is_loopback() {
+            tracing::warn!("CONCUR_API_BASE_URL is a loopback address in a deployed function");
+        }
+        ConcurClient::new(config).map_err(|e| ConfigError::Secret {
+            source_name: "HTTP client".into(),
+            message: e.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn secret_sources_parse_with_clear_errors() {
+        assert_eq!(
+            "secretsmanager:arn:aws:secretsmanager:eu-west-1:1:secret:x".parse(),
+            Ok(SecretSource::SecretsManager(
+                "arn:aws:secretsmanager:eu-west-1:1:secret:x".into()
+            ))
+        );
+        assert_eq!(
+            "ssm:/triplink/secret".parse(),
+            Ok(SecretSource::Ssm("/triplink/secret".into()))
+        );
+        assert_eq!("env:X".parse(), Ok(SecretSource::Env("X".into())));
+        assert!("vault:x"
+            .parse::<SecretSource>()
+            .unwrap_err()
+            .contains("unknown source"));
+        assert!("env:".parse::<SecretSource>().is_err());
+        assert!("plain".parse::<SecretSource>().is_err());
+    }
+
+    #[test]
+    fn settings_need_a_base_url_and_a_secret_source() {
+        let err = ConcurSettings::from_env(&env(&[])).unwrap_err();
+        assert!(err.to_string().contains("CONCUR_API_BASE_URL"));
+        let err =
+            ConcurSettings::from_env(&env(&[("CONCUR_API_BASE_URL", "https://evil.example.com")]))
+                .unwrap_err();
+        assert!(
+            err.to_string().contains("outside Concur's domains"),
+            "{err}"
+        );
+        let settings = ConcurSettings::from_env(&env(&[
+            ("CONCUR_API_BASE_URL", "https://us.api.concursolutions.com"),
+            ("CONCUR_CLIENT_SECRET_SOURCE", "ssm:/x"),
+            ("CONCUR_API_VERSION", "3.1"),
+        ]))
+        .unwrap();
+        assert_eq!(settings.version, ApiVersion::V3_1);
+        assert_eq!(settings.max_attempts, 4);
+    }
+
+    #[test]
+    fn plain_environment_secrets_are_refused_in_a_deployed_lambda() {
+        let base = [
+            ("CONCUR_API_BASE_URL", "https://us.api.concursolutions.com"),
+            ("CONCUR_CLIENT_SECRET_SOURCE", "env:CONCUR_CLIENT_SECRET"),
+            ("AWS_LAMBDA_FUNCTION_NAME", "poller"),
+        ];
+        let err = ConcurSettings::from_env(&env(&base)).unwrap_err();
+        assert!(err.to_string().contains("local runs only"), "{err}");
+        let mut local = base.to_vec();
+        local.push(("AWS_SAM_LOCAL", "true"));
+        assert!(ConcurSettings::from_env(&env(&local)).is_ok());
+    }
+
+    #[test]
+    fn secrets_are_json_or_bare() {
+        let json = SecretString::from(r#"{"client_id":"id-1","client_secret":"s-1"}"#);
+        let creds = credentials_from_secret(&json, Some("ignored".into())).unwrap();
+        assert_eq!(creds.client_id, "id-1");
+        assert_eq!(creds.client_secret.expose_secret(), "s-1");
+        let bare = SecretString::from(" s-2\n");
+        let creds = credentials_from_secret(&bare, Some("id-2".into())).unwrap();
+        assert_eq!(
+            (
+                creds.client_id.as_str(),
+                creds.client_secret.expose_secret()
+            ),
+            ("id-2", "s-2")
+        );
+        assert!(credentials_from_secret(&bare, None)
+            .unwrap_err()
+            .contains("CONCUR_CLIENT_ID"));
+        assert!(credentials_from_secret(&SecretString::from("{\"x\":1}"), None).is_err());
+        let shown = format!("{:?}", credentials_from_secret(&json, None).unwrap());
+        assert!(!shown.contains("s-1"), "{shown}");
+    }
+
+    #[tokio::test]
+    async fn a_file_secret_builds_a_client() {
+        let path = std::env::temp_dir().join(format!("triplink-secret-{}", std::process::id()));
+        std::fs::write(&path, r#"{"client_id":"cid","client_secret":"from-file"}"#).unwrap();
+        let vars = env(&[
+            ("CONCUR_API_BASE_URL", "http://127.0.0.1:9"),
+            (
+                "CONCUR_CLIENT_SECRET_SOURCE",
+                &format!("file:{}", path.display()),
+            ),
+        ]);
+        let settings = ConcurSettings::from_env(&vars).unwrap();
+        let aws = SdkConfig::builder().build();
+        let client = settings.client(&aws, &vars).await.unwrap();
+        assert_eq!(client.config().client_id, "cid");
+        assert_eq!(client.config().client_secret.expose_secret(), "from-file");
+        std::fs::remove_file(path).ok();
+    }
+}
