@@ -12,7 +12,16 @@ use clap::Parser;
 /// `/_sandbox/` (virtual clock, request states and PUT history, fault rules,
 /// seeding). See sandbox/README.md.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "concur-sandbox", version, about, long_about = None)]
+#[command(
+    name = "concur-sandbox",
+    version,
+    about,
+    long_about = None,
+    after_help = "Routes: POST /oauth2/v0/token, DELETE /app-mgmt/v0/connections, \
+/api/v3.0|v3.1|v3.2/common/connectionrequests/[{id}], and the admin API under /_sandbox/ \
+(clock, clock/advance, requests, summary, users, seed, faults). RUST_LOG sets the log level. \
+Everything is described in sandbox/README.md."
+)]
 pub struct Config {
     /// Address to listen on (use port 0 for any free port, with --addr-file).
     #[arg(long, env = "SANDBOX_LISTEN", default_value = "127.0.0.1:8787")]
@@ -94,7 +103,7 @@ pub struct Config {
     /// `list:latency=800:p=0.5`, `any:429:retry-after=3:next=1`, `get:drop`.
     /// ROUTE: token|list|get|put|create|revoke|any. KIND: latency=MS|429|500|503|
     /// 500-after|503-after|drop|drop-after|slow=MS|malformed|error200|xml.
-    /// OPTION: next=N|p=PROBABILITY|retry-after=SECONDS.
+    /// OPTION: next=N|p=PROBABILITY|retry-after=SECONDS. In SANDBOX_FAULTS, separate rules with commas.
     #[arg(long = "fault", env = "SANDBOX_FAULTS", value_delimiter = ',')]
     pub faults: Vec<String>,
 
