@@ -64,8 +64,13 @@ pub enum FaultKind {
     /// 429 with `Retry-After` (seconds), call not processed.
     TooManyRequests { retry_after: u64 },
     /// This status (500 or 503) with the Error body; `after`: the call is
-    /// processed first and its real answer replaced.
-    Status { code: u16, after: bool },
+    /// processed first and its real answer replaced. `retry_after` (seconds)
+    /// adds a `Retry-After` header when the rule gave one.
+    Status {
+        code: u16,
+        after: bool,
+        retry_after: Option<u64>,
+    },
     /// The TCP connection is closed without a complete response; `after`: the
     /// call is processed first.
     Drop { after: bool },
@@ -116,7 +121,7 @@ impl FaultRule {
             .ok_or_else(|| format!("fault {spec:?}: missing kind"))?
             .to_ascii_lowercase();
         let mut trigger = Trigger::Always;
-        let mut retry_after: u64 = 1;
+        let mut retry_after: Option<u64> = None;
         for opt in parts {
             let (k, v) = opt
                 .split_once('=')
@@ -138,9 +143,10 @@ impl FaultRule {
                     trigger = Trigger::Probability(p);
                 }
                 "retry-after" => {
-                    retry_after = v
-                        .parse()
-                        .map_err(|_| format!("fault {spec:?}: retry-after must be seconds"))?;
+                    retry_after = Some(
+                        v.parse()
+                            .map_err(|_| format!("fault {spec:?}: retry-after must be seconds"))?,
+                    );
                 }
                 other => return Err(format!("fault {spec:?}: unknown option {other:?}")),
             }
@@ -154,22 +160,28 @@ impl FaultRule {
             Some(("slow", v)) => FaultKind::SlowBody { ms: num(v)? },
             Some(_) => return Err(format!("fault {spec:?}: unknown kind {kind_s:?}")),
             None => match kind_s.as_str() {
-                "429" => FaultKind::TooManyRequests { retry_after },
+                "429" => FaultKind::TooManyRequests {
+                    retry_after: retry_after.unwrap_or(1),
+                },
                 "500" => FaultKind::Status {
                     code: 500,
                     after: false,
+                    retry_after,
                 },
                 "503" => FaultKind::Status {
                     code: 503,
                     after: false,
+                    retry_after,
                 },
                 "500-after" => FaultKind::Status {
                     code: 500,
                     after: true,
+                    retry_after,
                 },
                 "503-after" => FaultKind::Status {
                     code: 503,
                     after: true,
+                    retry_after,
                 },
                 "drop" => FaultKind::Drop { after: false },
                 "drop-after" => FaultKind::Drop { after: true },

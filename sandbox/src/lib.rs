@@ -331,7 +331,11 @@ async fn fault_layer(State(state): State<SharedState>, mut req: Request, next: N
             }
             r
         }
-        FaultKind::Status { code, after } => {
+        FaultKind::Status {
+            code,
+            after,
+            retry_after,
+        } => {
             if after {
                 let _ = next.run(req).await;
             }
@@ -341,7 +345,11 @@ async fn fault_layer(State(state): State<SharedState>, mut req: Request, next: N
             } else {
                 "Internal server error."
             };
-            api::error(&state, status, format, msg)
+            let mut r = api::error(&state, status, format, msg);
+            if let Some(v) = retry_after.and_then(|s| HeaderValue::from_str(&s.to_string()).ok()) {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            r
         }
         FaultKind::Drop { after } => {
             if after {
