@@ -1,11 +1,35 @@
-use lambda_runtime::{service_fn, Error, LambdaEvent};
-use serde_json::Value;
+//! Wiring only: configuration, AWS clients and the Concur client are built once per
+//! cold start; each scheduled event runs `poller::Poller::handle`.
 
-async fn handler(event: LambdaEvent<Value>) -> Result<Value, Error> {
-    Ok(serde_json::json!({ "received": event.payload.is_object() }))
-}
+use lambda_runtime::{service_fn, Error, LambdaEvent};
+use poller::{Poller, PollerSettings};
+use triplink_shared::config::{ConcurSettings, Env, ProcessEnv};
+use triplink_shared::store::DynamoRequestStore;
+use triplink_shared::telemetry::{init_logging, Metrics};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    lambda_runtime::run(service_fn(handler)).await
+    init_logging();
+    let env = ProcessEnv;
+    let aws = aws_config::load_from_env().await;
+    let concur = ConcurSettings::from_env(&env)?.client(&aws, &env).await?;
+    let store = DynamoRequestStore::new(
+        aws_sdk_dynamodb::Client::new(&aws),
+        env.required("REQUESTS_TABLE")?,
+    );
+    let poller = Poller {
+        concur,
+        store,
+        settings: PollerSettings::from_env(&env)?,
+        metrics: Metrics::new(
+            env.get("METRICS_NAMESPACE")
+                .unwrap_or_else(|| "TripLink".into()),
+            "poller",
+        ),
+    };
+    let poller = &poller;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<_>| async move {
+        poller.handle(event).await
+    }))
+    .await
 }

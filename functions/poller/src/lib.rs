@@ -1,0 +1,427 @@
+//! The poller: drains Concur's queue of pending connection requests into the requests
+//! table, page by page, until `NextPage` is null, the page cap is reached, or the
+//! Lambda deadline (less a safety margin) comes near.
+//!
+//! * Re-reading a request never duplicates it: the store's conditional writes decide
+//!   between new, requeue, token refresh and unchanged (`triplink_shared::store`).
+//! * A page's store writes overlap with the next page's fetch, so a run costs about the
+//!   sum of the page round-trips.
+//! * Nothing is popped here (the poller never PUTs): a crash at any point leaves every
+//!   request at Concur, and the next run stores what this one did not.
+//! * The worker pops requests concurrently, which shifts Concur's offsets (Scenario 2 of
+//!   the API page): a request skipped that way is still pending and the next run gets it.
+
+use std::time::Duration;
+
+use aws_lambda_events::eventbridge::EventBridgeEvent;
+use chrono::Utc;
+use futures::StreamExt;
+use lambda_runtime::LambdaEvent;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+use triplink_shared::concur::{ConcurClient, ConcurError, Page, MAX_PAGE_LIMIT};
+use triplink_shared::config::{ConfigError, Env};
+use triplink_shared::model::ConnectionRequest;
+use triplink_shared::store::{PollWrite, RequestStore, StoreError};
+use triplink_shared::telemetry::{Metrics, Unit};
+
+/// The poller's knobs, from the environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PollerSettings {
+    /// `POLL_PAGE_LIMIT`: requests per page, 1..=10 (default 10).
+    pub page_limit: u32,
+    /// `POLL_MAX_PAGES`: pages per run at most (default 50).
+    pub max_pages: u32,
+    /// `POLL_DEADLINE_MARGIN_MS`: stop paging this long before the Lambda deadline
+    /// (default 5000).
+    pub deadline_margin: Duration,
+    /// `POLL_WRITE_CONCURRENCY`: store writes in flight at once (default 10).
+    pub write_concurrency: usize,
+}
+
+impl Default for PollerSettings {
+    fn default() -> Self {
+        Self {
+            page_limit: MAX_PAGE_LIMIT,
+            max_pages: 50,
+            deadline_margin: Duration::from_secs(5),
+            write_concurrency: 10,
+        }
+    }
+}
+
+impl PollerSettings {
+    pub fn from_env(env: &impl Env) -> Result<Self, ConfigError> {
+        let defaults = Self::default();
+        let settings = Self {
+            page_limit: env.parsed("POLL_PAGE_LIMIT", defaults.page_limit)?,
+            max_pages: env.parsed("POLL_MAX_PAGES", defaults.max_pages)?,
+            deadline_margin: Duration::from_millis(env.parsed(
+                "POLL_DEADLINE_MARGIN_MS",
+                defaults.deadline_margin.as_millis() as u64,
+            )?),
+            write_concurrency: env.parsed("POLL_WRITE_CONCURRENCY", defaults.write_concurrency)?,
+        };
+        let invalid = |key: &'static str, value: String, reason: &str| ConfigError::Invalid {
+            key,
+            value,
+            reason: reason.into(),
+        };
+        if !(1..=MAX_PAGE_LIMIT).contains(&settings.page_limit) {
+            return Err(invalid(
+                "POLL_PAGE_LIMIT",
+                settings.page_limit.to_string(),
+                "must be 1 to 10 (Concur serves at most 10 per page)",
+            ));
+        }
+        if settings.max_pages == 0 {
+            return Err(invalid("POLL_MAX_PAGES", "0".into(), "must be at least 1"));
+        }
+        if settings.write_concurrency == 0 {
+            return Err(invalid(
+                "POLL_WRITE_CONCURRENCY",
+                "0".into(),
+                "must be at least 1",
+            ));
+        }
+        Ok(settings)
+    }
+}
+
+/// Where pending requests come from: Concur's list call.
+pub trait PendingSource: Send + Sync {
+    fn list_page(
+        &self,
+        limit: u32,
+        offset: Option<&str>,
+        deadline: Instant,
+    ) -> impl std::future::Future<Output = Result<Page, ConcurError>> + Send;
+}
+
+impl PendingSource for ConcurClient {
+    async fn list_page(
+        &self,
+        limit: u32,
+        offset: Option<&str>,
+        deadline: Instant,
+    ) -> Result<Page, ConcurError> {
+        ConcurClient::list_page(self, limit, offset, deadline).await
+    }
+}
+
+impl<T: PendingSource> PendingSource for std::sync::Arc<T> {
+    async fn list_page(
+        &self,
+        limit: u32,
+        offset: Option<&str>,
+        deadline: Instant,
+    ) -> Result<Page, ConcurError> {
+        T::list_page(self, limit, offset, deadline).await
+    }
+}
+
+/// Why a run stopped paging.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// `NextPage` was null: the queue is drained.
+    #[default]
+    Drained,
+    /// `POLL_MAX_PAGES` pages were read.
+    PageCap,
+    /// The Lambda deadline (less the margin) came near.
+    Deadline,
+    /// Concur failed (after the client's retries).
+    ConcurError,
+}
+
+/// One run's summary: logged, returned, and published as metrics. No personal data.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct PollSummary {
+    pub pages: u32,
+    pub seen: u32,
+    pub new: u32,
+    pub requeued: u32,
+    pub token_refreshed: u32,
+    pub unchanged: u32,
+    pub failed: u32,
+    pub stop_reason: StopReason,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub duration_ms: u64,
+}
+
+impl PollSummary {
+    fn stored(&self) -> u32 {
+        self.new + self.requeued + self.token_refreshed + self.unchanged
+    }
+}
+
+/// A run that could do nothing at all.
+#[derive(Debug, thiserror::Error)]
+pub enum PollError {
+    #[error("no page could be read from Concur: {0}")]
+    Concur(#[source] ConcurError),
+    #[error("no request could be stored: {0}")]
+    Store(#[source] StoreError),
+}
+
+impl From<PollError> for lambda_runtime::Diagnostic {
+    fn from(error: PollError) -> Self {
+        let error_type = match &error {
+            PollError::Concur(_) => "ConcurUnavailable",
+            PollError::Store(_) => "StoreUnavailable",
+        };
+        Self {
+            error_type: error_type.into(),
+            error_message: error.to_string(),
+        }
+    }
+}
+
+async fn store_page<S: RequestStore>(
+    store: &S,
+    items: Vec<ConnectionRequest>,
+    concurrency: usize,
+) -> Vec<(String, Result<PollWrite, StoreError>)> {
+    futures::stream::iter(items)
+        .map(|request| async move {
+            let result = store.record_polled(&request, Utc::now()).await;
+            (request.id, result)
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await
+}
+
+/// Drain the queue into the store until `NextPage` is null, the page cap, or
+/// `deadline - margin`. Returns an error only when nothing at all could be done.
+pub async fn poll<C: PendingSource, S: RequestStore>(
+    concur: &C,
+    store: &S,
+    settings: &PollerSettings,
+    deadline: Instant,
+) -> Result<PollSummary, PollError> {
+    let started = Instant::now();
+    let stop_at = deadline
+        .checked_sub(settings.deadline_margin)
+        .unwrap_or(started);
+    let mut summary = PollSummary::default();
+    let mut offset: Option<String> = None;
+    let mut unwritten: Option<Vec<ConnectionRequest>> = None;
+    let mut stop: Option<StopReason> = None;
+    let mut concur_error: Option<ConcurError> = None;
+    let mut store_error: Option<StoreError> = None;
+    loop {
+        if stop.is_none() {
+            if summary.pages >= settings.max_pages {
+                stop = Some(StopReason::PageCap);
+            } else if Instant::now() >= stop_at {
+                stop = Some(StopReason::Deadline);
+            }
+        }
+        let fetch = async {
+            match stop {
+                None => Some(
+                    concur
+                        .list_page(settings.page_limit, offset.as_deref(), stop_at)
+                        .await,
+                ),
+                Some(_) => None,
+            }
+        };
+        let write = async {
+            match unwritten.take() {
+                Some(items) => store_page(store, items, settings.write_concurrency).await,
+                None => Vec::new(),
+            }
+        };
+        let (fetched, written) = tokio::join!(fetch, write);
+        for (request_id, result) in written {
+            match result {
+                Ok(PollWrite::New) => summary.new += 1,
+                Ok(PollWrite::Requeued { attempt }) => {
+                    info!(request_id = %request_id, attempt, "requeued request stored as a new attempt");
+                    summary.requeued += 1
+                }
+                Ok(PollWrite::TokenRefreshed) => summary.token_refreshed += 1,
+                Ok(PollWrite::Unchanged) => summary.unchanged += 1,
+                Err(e) => {
+                    error!(request_id = %request_id, error = %e, "could not store a polled request");
+                    summary.failed += 1;
+                    store_error.get_or_insert(e);
+                }
+            }
+        }
+        match fetched {
+            None => break,
+            Some(Ok(page)) => {
+                summary.pages += 1;
+                summary.seen += page.items.len() as u32;
+                match page.next_offset {
+                    Some(next) => offset = Some(next),
+                    None => stop = Some(StopReason::Drained),
+                }
+                unwritten = Some(page.items);
+            }
+            // A call cut short by the deadline is the deadline, not a Concur failure.
+            Some(Err(e))
+                if matches!(e, ConcurError::DeadlineExceeded { .. })
+                    || (matches!(e, ConcurError::Timeout { .. }) && Instant::now() >= stop_at) =>
+            {
+                stop = Some(StopReason::Deadline)
+            }
+            Some(Err(e)) => {
+                error!(
+                    error = %e,
+                    error_kind = e.kind(),
+                    correlation_id = e.correlation_id().unwrap_or(""),
+                    pages_done = summary.pages,
+                    "Concur failed while paging; stopping this run"
+                );
+                summary.error = Some(format!("{}: {e}", e.kind()));
+                stop = Some(StopReason::ConcurError);
+                concur_error = Some(e);
+            }
+        }
+    }
+    summary.stop_reason = stop.unwrap_or_default();
+    summary.duration_ms = started.elapsed().as_millis() as u64;
+    if summary.pages == 0 {
+        if let Some(e) = concur_error {
+            return Err(PollError::Concur(e));
+        }
+    }
+    if summary.failed > 0 && summary.stored() == 0 {
+        if let Some(e) = store_error {
+            return Err(PollError::Store(e));
+        }
+    }
+    Ok(summary)
+}
+
+/// The poller function: its dependencies, built once per cold start.
+pub struct Poller<C, S> {
+    pub concur: C,
+    pub store: S,
+    pub settings: PollerSettings,
+    pub metrics: Metrics,
+}
+
+/// The Lambda deadline as a tokio instant.
+pub fn deadline_from_context(deadline_epoch_ms: u64) -> Instant {
+    let now_ms = Utc::now().timestamp_millis().max(0) as u64;
+    Instant::now() + Duration::from_millis(deadline_epoch_ms.saturating_sub(now_ms))
+}
+
+impl<C: PendingSource, S: RequestStore> Poller<C, S> {
+    /// One run, logged as one summary line and published as EMF metrics.
+    pub async fn run(&self, deadline: Instant) -> Result<PollSummary, PollError> {
+        let result = poll(&self.concur, &self.store, &self.settings, deadline).await;
+        match &result {
+            Ok(summary) => {
+                if summary.stop_reason == StopReason::ConcurError || summary.failed > 0 {
+                    warn!(summary = ?summary, "poll run finished with errors");
+                } else {
+                    info!(
+                        pages = summary.pages,
+                        seen = summary.seen,
+                        new = summary.new,
+                        requeued = summary.requeued,
+                        token_refreshed = summary.token_refreshed,
+                        unchanged = summary.unchanged,
+                        failed = summary.failed,
+                        stop_reason = ?summary.stop_reason,
+                        duration_ms = summary.duration_ms,
+                        "poll run finished"
+                    );
+                }
+                self.publish(summary, 0);
+            }
+            Err(e) => {
+                error!(error = %e, "poll run failed: nothing could be done");
+                self.publish(&PollSummary::default(), 1);
+            }
+        }
+        result
+    }
+
+    fn publish(&self, summary: &PollSummary, failed_runs: u32) {
+        let mut properties = Map::new();
+        properties.insert(
+            "stop_reason".into(),
+            serde_json::to_value(summary.stop_reason).unwrap_or(Value::Null),
+        );
+        let count = |v: u32| f64::from(v);
+        self.metrics.emit(
+            &[
+                ("Polled", count(summary.seen), Unit::Count),
+                ("New", count(summary.new), Unit::Count),
+                ("Requeued", count(summary.requeued), Unit::Count),
+                (
+                    "Unchanged",
+                    count(summary.unchanged + summary.token_refreshed),
+                    Unit::Count,
+                ),
+                ("StoreFailed", count(summary.failed), Unit::Count),
+                ("PollFailed", count(failed_runs), Unit::Count),
+                ("Pages", count(summary.pages), Unit::Count),
+                (
+                    "PollDurationMs",
+                    summary.duration_ms as f64,
+                    Unit::Milliseconds,
+                ),
+            ],
+            properties,
+        );
+    }
+
+    /// The Lambda handler: a scheduled EventBridge event in, the run's summary out.
+    pub async fn handle(
+        &self,
+        event: LambdaEvent<EventBridgeEvent<Value>>,
+    ) -> Result<PollSummary, PollError> {
+        let deadline = deadline_from_context(event.context.deadline);
+        self.run(deadline).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn settings_have_defaults_and_checks() {
+        let empty: HashMap<String, String> = HashMap::new();
+        assert_eq!(
+            PollerSettings::from_env(&empty).unwrap(),
+            PollerSettings::default()
+        );
+        for (key, value) in [
+            ("POLL_PAGE_LIMIT", "11"),
+            ("POLL_PAGE_LIMIT", "0"),
+            ("POLL_MAX_PAGES", "0"),
+            ("POLL_DEADLINE_MARGIN_MS", "-5"),
+            ("POLL_WRITE_CONCURRENCY", "many"),
+        ] {
+            let env = HashMap::from([(key.to_string(), value.to_string())]);
+            let err = PollerSettings::from_env(&env).unwrap_err().to_string();
+            assert!(err.contains(key), "{key}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_deadline_comes_from_the_context() {
+        let in_ten_s = Utc::now().timestamp_millis() as u64 + 10_000;
+        let deadline = deadline_from_context(in_ten_s);
+        let left = deadline - Instant::now();
+        assert!(
+            left > Duration::from_secs(9) && left <= Duration::from_secs(10),
+            "{left:?}"
+        );
+        assert!(deadline_from_context(0) <= Instant::now());
+    }
+}

@@ -1,0 +1,434 @@
+//! The poller against the Concur sandbox (in process, on loopback) and a real local
+//! DynamoDB (moto_server).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use concur_sandbox::{spawn, Config, Sandbox};
+use poller::{poll, PendingSource, PollSummary, PollerSettings, StopReason};
+use secrecy::SecretString;
+use serde_json::json;
+use tokio::time::Instant;
+use triplink_shared::concur::{
+    BaseUrl, ConcurClient, ConcurConfig, ConcurError, Page, RetryPolicy,
+};
+use triplink_shared::model::ConnectionStatus;
+use triplink_shared::store::layout::{RequestItem, RequestState};
+use triplink_shared::store::{tables, DynamoRequestStore, RequestStore};
+use triplink_shared::testing;
+
+async fn sandbox(users: usize, tweak: impl FnOnce(&mut Config)) -> Sandbox {
+    let mut config = Config::for_tests();
+    config.users = users;
+    tweak(&mut config);
+    spawn(config).await.expect("sandbox starts")
+}
+
+fn client(sandbox: &Sandbox) -> ConcurClient {
+    let mut config = ConcurConfig::new(
+        BaseUrl::parse(&sandbox.local_url).unwrap(),
+        "sandbox-client",
+        SecretString::from("sandbox-secret"),
+    );
+    config.retry = RetryPolicy {
+        max_attempts: 3,
+        base_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(50),
+    };
+    ConcurClient::new(config).unwrap()
+}
+
+async fn store() -> DynamoRequestStore {
+    let client = testing::dynamodb();
+    let table = testing::unique_name("poller");
+    tables::create_requests_table(&client, &table)
+        .await
+        .unwrap();
+    DynamoRequestStore::new(client, table)
+}
+
+async fn items(store: &DynamoRequestStore) -> Vec<RequestItem> {
+    let pages: Vec<_> = store
+        .client()
+        .scan()
+        .table_name(store.table())
+        .into_paginator()
+        .items()
+        .send()
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .unwrap();
+    pages
+        .into_iter()
+        .map(|item| serde_dynamo::from_item(item).unwrap())
+        .collect()
+}
+
+fn far() -> Instant {
+    Instant::now() + Duration::from_secs(120)
+}
+
+fn settings() -> PollerSettings {
+    PollerSettings {
+        max_pages: 500,
+        deadline_margin: Duration::from_millis(200),
+        ..PollerSettings::default()
+    }
+}
+
+async fn admin(sandbox: &Sandbox, path: &str, body: serde_json::Value) {
+    let response = reqwest::Client::new()
+        .post(sandbox.url(path))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{path}: {}",
+        response.status()
+    );
+}
+
+fn assert_each_stored_once(items: &[RequestItem], expected: usize) {
+    assert_eq!(items.len(), expected);
+    let mut ids: Vec<_> = items.iter().map(|i| i.request_id.as_str()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), expected, "ids are unique");
+    assert!(items
+        .iter()
+        .all(|i| i.attempt == 1 && i.state == RequestState::Received));
+    assert!(items.iter().all(|i| i.request_token.is_some()));
+}
+
+#[tokio::test]
+async fn drains_35_and_a_second_run_finds_nothing_new() {
+    let sandbox = sandbox(35, |_| {}).await;
+    let (concur, store) = (client(&sandbox), store().await);
+    let first = poll(&concur, &store, &settings(), far()).await.unwrap();
+    assert_eq!(
+        (
+            first.pages,
+            first.seen,
+            first.new,
+            first.failed,
+            first.stop_reason
+        ),
+        (4, 35, 35, 0, StopReason::Drained),
+        "{first:?}"
+    );
+    assert_each_stored_once(&items(&store).await, 35);
+
+    let second = poll(&concur, &store, &settings(), far()).await.unwrap();
+    assert_eq!(
+        (second.seen, second.new, second.requeued),
+        (35, 0, 0),
+        "{second:?}"
+    );
+    assert_eq!(second.token_refreshed + second.unchanged, 35);
+    assert_each_stored_once(&items(&store).await, 35);
+}
+
+#[tokio::test]
+async fn drains_1000() {
+    let sandbox = sandbox(1000, |_| {}).await;
+    let (concur, store) = (client(&sandbox), store().await);
+    let summary = poll(&concur, &store, &settings(), far()).await.unwrap();
+    assert_eq!(
+        (
+            summary.pages,
+            summary.seen,
+            summary.new,
+            summary.stop_reason
+        ),
+        (100, 1000, 1000, StopReason::Drained),
+        "{summary:?}"
+    );
+    assert_each_stored_once(&items(&store).await, 1000);
+}
+
+/// Stand in for the worker: report a status to Concur and record it as reported.
+async fn report(
+    concur: &ConcurClient,
+    store: &DynamoRequestStore,
+    id: &str,
+    status: ConnectionStatus,
+) {
+    concur.update_status(id, status, far()).await.unwrap();
+    let mut item = store.get(id).await.unwrap().unwrap();
+    item.state = RequestState::Reported;
+    item.request_token = None;
+    store
+        .client()
+        .put_item()
+        .table_name(store.table())
+        .set_item(Some(serde_dynamo::to_item(&item).unwrap()))
+        .send()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_creu1_request_returns_24_virtual_hours_later_as_a_new_attempt() {
+    let sandbox = sandbox(5, |_| {}).await;
+    let (concur, store) = (client(&sandbox), store().await);
+    poll(&concur, &store, &settings(), far()).await.unwrap();
+    let id = items(&store).await[0].request_id.clone();
+    let before = store.get(&id).await.unwrap().unwrap();
+    report(&concur, &store, &id, ConnectionStatus::AccountNotFound).await;
+
+    let popped = poll(&concur, &store, &settings(), far()).await.unwrap();
+    assert_eq!(
+        (popped.seen, popped.requeued),
+        (4, 0),
+        "popped until requeued: {popped:?}"
+    );
+
+    admin(
+        &sandbox,
+        "/_sandbox/clock/advance",
+        json!({"seconds": 23 * 3600}),
+    )
+    .await;
+    let early = poll(&concur, &store, &settings(), far()).await.unwrap();
+    assert_eq!(early.requeued, 0, "not before 24 h: {early:?}");
+
+    admin(
+        &sandbox,
+        "/_sandbox/clock/advance",
+        json!({"seconds": 3600 + 1}),
+    )
+    .await;
+    let requeue = poll(&concur, &store, &settings(), far()).await.unwrap();
+    assert_eq!(
+        (requeue.seen, requeue.requeued, requeue.new),
+        (5, 1, 0),
+        "{requeue:?}"
+    );
+    let after = store.get(&id).await.unwrap().unwrap();
+    assert_eq!((after.state, after.attempt), (RequestState::Received, 2));
+    assert_ne!(
+        after.request_token, before.request_token,
+        "a requeue carries a new token"
+    );
+    assert_eq!(items(&store).await.len(), 5);
+}
+
+#[tokio::test]
+async fn stops_before_the_deadline_and_the_next_run_resumes() {
+    let sandbox = sandbox(35, |c| c.faults = vec!["list:latency=150".into()]).await;
+    let (concur, store) = (client(&sandbox), store().await);
+    concur.app_token(far()).await.unwrap();
+    let margin = Duration::from_millis(200);
+    let settings = PollerSettings {
+        deadline_margin: margin,
+        ..settings()
+    };
+    let started = Instant::now();
+    let deadline = started + margin + Duration::from_millis(400);
+    let first = poll(&concur, &store, &settings, deadline).await.unwrap();
+    assert_eq!(first.stop_reason, StopReason::Deadline, "{first:?}");
+    assert!(first.pages >= 1 && first.pages < 4, "{first:?}");
+    assert!(
+        Instant::now() < deadline + Duration::from_millis(100),
+        "finished near the deadline"
+    );
+    assert_eq!(items(&store).await.len() as u32, first.new);
+
+    let second = poll(&concur, &store, &settings, far()).await.unwrap();
+    assert_eq!(second.stop_reason, StopReason::Drained);
+    assert_eq!(first.new + second.new, 35, "{first:?} {second:?}");
+    assert_each_stored_once(&items(&store).await, 35);
+}
+
+#[tokio::test]
+async fn the_page_cap_stops_a_run() {
+    let sandbox = sandbox(35, |_| {}).await;
+    let (concur, store) = (client(&sandbox), store().await);
+    let capped = PollerSettings {
+        max_pages: 2,
+        ..settings()
+    };
+    let summary = poll(&concur, &store, &capped, far()).await.unwrap();
+    assert_eq!(
+        (summary.pages, summary.new, summary.stop_reason),
+        (2, 20, StopReason::PageCap)
+    );
+}
+
+/// Sets sandbox fault rules once `after_pages` pages were read.
+struct FaultAfter {
+    inner: ConcurClient,
+    admin: String,
+    after_pages: u32,
+    rules: Vec<&'static str>,
+    pages: AtomicU32,
+}
+
+impl PendingSource for FaultAfter {
+    async fn list_page(
+        &self,
+        limit: u32,
+        offset: Option<&str>,
+        deadline: Instant,
+    ) -> Result<Page, ConcurError> {
+        if self.pages.load(Ordering::SeqCst) == self.after_pages {
+            reqwest::Client::new()
+                .post(&self.admin)
+                .json(&json!({ "rules": self.rules }))
+                .send()
+                .await
+                .unwrap();
+        }
+        let page = self.inner.list_page(limit, offset, deadline).await?;
+        self.pages.fetch_add(1, Ordering::SeqCst);
+        Ok(page)
+    }
+}
+
+fn fault_after(sandbox: &Sandbox, after_pages: u32, rules: Vec<&'static str>) -> FaultAfter {
+    FaultAfter {
+        inner: client(sandbox),
+        admin: sandbox.url("/_sandbox/faults"),
+        after_pages,
+        rules,
+        pages: AtomicU32::new(0),
+    }
+}
+
+#[tokio::test]
+async fn a_503_and_a_429_in_the_middle_of_paging_are_retried() {
+    let sandbox = sandbox(35, |_| {}).await;
+    let store = store().await;
+    let source = fault_after(
+        &sandbox,
+        1,
+        vec!["list:503:next=1", "list:429:retry-after=1:next=1"],
+    );
+    let summary = poll(&source, &store, &settings(), far()).await.unwrap();
+    assert_eq!(
+        (summary.new, summary.stop_reason, summary.error.as_deref()),
+        (35, StopReason::Drained, None),
+        "{summary:?}"
+    );
+    assert_each_stored_once(&items(&store).await, 35);
+}
+
+#[tokio::test]
+async fn concur_failing_mid_run_keeps_the_progress_and_the_next_run_finishes() {
+    let sandbox = sandbox(35, |_| {}).await;
+    let store = store().await;
+    let source = fault_after(&sandbox, 2, vec!["list:503"]);
+    let broken = poll(&source, &store, &settings(), far()).await.unwrap();
+    assert_eq!(
+        (broken.pages, broken.new, broken.stop_reason),
+        (2, 20, StopReason::ConcurError),
+        "{broken:?}"
+    );
+    assert!(
+        broken.error.as_deref().unwrap().starts_with("unavailable"),
+        "{broken:?}"
+    );
+    assert_eq!(items(&store).await.len(), 20, "progress kept");
+
+    // Nothing at all can be done: an error, not a summary.
+    let err = poll(&source, &store, &settings(), far()).await.unwrap_err();
+    assert!(err.to_string().contains("no page could be read"), "{err}");
+
+    reqwest::Client::new()
+        .delete(sandbox.url("/_sandbox/faults"))
+        .send()
+        .await
+        .unwrap();
+    let resumed = poll(&client(&sandbox), &store, &settings(), far())
+        .await
+        .unwrap();
+    assert_eq!(
+        (resumed.new, resumed.stop_reason),
+        (15, StopReason::Drained),
+        "{resumed:?}"
+    );
+    assert_each_stored_once(&items(&store).await, 35);
+}
+
+#[tokio::test]
+async fn a_foreign_host_next_page_is_not_followed() {
+    let sandbox = sandbox(35, |c| {
+        c.public_base_url = Some("https://us.api.concursolutions.com".into())
+    })
+    .await;
+    let (concur, store) = (client(&sandbox), store().await);
+    let summary = poll(&concur, &store, &settings(), far()).await.unwrap();
+    assert_eq!(
+        (summary.new, summary.stop_reason),
+        (35, StopReason::Drained),
+        "{summary:?}"
+    );
+    assert!(items(&store).await.iter().all(|i| i
+        .uri
+        .as_deref()
+        .unwrap_or("")
+        .starts_with("https://us.api.concursolutions.com/")));
+}
+
+#[tokio::test]
+async fn two_pollers_at_once_store_every_request_once() {
+    let sandbox = sandbox(35, |_| {}).await;
+    let store = store().await;
+    let (a, b) = (client(&sandbox), client(&sandbox));
+    let settings = settings();
+    let (first, second) = tokio::join!(
+        poll(&a, &store, &settings, far()),
+        poll(&b, &store, &settings, far())
+    );
+    let (first, second): (PollSummary, PollSummary) = (first.unwrap(), second.unwrap());
+    assert_eq!(first.new + second.new, 35, "{first:?} {second:?}");
+    assert_eq!(first.failed + second.failed, 0);
+    assert_each_stored_once(&items(&store).await, 35);
+}
+
+#[tokio::test]
+async fn a_run_killed_after_some_writes_loses_nothing() {
+    let sandbox = sandbox(200, |c| c.faults = vec!["list:latency=30".into()]).await;
+    let concur = Arc::new(client(&sandbox));
+    let store = Arc::new(store().await);
+    let run = {
+        let (concur, store) = (concur.clone(), store.clone());
+        tokio::spawn(async move { poll(&concur, store.as_ref(), &settings(), far()).await })
+    };
+    let watch_started = Instant::now();
+    loop {
+        let stored = items(&store).await.len();
+        if stored >= 25 {
+            break;
+        }
+        assert!(
+            watch_started.elapsed() < Duration::from_secs(30),
+            "no progress"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    run.abort();
+    assert!(run.await.unwrap_err().is_cancelled(), "killed mid-run");
+    // Writes already on the wire when the run was killed still land (as they would
+    // after a Lambda timeout): let them, then count what the killed run left.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let killed_at = items(&store).await.len();
+    assert!(killed_at < 200, "killed before the end ({killed_at})");
+
+    let second = poll(concur.as_ref(), store.as_ref(), &settings(), far())
+        .await
+        .unwrap();
+    assert_eq!(second.stop_reason, StopReason::Drained);
+    assert_eq!(second.new as usize, 200 - killed_at, "{second:?}");
+    assert_each_stored_once(&items(&store).await, 200);
+    let by_id: HashMap<_, _> = items(&store)
+        .await
+        .into_iter()
+        .map(|i| (i.request_id.clone(), i))
+        .collect();
+    assert_eq!(by_id.len(), 200);
+}
