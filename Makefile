@@ -10,12 +10,13 @@ VENV_STAMP := $(VENV)/.installed-$(shell cat requirements-dev.txt | cksum | cut 
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: help test fmt-check clippy cargo-test demo venv conformance
+.PHONY: help test fmt-check clippy cargo-test demo venv conformance template-lint build template-checkov
 
 help:
 	@echo "make test   - fmt check, clippy -D warnings, every test"
 	@echo "make conformance - Schemathesis: the Concur sandbox against the v3.2 Swagger"
 	@echo "make demo   - run the connector end to end on one machine"
+	@echo "make build  - sam build: both functions for Lambda (arm64) in .aws-sam/build"
 
 # A project virtualenv with the pinned Python tools of requirements-dev.txt.
 $(VENV_STAMP): requirements-dev.txt
@@ -40,7 +41,31 @@ cargo-test: venv
 conformance: venv
 	VENV=$(VENV) sandbox/conformance/run.sh
 
-test: fmt-check clippy cargo-test conformance
+# The SAM template: SAM's validation with its linter, then cfn-lint. Offline, no AWS account.
+SAM_ENV := SAM_CLI_TELEMETRY=0 AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1}
+template-lint: venv
+	$(SAM_ENV) sam validate --lint --template-file template.yaml
+	cfn-lint template.yaml
+
+# Both functions for Lambda: sam build runs cargo-lambda (arm64 through zig, both from .venv).
+# Own cargo target directory: the release cross-build does not wait on the tests' target/ lock.
+LAMBDA_TARGET_DIR ?= $(CURDIR)/target-lambda
+build: venv
+	$(SAM_ENV) CARGO_TARGET_DIR=$(LAMBDA_TARGET_DIR) sam build --template-file template.yaml
+	file .aws-sam/build/*/bootstrap
+
+# Optional security scan of the template (not in `make test`); skipped checks are justified in the template.
+CHECKOV_VENV := .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-$(shell cat deploy/requirements-checkov.txt | cksum | cut -d' ' -f1)
+$(CHECKOV_STAMP): deploy/requirements-checkov.txt
+	rm -rf $(CHECKOV_VENV)
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --disable-pip-version-check -r deploy/requirements-checkov.txt
+	touch $@
+template-checkov: $(CHECKOV_STAMP)
+	$(CHECKOV_VENV)/bin/checkov --skip-download --quiet --compact --framework cloudformation -f template.yaml
+
+test: fmt-check clippy cargo-test conformance template-lint
 
 demo:
 	@echo "make demo: the end-to-end run arrives with the poller and worker (issues 4-6)."
