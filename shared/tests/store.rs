@@ -162,3 +162,75 @@ async fn a_missing_item_reads_as_none() {
     let store = store().await;
     assert!(store.get("nope").await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn the_client_secret_comes_from_secrets_manager_or_ssm() {
+    use secrecy::ExposeSecret;
+    use std::collections::HashMap;
+    use triplink_shared::config::ConcurSettings;
+    let aws = testing::local_sdk_config(&testing::moto().endpoint);
+    let name = testing::unique_name("concur-secret");
+    let arn = aws_sdk_secretsmanager::Client::new(&aws)
+        .create_secret()
+        .name(&name)
+        .secret_string(r#"{"client_id":"sm-id","client_secret":"sm-secret"}"#)
+        .send()
+        .await
+        .unwrap()
+        .arn
+        .unwrap();
+    aws_sdk_ssm::Client::new(&aws)
+        .put_parameter()
+        .name(format!("/{name}"))
+        .value("ssm-secret")
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .send()
+        .await
+        .unwrap();
+    for (source, id, secret) in [
+        (format!("secretsmanager:{arn}"), "sm-id", "sm-secret"),
+        (format!("ssm:/{name}"), "configured-id", "ssm-secret"),
+    ] {
+        let env: HashMap<String, String> = [
+            ("CONCUR_API_BASE_URL", "https://us.api.concursolutions.com"),
+            ("CONCUR_CLIENT_ID", "configured-id"),
+            ("CONCUR_CLIENT_SECRET_SOURCE", source.as_str()),
+            ("AWS_LAMBDA_FUNCTION_NAME", "poller"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let client = ConcurSettings::from_env(&env)
+            .unwrap()
+            .client(&aws, &env)
+            .await
+            .unwrap();
+        assert_eq!(client.config().client_id, id, "{source}");
+        assert_eq!(
+            client.config().client_secret.expose_secret(),
+            secret,
+            "{source}"
+        );
+    }
+    let env: HashMap<String, String> = [
+        ("CONCUR_API_BASE_URL", "https://us.api.concursolutions.com"),
+        ("CONCUR_CLIENT_ID", "x"),
+        (
+            "CONCUR_CLIENT_SECRET_SOURCE",
+            "secretsmanager:does-not-exist",
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let err = ConcurSettings::from_env(&env)
+        .unwrap()
+        .client(&aws, &env)
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string().contains("secretsmanager:does-not-exist"),
+        "{err}"
+    );
+}

@@ -432,3 +432,38 @@ async fn a_run_killed_after_some_writes_loses_nothing() {
         .collect();
     assert_eq!(by_id.len(), 200);
 }
+
+#[tokio::test]
+async fn the_handler_runs_on_a_scheduled_event_and_returns_the_summary() {
+    use aws_lambda_events::eventbridge::EventBridgeEvent;
+    use triplink_shared::telemetry::Metrics;
+    let sandbox = sandbox(12, |_| {}).await;
+    let poller = poller::Poller {
+        concur: client(&sandbox),
+        store: store().await,
+        settings: settings(),
+        metrics: Metrics::new("TripLink", "poller"),
+    };
+    let event: EventBridgeEvent<serde_json::Value> = serde_json::from_value(json!({
+        "version": "0", "id": "89d1a02d-5ec7-412e-82f5-13505f849b41",
+        "detail-type": "Scheduled Event", "source": "aws.events",
+        "account": "123456789012", "time": "2026-11-23T12:00:00Z", "region": "us-east-1",
+        "resources": ["arn:aws:events:us-east-1:123456789012:rule/triplink-poller"],
+        "detail": {}
+    }))
+    .unwrap();
+    let mut context = lambda_runtime::Context::default();
+    context.request_id = "req-1".into();
+    context.deadline = (chrono::Utc::now().timestamp_millis() + 30_000) as u64;
+    let summary = poller
+        .handle(lambda_runtime::LambdaEvent::new(event, context))
+        .await
+        .unwrap();
+    assert_eq!(
+        (summary.new, summary.stop_reason),
+        (12, StopReason::Drained)
+    );
+    let returned = serde_json::to_value(&summary).unwrap();
+    assert_eq!(returned["new"], 12);
+    assert_eq!(returned["stop_reason"], "drained");
+}
