@@ -20,6 +20,8 @@ ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 HERE="$ROOT/sandbox/conformance"
 cd "$ROOT"
 VENV="${VENV:-$ROOT/.venv}"
+[[ -d "$VENV" ]] || { echo "conformance: no virtualenv at $VENV; run 'make venv'" >&2; exit 2; }
+VENV="$(cd "$VENV" && pwd)"   # absolute: Schemathesis runs from a scratch directory
 PY="$VENV/bin/python"
 ST="$VENV/bin/schemathesis"
 [[ -x "$ST" ]] || { echo "conformance: $ST missing; run 'make venv'" >&2; exit 2; }
@@ -60,6 +62,8 @@ if [[ "${CONFORMANCE_OFFICIAL:-0}" == 1 ]]; then
   SPEC="$HERE/connection-requests-v3.2.swagger.json"
 fi
 
+# Run from the scratch directory: Schemathesis' caches and reports stay out of the repository.
+cd "$WORK"
 set +e
 "$ST" --config-file "$HERE/schemathesis.toml" run "$SPEC" \
   --url "http://$ADDR/api/v3.2" \
