@@ -262,6 +262,20 @@ pub async fn dispatch(
     if let Err(r) = check_app_token(&state, &headers, f) {
         return r;
     }
+    // The HTTP status codes page: "Concur does not support Chunked Transfer-Encoding" (400).
+    let chunked = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.to_ascii_lowercase().contains("chunked"));
+    if chunked {
+        return error(
+            &state,
+            StatusCode::BAD_REQUEST,
+            f,
+            "Chunked Transfer-Encoding is not supported.",
+        );
+    }
     let pairs = match query_pairs(&uri) {
         Ok(p) => p,
         Err(e) => return error(&state, StatusCode::BAD_REQUEST, f, &e),

@@ -473,3 +473,23 @@ async fn unknown_paths_and_methods() {
 fn uuid_like(s: &str) -> bool {
     s.len() == 36 && s.chars().filter(|c| *c == '-').count() == 4
 }
+
+#[tokio::test]
+async fn chunked_transfer_encoding_is_refused() {
+    // The HTTP status codes page: Concur does not support Chunked Transfer-Encoding.
+    let t = start().await;
+    let ids = t.users(1).await;
+    let tok = t.app_token().await;
+    let body = "{\"status\":\"CRSUC\"}";
+    let req = format!(
+        "PUT /api/v3.2/common/connectionrequests/{} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {tok}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+        ids[0],
+        body.len()
+    );
+    let mut s = tokio::net::TcpStream::connect(t.sb.addr).await.unwrap();
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert_eq!(t.admin_request(&ids[0]).await["state"], "pending");
+}
