@@ -27,6 +27,7 @@ pub fn router() -> Router<SharedState> {
         .route("/summary", get(summary))
         .route("/users", get(users).post(create_users))
         .route("/seed", post(seed_route))
+        .route("/verify", get(verify))
         .route("/faults", get(faults).post(set_faults).delete(clear_faults))
 }
 
@@ -330,6 +331,7 @@ pub fn apply_seed(state: &SharedState, seed_value: u64, n: usize) -> Result<Seed
         w.create_request(user.id, Some(*rid), now)
             .map_err(|e| StartError::Config(format!("seeding: {e:?}")))?;
     }
+    w.expectations.extend(data.expectations.iter().cloned());
     Ok(data)
 }
 
@@ -435,4 +437,85 @@ async fn set_faults(State(state): State<SharedState>, body: Option<Json<SetFault
 async fn clear_faults(State(state): State<SharedState>) -> Response {
     state.faults().rules.clear();
     Json(json!({ "rules": [] })).into_response()
+}
+
+/// `GET /_sandbox/verify`: every seeded request against its expected status.
+///
+/// A request *matches* when the first status accepted for it equals the
+/// expected one. It is *unreported* when no status was accepted yet. Any
+/// rejected PUT (a status for a request that was not awaiting one) or two
+/// accepted statuses for one attempt count as *duplicates*. `ok` is true when
+/// every seeded request matched and there were no duplicates.
+async fn verify(State(state): State<SharedState>) -> Response {
+    let now = state.now();
+    let mut w = state.world();
+    w.promote(now);
+    let mut results = Vec::new();
+    let (mut matched, mut mismatched, mut unreported, mut duplicates) =
+        (0usize, 0usize, 0usize, 0usize);
+    for e in &w.expectations {
+        let r = Uuid::parse_str(&e.request_id)
+            .ok()
+            .and_then(|id| w.request(id));
+        let (accepted, rejected, dup_attempt, state_s) = match r {
+            Some(r) => {
+                let accepted: Vec<&str> = r
+                    .history
+                    .iter()
+                    .filter(|h| h.accepted)
+                    .map(|h| h.status.as_str())
+                    .collect();
+                let mut attempts: Vec<u32> = r
+                    .history
+                    .iter()
+                    .filter(|h| h.accepted)
+                    .map(|h| h.attempt)
+                    .collect();
+                let n = attempts.len();
+                attempts.dedup();
+                let rejected = r.history.iter().filter(|h| !h.accepted).count();
+                let state_s = serde_json::to_value(r.state).unwrap_or_default();
+                (accepted, rejected, attempts.len() != n, state_s)
+            }
+            None => (Vec::new(), 0, false, serde_json::Value::Null),
+        };
+        let first = accepted.first().copied();
+        let outcome = match first {
+            None => {
+                unreported += 1;
+                "unreported"
+            }
+            Some(s) if s == e.expected => {
+                matched += 1;
+                "matched"
+            }
+            Some(_) => {
+                mismatched += 1;
+                "mismatched"
+            }
+        };
+        if rejected > 0 || dup_attempt {
+            duplicates += 1;
+        }
+        results.push(json!({
+            "request_id": e.request_id,
+            "case": e.case,
+            "expected": e.expected,
+            "reported": accepted,
+            "rejected_puts": rejected,
+            "state": state_s,
+            "outcome": outcome,
+        }));
+    }
+    let ok = !w.expectations.is_empty() && matched == w.expectations.len() && duplicates == 0;
+    Json(json!({
+        "ok": ok,
+        "seeded": w.expectations.len(),
+        "matched": matched,
+        "mismatched": mismatched,
+        "unreported": unreported,
+        "duplicates": duplicates,
+        "requests": results,
+    }))
+    .into_response()
 }

@@ -19,7 +19,7 @@ use clap::Parser;
     long_about = None,
     after_help = "Routes: POST /oauth2/v0/token, DELETE /app-mgmt/v0/connections, \
 /api/v3.0|v3.1|v3.2/common/connectionrequests/[{id}], and the admin API under /_sandbox/ \
-(clock, clock/advance, requests, summary, users, seed, faults). RUST_LOG sets the log level. \
+(clock, clock/advance, requests, summary, users, seed, verify, faults). RUST_LOG sets the log level. \
 Everything is described in sandbox/README.md."
 )]
 pub struct Config {

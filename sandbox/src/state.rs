@@ -232,6 +232,8 @@ pub struct World {
     pub request_tokens: HashMap<String, RequestToken>,
     pub access_tokens: HashMap<String, AccessToken>,
     pub refresh_tokens: HashMap<String, RefreshToken>,
+    /// Expected outcomes of the seeded requests (for `GET /_sandbox/verify`).
+    pub expectations: Vec<crate::seed::Expectation>,
     seq: u64,
     rng: StdRng,
 }
@@ -266,6 +268,7 @@ impl World {
             request_tokens: HashMap::new(),
             access_tokens: HashMap::new(),
             refresh_tokens: HashMap::new(),
+            expectations: Vec::new(),
             seq: 0,
             rng: StdRng::seed_from_u64(rng_seed),
         }

@@ -203,3 +203,51 @@ async fn seeding_at_run_time() {
     let all = t.admin_get("/_sandbox/requests").await;
     assert_eq!(all["requests"].as_array().unwrap().len(), 20);
 }
+
+#[tokio::test]
+async fn verify_compares_reported_statuses_with_expectations() {
+    let t = start().await;
+    let v: Value = t
+        .http
+        .post(t.url("/_sandbox/seed"))
+        .json(&serde_json::json!({"seed": 11, "users": 20}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let exp = v["expectations"].as_array().unwrap().clone();
+    let before = t.admin_get("/_sandbox/verify").await;
+    assert_eq!(before["ok"], false);
+    assert_eq!(before["unreported"], 20);
+    let tok = t.app_token().await;
+    // A "connector" that reports exactly the expected status, except for one.
+    let (ids, _, _) = t.page(&tok, "?limit=10").await;
+    assert_eq!(ids.len(), 10);
+    for (i, e) in exp.iter().enumerate() {
+        let id = e["requestId"].as_str().unwrap();
+        let status = if i == 0 {
+            "CRRET"
+        } else {
+            e["expected"].as_str().unwrap()
+        };
+        assert_eq!(
+            t.put(&tok, id, status).await.status(),
+            reqwest::StatusCode::NO_CONTENT
+        );
+    }
+    let after = t.admin_get("/_sandbox/verify").await;
+    assert_eq!(after["seeded"], 20);
+    assert_eq!(after["matched"], 19);
+    assert_eq!(after["mismatched"], 1);
+    assert_eq!(after["duplicates"], 0);
+    assert_eq!(after["ok"], false);
+    // A second status for a popped request is a duplicate.
+    let id = exp[1]["requestId"].as_str().unwrap();
+    assert_eq!(
+        t.put(&tok, id, "CRSUC").await.status(),
+        reqwest::StatusCode::NOT_FOUND
+    );
+    assert_eq!(t.admin_get("/_sandbox/verify").await["duplicates"], 1);
+}
