@@ -96,3 +96,21 @@ pub fn unique_name(prefix: &str) -> String {
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+/// The SDK configuration for the shared moto server.
+pub fn sdk_config() -> SdkConfig {
+    local_sdk_config(&moto().endpoint)
+}
+
+/// A fresh symmetric KMS key on the shared moto server; returns its id.
+pub async fn kms_key() -> String {
+    aws_sdk_kms::Client::new(&sdk_config())
+        .create_key()
+        .description("triplink tests")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("moto KMS CreateKey: {e}"))
+        .key_metadata
+        .map(|m| m.key_id)
+        .unwrap_or_else(|| panic!("moto KMS returned no key"))
+}

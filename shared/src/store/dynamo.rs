@@ -9,8 +9,10 @@ use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, Utc};
 use tracing::debug;
 
-use super::layout::{attr, timestamp, RequestItem, RequestState};
-use super::{plan_poll_write, PollPlan, PollWrite, RequestStore, StoreError};
+use super::layout::{attr, expiry, timestamp, RequestItem, RequestState};
+use super::{
+    plan_poll_write, Claim, Decision, PollPlan, PollWrite, RequestStore, StoreError, WorkStore,
+};
 use crate::model::ConnectionRequest;
 
 /// How many read-decide-write rounds a contended write gets before giving up.
@@ -248,5 +250,243 @@ impl RequestStore for DynamoRequestStore {
             .await
             .map_err(|e| sdk_error("GetItem", e))?;
         output.item.map(|item| from_item(id, item)).transpose()
+    }
+}
+
+impl DynamoRequestStore {
+    /// What a failed claim ran into, read consistently.
+    async fn claim_obstacle(
+        &self,
+        id: &str,
+        attempt: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Claim>, StoreError> {
+        let Some(item) = self.get(id).await? else {
+            return Ok(Some(Claim::Stale));
+        };
+        if item.attempt != attempt {
+            return Ok(Some(Claim::Stale));
+        }
+        Ok(match item.state {
+            RequestState::Reported => Some(Claim::Done),
+            RequestState::Decided => Some(Claim::Decided(item)),
+            RequestState::Working => match item.lease_until {
+                Some(until) if until > now.timestamp_millis() => {
+                    Some(Claim::Busy { lease_until: until })
+                }
+                // The lease expired between the two calls: claim again.
+                _ => None,
+            },
+            // Received again (e.g. a concurrent re-drive): claim again.
+            RequestState::Received => None,
+        })
+    }
+}
+
+impl WorkStore for DynamoRequestStore {
+    async fn claim(
+        &self,
+        id: &str,
+        attempt: u32,
+        owner: &str,
+        lease_until_ms: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Claim, StoreError> {
+        for _ in 0..MAX_ROUNDS {
+            let result = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .key(attr::REQUEST_ID, s(id))
+                .update_expression(
+                    "SET #state = :working, #owner = :owner, #until = :until, #updated = :now",
+                )
+                .condition_expression(
+                    "#attempt = :attempt AND (#state = :received OR (#state = :working AND #until < :now_ms))",
+                )
+                .expression_attribute_names("#state", attr::STATE)
+                .expression_attribute_names("#owner", attr::LEASE_OWNER)
+                .expression_attribute_names("#until", attr::LEASE_UNTIL)
+                .expression_attribute_names("#updated", attr::UPDATED_AT)
+                .expression_attribute_names("#attempt", attr::ATTEMPT)
+                .expression_attribute_values(":working", s(RequestState::Working.as_str()))
+                .expression_attribute_values(":received", s(RequestState::Received.as_str()))
+                .expression_attribute_values(":owner", s(owner))
+                .expression_attribute_values(":until", n(lease_until_ms))
+                .expression_attribute_values(":now", s(timestamp(now)))
+                .expression_attribute_values(":now_ms", n(now.timestamp_millis()))
+                .expression_attribute_values(":attempt", n(attempt))
+                .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
+                .send()
+                .await;
+            match result {
+                Ok(output) => {
+                    let item = output.attributes.ok_or_else(|| StoreError::Corrupt {
+                        id: id.to_owned(),
+                        message: "claim returned no item".into(),
+                    })?;
+                    return Ok(Claim::Claimed(from_item(id, item)?));
+                }
+                Err(e) if is_condition_failure(&e) => {
+                    if let Some(obstacle) = self.claim_obstacle(id, attempt, now).await? {
+                        return Ok(obstacle);
+                    }
+                }
+                Err(e) => return Err(sdk_error("UpdateItem", e)),
+            }
+        }
+        Err(StoreError::Contention {
+            id: id.to_owned(),
+            tries: MAX_ROUNDS,
+        })
+    }
+
+    async fn record_decision(
+        &self,
+        id: &str,
+        attempt: u32,
+        owner: &str,
+        decision: &Decision,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(attr::REQUEST_ID, s(id))
+            .update_expression(
+                "SET #state = :decided, #status = :status, #decided_at = :now, #reason = :reason, #updated = :now",
+            )
+            .condition_expression("#attempt = :attempt AND #state = :working AND #owner = :owner")
+            .expression_attribute_names("#state", attr::STATE)
+            .expression_attribute_names("#status", attr::DECIDED_STATUS)
+            .expression_attribute_names("#decided_at", attr::DECIDED_AT)
+            .expression_attribute_names("#reason", attr::DECISION_REASON)
+            .expression_attribute_names("#updated", attr::UPDATED_AT)
+            .expression_attribute_names("#attempt", attr::ATTEMPT)
+            .expression_attribute_names("#owner", attr::LEASE_OWNER)
+            .expression_attribute_values(":decided", s(RequestState::Decided.as_str()))
+            .expression_attribute_values(":working", s(RequestState::Working.as_str()))
+            .expression_attribute_values(":status", s(decision.status.as_str()))
+            .expression_attribute_values(":reason", s(decision.reason.clone()))
+            .expression_attribute_values(":now", s(timestamp(now)))
+            .expression_attribute_values(":attempt", n(attempt))
+            .expression_attribute_values(":owner", s(owner))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failure(&e) => Ok(false),
+            Err(e) => Err(sdk_error("UpdateItem", e)),
+        }
+    }
+
+    async fn record_reported(
+        &self,
+        id: &str,
+        attempt: u32,
+        now: DateTime<Utc>,
+        retention_days: i64,
+    ) -> Result<bool, StoreError> {
+        let Some(item) = self.get(id).await? else {
+            return Ok(false);
+        };
+        if item.attempt != attempt || item.state != RequestState::Decided {
+            return Ok(false);
+        }
+        let status = item.decided_status.ok_or_else(|| StoreError::Corrupt {
+            id: id.to_owned(),
+            message: "decided without a status".into(),
+        })?;
+        let record = super::AttemptRecord {
+            attempt,
+            status,
+            decided_at: item.decided_at.clone().unwrap_or_else(|| timestamp(now)),
+            reported_at: Some(timestamp(now)),
+            reason: item.decision_reason.clone(),
+        };
+        let record =
+            serde_dynamo::to_attribute_value(&record).map_err(|e| StoreError::Corrupt {
+                id: id.to_owned(),
+                message: e.to_string(),
+            })?;
+        let remove = attr::PERSONAL
+            .iter()
+            .chain([attr::LEASE_OWNER, attr::LEASE_UNTIL].iter())
+            .enumerate()
+            .map(|(i, _)| format!("#p{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(attr::REQUEST_ID, s(id))
+            .update_expression(format!(
+                "SET #state = :reported, #reported_at = :now, #updated = :now, #expires = :expires, \
+                 #history = list_append(if_not_exists(#history, :empty), :record) REMOVE {remove}"
+            ))
+            .condition_expression("#attempt = :attempt AND #state = :decided")
+            .expression_attribute_names("#state", attr::STATE)
+            .expression_attribute_names("#reported_at", attr::REPORTED_AT)
+            .expression_attribute_names("#updated", attr::UPDATED_AT)
+            .expression_attribute_names("#expires", attr::EXPIRES_AT)
+            .expression_attribute_names("#history", attr::HISTORY)
+            .expression_attribute_names("#attempt", attr::ATTEMPT)
+            .expression_attribute_values(":reported", s(RequestState::Reported.as_str()))
+            .expression_attribute_values(":decided", s(RequestState::Decided.as_str()))
+            .expression_attribute_values(":now", s(timestamp(now)))
+            .expression_attribute_values(":expires", n(expiry(now, retention_days)))
+            .expression_attribute_values(":empty", AttributeValue::L(Vec::new()))
+            .expression_attribute_values(":record", AttributeValue::L(vec![record]))
+            .expression_attribute_values(":attempt", n(attempt));
+        for (i, name) in attr::PERSONAL
+            .iter()
+            .chain([attr::LEASE_OWNER, attr::LEASE_UNTIL].iter())
+            .enumerate()
+        {
+            update = update.expression_attribute_names(format!("#p{i}"), *name);
+        }
+        match update.send().await {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failure(&e) => Ok(false),
+            Err(e) => Err(sdk_error("UpdateItem", e)),
+        }
+    }
+
+    async fn redrive(
+        &self,
+        id: &str,
+        attempt: u32,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(attr::REQUEST_ID, s(id))
+            .update_expression(
+                "SET #state = :received, #updated = :now REMOVE #owner, #until, #status, #decided_at, #reason",
+            )
+            .condition_expression("#attempt = :attempt AND #state = :working")
+            .expression_attribute_names("#state", attr::STATE)
+            .expression_attribute_names("#updated", attr::UPDATED_AT)
+            .expression_attribute_names("#owner", attr::LEASE_OWNER)
+            .expression_attribute_names("#until", attr::LEASE_UNTIL)
+            .expression_attribute_names("#status", attr::DECIDED_STATUS)
+            .expression_attribute_names("#decided_at", attr::DECIDED_AT)
+            .expression_attribute_names("#reason", attr::DECISION_REASON)
+            .expression_attribute_names("#attempt", attr::ATTEMPT)
+            .expression_attribute_values(":received", s(RequestState::Received.as_str()))
+            .expression_attribute_values(":working", s(RequestState::Working.as_str()))
+            .expression_attribute_values(":now", s(timestamp(now)))
+            .expression_attribute_values(":attempt", n(attempt))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failure(&e) => Ok(false),
+            Err(e) => Err(sdk_error("UpdateItem", e)),
+        }
     }
 }

@@ -95,6 +95,77 @@ pub trait RequestStore: Send + Sync {
         -> impl Future<Output = Result<Option<RequestItem>, StoreError>> + Send;
 }
 
+/// What a worker's claim on one attempt found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// This worker now holds the attempt (`working`, under its lease).
+    Claimed(RequestItem),
+    /// The status was decided but Concur has not acknowledged it: send the same status.
+    Decided(RequestItem),
+    /// Another worker holds a live lease on this attempt.
+    Busy { lease_until: i64 },
+    /// This attempt was reported already: nothing to do.
+    Done,
+    /// The item has moved on to a later attempt, or is gone: this record is stale.
+    Stale,
+}
+
+/// A decision to record before the status is sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub status: crate::model::ConnectionStatus,
+    /// Why (no personal data): `matched`, `not_found`, `directory_unavailable`, ...
+    pub reason: String,
+}
+
+/// The requests table as the worker sees it. Every write is conditional on the attempt
+/// (and the state it moves from), so a stale or duplicated record can never overwrite a
+/// later one, and no attempt ever gets two different statuses.
+pub trait WorkStore: Send + Sync {
+    /// Move attempt `attempt` from `received` (or `working` with an expired lease) to
+    /// `working` under `owner`'s lease until `lease_until_ms` (epoch ms).
+    fn claim(
+        &self,
+        id: &str,
+        attempt: u32,
+        owner: &str,
+        lease_until_ms: i64,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Claim, StoreError>> + Send;
+
+    /// Record the decided status (`working` → `decided`) while `owner` holds the lease.
+    /// `Ok(false)`: the lease was lost, nothing was written.
+    fn record_decision(
+        &self,
+        id: &str,
+        attempt: u32,
+        owner: &str,
+        decision: &Decision,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Concur acknowledged the status: `decided` → `reported`, history appended, personal
+    /// data and token removed, TTL set. `Ok(false)`: already reported (a retry).
+    fn record_reported(
+        &self,
+        id: &str,
+        attempt: u32,
+        now: DateTime<Utc>,
+        retention_days: i64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Operator re-drive: send a stuck `working` attempt back to `received` (conditional
+    /// on the attempt), so the worker takes it again. A `decided` attempt is never sent
+    /// back (that could give it a second status): its decided status is re-sent instead.
+    /// `Ok(false)`: nothing to re-drive.
+    fn redrive(
+        &self,
+        id: &str,
+        attempt: u32,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
