@@ -152,6 +152,22 @@ impl SecretSource {
         }
     }
 
+    /// Fetch the secret, refusing `env:`/`file:` in a deployed function.
+    pub async fn fetch_checked(
+        &self,
+        aws: &SdkConfig,
+        env: &impl Env,
+    ) -> Result<SecretString, ConfigError> {
+        if in_deployed_lambda(env) && self.is_local_only() {
+            return Err(ConfigError::Secret {
+                source_name: self.name(),
+                message: "env: and file: sources are for local runs only".into(),
+            });
+        }
+        let secret = self.fetch(aws, env).await?;
+        Ok(SecretString::from(secret.expose_secret().trim().to_owned()))
+    }
+
     fn is_local_only(&self) -> bool {
         matches!(self, Self::Env(_) | Self::File(_))
     }

@@ -228,6 +228,10 @@ impl<E: Encryptor> TokenVault<E> {
         }
     }
 
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
     pub fn encryptor(&self) -> &E {
         &self.encryptor
     }

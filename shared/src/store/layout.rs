@@ -213,6 +213,30 @@ impl RequestItem {
     }
 }
 
+impl RequestItem {
+    /// The request as the worker matches it (the stored attempt's data and token).
+    pub fn to_request(&self) -> ConnectionRequest {
+        ConnectionRequest {
+            id: self.request_id.clone(),
+            uri: self.uri.clone(),
+            user_id: self.user_id.clone(),
+            first_name: self.first_name.clone(),
+            middle_name: self.middle_name.clone(),
+            last_name: self.last_name.clone(),
+            loyalty_number: self.loyalty_number.clone(),
+            status: None,
+            request_token: self.request_token.clone().map(secrecy::SecretString::from),
+            last_modified: self
+                .last_modified
+                .as_deref()
+                .and_then(crate::model::parse_last_modified),
+            emails: self.emails.clone(),
+            discount_code: None,
+            message: None,
+        }
+    }
+}
+
 impl std::fmt::Debug for RequestItem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         use crate::privacy;
@@ -282,6 +306,19 @@ mod tests {
         for secret in ["Müller", "998877", "tok\"", "a@example.com"] {
             assert!(!shown.contains(secret), "{secret} in {shown}");
         }
+    }
+
+    #[test]
+    fn an_item_gives_back_the_request_it_was_made_from() {
+        let request = request();
+        let back = RequestItem::received(&request, Utc::now()).to_request();
+        assert_eq!(back.id, request.id);
+        assert_eq!(back.last_name, request.last_name);
+        assert_eq!(back.loyalty_number, request.loyalty_number);
+        assert_eq!(back.emails, request.emails);
+        assert_eq!(back.user_id, request.user_id);
+        assert_eq!(back.request_token_secret(), Some("tok"));
+        assert_eq!(back.last_modified, request.last_modified);
     }
 
     #[test]

@@ -166,6 +166,46 @@ pub trait WorkStore: Send + Sync {
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }
 
+impl<T: WorkStore> WorkStore for &T {
+    fn claim(
+        &self,
+        id: &str,
+        attempt: u32,
+        owner: &str,
+        lease_until_ms: i64,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Claim, StoreError>> + Send {
+        T::claim(self, id, attempt, owner, lease_until_ms, now)
+    }
+    fn record_decision(
+        &self,
+        id: &str,
+        attempt: u32,
+        owner: &str,
+        decision: &Decision,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        T::record_decision(self, id, attempt, owner, decision, now)
+    }
+    fn record_reported(
+        &self,
+        id: &str,
+        attempt: u32,
+        now: DateTime<Utc>,
+        retention_days: i64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        T::record_reported(self, id, attempt, now, retention_days)
+    }
+    fn redrive(
+        &self,
+        id: &str,
+        attempt: u32,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        T::redrive(self, id, attempt, now)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
