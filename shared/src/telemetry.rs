@@ -46,6 +46,7 @@ impl Unit {
 pub struct Metrics {
     namespace: String,
     service: String,
+    enabled: bool,
 }
 
 impl Metrics {
@@ -54,6 +55,15 @@ impl Metrics {
         Self {
             namespace: namespace.into(),
             service: service.into(),
+            enabled: true,
+        }
+    }
+
+    /// Metrics that are computed but not printed (local tools that own stdout).
+    pub fn disabled(service: impl Into<String>) -> Self {
+        Self {
+            enabled: false,
+            ..Self::new("TripLink", service)
         }
     }
 
@@ -90,6 +100,9 @@ impl Metrics {
 
     /// Print one EMF line to stdout.
     pub fn emit(&self, values: &[(&str, f64, Unit)], properties: Map<String, Value>) {
+        if !self.enabled {
+            return;
+        }
         let line = self.document(chrono::Utc::now().timestamp_millis(), values, properties);
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{line}");

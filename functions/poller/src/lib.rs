@@ -111,6 +111,17 @@ impl PendingSource for ConcurClient {
     }
 }
 
+impl<T: PendingSource> PendingSource for &T {
+    async fn list_page(
+        &self,
+        limit: u32,
+        offset: Option<&str>,
+        deadline: Instant,
+    ) -> Result<Page, ConcurError> {
+        T::list_page(self, limit, offset, deadline).await
+    }
+}
+
 impl<T: PendingSource> PendingSource for std::sync::Arc<T> {
     async fn list_page(
         &self,

@@ -166,6 +166,22 @@ pub trait WorkStore: Send + Sync {
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }
 
+impl<T: RequestStore> RequestStore for &T {
+    fn record_polled(
+        &self,
+        request: &ConnectionRequest,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<PollWrite, StoreError>> + Send {
+        T::record_polled(self, request, now)
+    }
+    fn get(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<RequestItem>, StoreError>> + Send {
+        T::get(self, id)
+    }
+}
+
 impl<T: WorkStore> WorkStore for &T {
     fn claim(
         &self,
