@@ -5,6 +5,7 @@
 pub mod concur;
 pub mod config;
 pub mod matching;
+pub mod members;
 pub mod model;
 pub mod privacy;
 pub mod store;

@@ -709,7 +709,7 @@ mod tests {
         assert_eq!(decide(&request, &[], &[], &policy), MatchOutcome::NotFound);
         let jones = member("M1", None, None, "Jones", &["a@example.com"], Active);
         assert_eq!(
-            decide(&request, &[], &[jones.clone()], &policy),
+            decide(&request, &[], std::slice::from_ref(&jones), &policy),
             MatchOutcome::NameMismatch
         );
         let locked = member("M2", None, None, "Smith", &["b@example.com"], Locked);
