@@ -1,8 +1,11 @@
 //! Shared library of the TripLink connector: Concur models and API client, and (as the
-//! functions arrive) the store, matching, configuration and telemetry they share.
+//! functions arrive) the store, matching and the member directory, configuration and
+//! telemetry they share.
 
 pub mod concur;
 pub mod config;
+pub mod matching;
+pub mod members;
 pub mod model;
 pub mod privacy;
 pub mod store;

@@ -16,10 +16,23 @@
 //!   same `ID` after a report) starts attempt `n + 1` at `received`.
 //!
 //! ## Members table (`MEMBERS_TABLE`)
-//! * Key: `member_id` (S, hash).
-//! * GSI `by-loyalty-number`: hash `loyalty_number` (S).
-//! * GSI `by-email`: hash `email_key` (S), the member's e-mail normalised by
-//!   [`email_key`] (trimmed, lower-cased).
+//! Two kinds of items share the table (see [`crate::members::dynamo`]):
+//! * **Member items**, key `member_id` (S, hash): `loyalty_number` (S, the number's
+//!   [`loyalty_key`](crate::matching::loyalty_key); absent for members without one),
+//!   `loyalty_number_raw` (S, the number as imported, only when it differs from its key),
+//!   `first_name` (S, optional), `last_name` (S), `emails` (L of S, as imported), `status`
+//!   (S: `active`, `closed`, `locked` or `unverified`). A member item has no `email_key`.
+//! * **E-mail pointer items**, one per address of a member (a GSI indexes one attribute
+//!   value per item, and a member may have several addresses): `member_id` =
+//!   `email#<email_key>#<owner member id>`, `email_key` (S, the address normalised by
+//!   [`email_key`]: trimmed, lower-cased) and `owner_member_id` (S). Member ids must not
+//!   start with `email#`.
+//! * GSI `by-loyalty-number`: hash `loyalty_number` (S); holds member items only.
+//! * GSI `by-email`: hash `email_key` (S); holds pointer items only. A lookup reads the
+//!   pointers, then the owners' member items, and keeps an owner only if its `emails`
+//!   still hold the address (a pointer left behind is harmless).
+//! * Writing a member puts its item and its pointers and deletes the pointers of the
+//!   addresses it no longer has, in one transaction.
 //!
 //! ## Connections table (`CONNECTIONS_TABLE`)
 //! * Key: `member_id` (S, hash): one Concur connection per member.
@@ -76,6 +89,16 @@ pub mod members {
     pub const EMAIL_KEY: &str = "email_key";
     pub const BY_LOYALTY_NUMBER: &str = "by-loyalty-number";
     pub const BY_EMAIL: &str = "by-email";
+    pub const LOYALTY_NUMBER_RAW: &str = "loyalty_number_raw";
+    pub const FIRST_NAME: &str = "first_name";
+    pub const LAST_NAME: &str = "last_name";
+    pub const EMAILS: &str = "emails";
+    pub const STATUS: &str = "status";
+    /// On e-mail pointer items: the member the address belongs to.
+    pub const OWNER_MEMBER_ID: &str = "owner_member_id";
+    /// The `member_id` of an e-mail pointer item is this prefix, the e-mail key, `#` and
+    /// the owner's member id.
+    pub const EMAIL_POINTER_PREFIX: &str = "email#";
 }
 
 /// The TTL attribute of the requests table.

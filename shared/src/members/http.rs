@@ -1,0 +1,244 @@
+//! The member directory as an HTTP call to the supplier's own member service.
+//!
+//! ## Requests
+//!
+//! ```text
+//! GET {base_url}/members?loyaltyNumber=<loyalty key>
+//! GET {base_url}/members?email=<e-mail key>
+//! Accept: application/json
+//! <auth header name>: <secret value>        (when configured, e.g. Authorization or x-api-key)
+//! ```
+//!
+//! `{base_url}` may carry a path prefix (`https://members.example.com/api/v1` →
+//! `https://members.example.com/api/v1/members`). The loyalty number is sent as its
+//! [`loyalty_key`] (trimmed, spaces and hyphens removed, upper-cased, leading zeros kept),
+//! the e-mail address as its [`email_key`] (trimmed, lower-cased); both URL-encoded.
+//! The service should return every member with that key; the connector applies the
+//! matching rules (names, status, ambiguity) itself and ignores members that do not
+//! carry the key.
+//!
+//! ## Responses
+//!
+//! * `200` with a JSON body `{"members": [<member>, ...]}` (an empty list when nobody
+//!   has the key), each member in the format of the sandbox's `members.json`:
+//!   ```json
+//!   {"memberId": "M000001", "loyaltyNumber": "5314636889", "firstName": "Grace",
+//!    "lastName": "Lindqvist", "emails": ["grace.lindqvist1@mail.example"],
+//!    "status": "active"}
+//!   ```
+//!   `memberId`, `lastName` and `status` (`active` | `closed` | `locked` |
+//!   `unverified`) are required; `loyaltyNumber` and `firstName` may be null or absent,
+//!   `emails` may be absent; other fields are ignored.
+//! * `404` → no member (same as an empty list).
+//! * `429`, any `5xx`, a timeout or a connection failure → [`DirectoryError::Unavailable`]
+//!   (the worker reports `CRRET` and Concur retries later).
+//! * Any other status (other `4xx`, redirects — they are not followed) or a body that is
+//!   not the JSON above → [`DirectoryError::Malformed`].
+//!
+//! The whole call (connect, send, read the body) is bounded by
+//! [`HttpDirectoryConfig::timeout`]. Plain `http` is accepted only for loopback
+//! addresses (local runs); every other base URL must use `https`. Error messages never
+//! contain the URL (it carries the loyalty number or e-mail address).
+
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use reqwest::header::{HeaderName, HeaderValue, ACCEPT};
+use reqwest::StatusCode;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use url::{Host, Url};
+
+use super::{without_values, DirectoryError, MemberDirectory};
+use crate::matching::{email_key, loyalty_key, Member};
+
+/// Where and how to call the supplier's member service.
+#[derive(Clone)]
+pub struct HttpDirectoryConfig {
+    /// The service's base URL; `/members` is appended.
+    pub base_url: Url,
+    /// Bound on each whole call.
+    pub timeout: Duration,
+    /// A header sent with every call, such as `("Authorization", "Bearer …")`.
+    pub auth_header: Option<(String, SecretString)>,
+}
+
+impl fmt::Debug for HttpDirectoryConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpDirectoryConfig")
+            .field("base_url", &self.base_url.as_str())
+            .field("timeout", &self.timeout)
+            .field(
+                "auth_header",
+                &self
+                    .auth_header
+                    .as_ref()
+                    .map(|(name, _)| (name, "[REDACTED]")),
+            )
+            .finish()
+    }
+}
+
+/// The supplier's member service over HTTP.
+#[derive(Clone)]
+pub struct HttpMemberDirectory {
+    http: reqwest::Client,
+    members_url: Url,
+    auth: Option<(HeaderName, HeaderValue)>,
+}
+
+impl fmt::Debug for HttpMemberDirectory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpMemberDirectory")
+            .field("members_url", &self.members_url.as_str())
+            .field(
+                "auth_header",
+                &self.auth.as_ref().map(|(name, _)| (name, "[REDACTED]")),
+            )
+            .finish()
+    }
+}
+
+fn is_loopback(host: Option<Host<&str>>) -> bool {
+    match host {
+        Some(Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}
+
+#[derive(Deserialize)]
+struct MembersBody {
+    members: Vec<Member>,
+}
+
+fn config_error(message: String) -> DirectoryError {
+    DirectoryError::Malformed(format!("configuration: {message}"))
+}
+
+impl HttpMemberDirectory {
+    /// Check the configuration and build the client. Refused: a scheme other than https
+    /// (or http to a loopback address), a base URL with a query, fragment or
+    /// credentials, an invalid header name or value.
+    pub fn new(config: HttpDirectoryConfig) -> Result<Self, DirectoryError> {
+        let base = config.base_url;
+        let shown = base.as_str().to_owned();
+        match base.scheme() {
+            "https" => {}
+            "http" if is_loopback(base.host()) => {}
+            _ => {
+                return Err(config_error(format!(
+                    "member service URL {shown:?} must use https \
+                     (plain http is allowed for loopback addresses only)"
+                )))
+            }
+        }
+        if base.query().is_some()
+            || base.fragment().is_some()
+            || !base.username().is_empty()
+            || base.password().is_some()
+        {
+            return Err(config_error(format!(
+                "member service URL {shown:?} must not carry a query, fragment or credentials"
+            )));
+        }
+        let mut members_url = base;
+        members_url
+            .path_segments_mut()
+            .map_err(|()| config_error(format!("member service URL {shown:?} has no path")))?
+            .pop_if_empty()
+            .push("members");
+        let auth = match config.auth_header {
+            None => None,
+            Some((name, value)) => {
+                let name = HeaderName::try_from(name.trim())
+                    .map_err(|e| config_error(format!("member service auth header name: {e}")))?;
+                let mut value = HeaderValue::from_str(value.expose_secret()).map_err(|_| {
+                    config_error(
+                        "member service auth header value is not a valid header value".into(),
+                    )
+                })?;
+                value.set_sensitive(true);
+                Some((name, value))
+            }
+        };
+        let http = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("triplink-connector/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| config_error(format!("HTTP client: {e}")))?;
+        Ok(Self {
+            http,
+            members_url,
+            auth,
+        })
+    }
+
+    /// The URL calls go to, without a query.
+    pub fn members_url(&self) -> &Url {
+        &self.members_url
+    }
+
+    async fn lookup(&self, parameter: &str, value: &str) -> Result<Vec<Member>, DirectoryError> {
+        if value.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut url = self.members_url.clone();
+        url.query_pairs_mut().append_pair(parameter, value);
+        let mut request = self
+            .http
+            .get(url)
+            .header(ACCEPT, HeaderValue::from_static("application/json"));
+        if let Some((name, value)) = &self.auth {
+            request = request.header(name.clone(), value.clone());
+        }
+        let response = request.send().await.map_err(|e| {
+            DirectoryError::Unavailable(format!(
+                "member service ({parameter}): {}",
+                e.without_url()
+            ))
+        })?;
+        let status = response.status();
+        if status == StatusCode::NOT_FOUND {
+            return Ok(Vec::new());
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+            return Err(DirectoryError::Unavailable(format!(
+                "member service ({parameter}) answered HTTP {status}"
+            )));
+        }
+        if status != StatusCode::OK {
+            return Err(DirectoryError::Malformed(format!(
+                "member service ({parameter}) answered HTTP {status}"
+            )));
+        }
+        let body = response.bytes().await.map_err(|e| {
+            DirectoryError::Unavailable(format!(
+                "member service ({parameter}) body: {}",
+                e.without_url()
+            ))
+        })?;
+        serde_json::from_slice::<MembersBody>(&body)
+            .map(|b| b.members)
+            .map_err(|e| {
+                DirectoryError::Malformed(format!(
+                    "member service ({parameter}) body: {}",
+                    without_values(&e.to_string())
+                ))
+            })
+    }
+}
+
+impl MemberDirectory for HttpMemberDirectory {
+    async fn by_loyalty_number(&self, loyalty_number: &str) -> Result<Vec<Member>, DirectoryError> {
+        self.lookup("loyaltyNumber", &loyalty_key(loyalty_number))
+            .await
+    }
+
+    async fn by_email(&self, email: &str) -> Result<Vec<Member>, DirectoryError> {
+        self.lookup("email", &email_key(email)).await
+    }
+}

@@ -1,0 +1,168 @@
+//! The member directory: where the connector looks up the supplier's loyalty members.
+//!
+//! [`MemberDirectory`] is the small trait the worker is generic over. Two
+//! implementations: [`dynamo::DynamoMemberDirectory`], a DynamoDB members table (the
+//! default), and [`http::HttpMemberDirectory`], which calls the supplier's own member
+//! service. [`match_request`] looks a request's members up and applies the rules of
+//! [`crate::matching`].
+
+pub mod dynamo;
+pub mod http;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::future::try_join_all;
+
+use crate::matching::{decide, identity, Identity};
+pub use crate::matching::{AttentionReason, MatchOutcome, MatchPolicy, Member, MemberStatus};
+use crate::model::ConnectionRequest;
+pub use dynamo::DynamoMemberDirectory;
+pub use http::{HttpDirectoryConfig, HttpMemberDirectory};
+
+/// A failed lookup. Neither variant carries personal data.
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryError {
+    /// The directory could not be asked (network, timeout, throttling, server error):
+    /// worth retrying (`CRRET`).
+    #[error("member directory unavailable: {0}")]
+    Unavailable(String),
+    /// The directory answered something the connector cannot read, or refused the
+    /// request; retrying will not help until someone fixes it.
+    #[error("member directory answered malformed data: {0}")]
+    Malformed(String),
+}
+
+impl DirectoryError {
+    /// Whether trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Unavailable(_) => true,
+            Self::Malformed(_) => false,
+        }
+    }
+}
+
+/// A deserialisation message without the values it may quote: serde names the offending
+/// value (`invalid type: string "Müller"`, `` integer `5314636889` ``), which can be
+/// personal data. Double-quoted parts are replaced by `"…"`; back-quoted parts are kept
+/// only when they are made of ASCII letters and underscores (field and variant names).
+pub(crate) fn without_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(start) = rest.find(['"', '`']) {
+        let quote = rest[start..].chars().next().unwrap_or('"');
+        out.push_str(&rest[..=start]);
+        let after = &rest[start + 1..];
+        // Inside a debug-quoted string a quote may be escaped.
+        let mut end = None;
+        let mut escaped = false;
+        for (i, c) in after.char_indices() {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' && quote == '"' {
+                escaped = true;
+            } else if c == quote {
+                end = Some(i);
+                break;
+            }
+        }
+        let Some(end) = end else {
+            out.push('…');
+            return out;
+        };
+        let inner = &after[..end];
+        if quote == '`'
+            && !inner.is_empty()
+            && inner.chars().all(|c| c.is_ascii_alphabetic() || c == '_')
+        {
+            out.push_str(inner);
+        } else {
+            out.push('…');
+        }
+        out.push(quote);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The supplier's members, as the connector sees them.
+pub trait MemberDirectory: Send + Sync {
+    /// The members whose loyalty number has the same
+    /// [`loyalty_key`](crate::matching::loyalty_key) as `loyalty_number`.
+    fn by_loyalty_number(
+        &self,
+        loyalty_number: &str,
+    ) -> impl Future<Output = Result<Vec<Member>, DirectoryError>> + Send;
+
+    /// The members holding `email` among their addresses, compared by
+    /// [`email_key`](crate::matching::email_key).
+    fn by_email(
+        &self,
+        email: &str,
+    ) -> impl Future<Output = Result<Vec<Member>, DirectoryError>> + Send;
+}
+
+impl<T: MemberDirectory> MemberDirectory for Arc<T> {
+    fn by_loyalty_number(
+        &self,
+        loyalty_number: &str,
+    ) -> impl Future<Output = Result<Vec<Member>, DirectoryError>> + Send {
+        (**self).by_loyalty_number(loyalty_number)
+    }
+
+    fn by_email(
+        &self,
+        email: &str,
+    ) -> impl Future<Output = Result<Vec<Member>, DirectoryError>> + Send {
+        (**self).by_email(email)
+    }
+}
+
+/// Look the request's members up and decide: by loyalty number when the request has one,
+/// else by each of its e-mail addresses (concurrently); no lookup at all when it has
+/// neither. Any failed lookup fails the whole match (nothing is decided on partial data).
+pub async fn match_request<D: MemberDirectory>(
+    directory: &D,
+    request: &ConnectionRequest,
+    policy: &MatchPolicy,
+) -> Result<MatchOutcome, DirectoryError> {
+    let (by_loyalty, by_email) = match identity(request) {
+        Identity::None => (Vec::new(), Vec::new()),
+        Identity::Loyalty(key) => (directory.by_loyalty_number(&key).await?, Vec::new()),
+        Identity::Emails(keys) => {
+            let found = try_join_all(keys.iter().map(|key| directory.by_email(key))).await?;
+            (Vec::new(), found.into_iter().flatten().collect())
+        }
+    };
+    Ok(decide(request, &by_loyalty, &by_email, policy))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_lose_the_values_they_quote() {
+        for (message, expected) in [
+            (
+                r#"invalid type: string "Müller", expected a sequence at line 1 column 9"#,
+                r#"invalid type: string "…", expected a sequence at line 1 column 9"#,
+            ),
+            (
+                "invalid type: integer `5314636889`, expected a string",
+                "invalid type: integer `…`, expected a string",
+            ),
+            (
+                "missing field `last_name`; unknown variant `gone`, expected one of `active`",
+                "missing field `last_name`; unknown variant `gone`, expected one of `active`",
+            ),
+            (r#"a "quoted \" value" b"#, r#"a "…" b"#),
+            (r#"unterminated "abc"#, r#"unterminated "…"#),
+            ("no quotes", "no quotes"),
+        ] {
+            assert_eq!(without_values(message), expected, "{message}");
+        }
+    }
+}
