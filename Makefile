@@ -67,7 +67,7 @@ template-checkov: $(CHECKOV_STAMP)
 
 test: fmt-check clippy cargo-test conformance template-lint
 
-demo:
-	@echo "make demo: the end-to-end run arrives with the poller and worker (issues 4-6)."
-	@echo "It will start moto_server and the Concur sandbox on loopback, seed both, run the"
-	@echo "poller and deliver the stream to the worker until Concur's queue is drained."
+# The main job end to end on this machine: moto_server (from .venv) and the Concur
+# sandbox on free loopback ports, poller and worker until Concur's queue is drained.
+demo: venv
+	cargo run --locked --quiet -p demo --bin triplink-demo -- $(DEMO_ARGS)

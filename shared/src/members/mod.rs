@@ -104,6 +104,22 @@ pub trait MemberDirectory: Send + Sync {
     ) -> impl Future<Output = Result<Vec<Member>, DirectoryError>> + Send;
 }
 
+impl<T: MemberDirectory> MemberDirectory for &T {
+    fn by_loyalty_number(
+        &self,
+        loyalty_number: &str,
+    ) -> impl Future<Output = Result<Vec<Member>, DirectoryError>> + Send {
+        (**self).by_loyalty_number(loyalty_number)
+    }
+
+    fn by_email(
+        &self,
+        email: &str,
+    ) -> impl Future<Output = Result<Vec<Member>, DirectoryError>> + Send {
+        (**self).by_email(email)
+    }
+}
+
 impl<T: MemberDirectory> MemberDirectory for Arc<T> {
     fn by_loyalty_number(
         &self,

@@ -1,0 +1,254 @@
+//! `make demo`: the connector's main job end to end on one machine.
+//!
+//! Starts a local DynamoDB (moto_server) and the Concur sandbox on free loopback ports,
+//! creates the tables, seeds the sandbox (a few hundred users with the hard cases) and
+//! the members table, then runs the poller and delivers the table's stream to the
+//! worker the way Lambda does, until Concur's queue is drained. It then advances the
+//! sandbox clock by a day to show requeued requests handled as new attempts, prints the
+//! outcomes and a one-line JSON summary, and stops everything it started. Exit status 0
+//! only if every request reached a final status with nothing lost or doubled.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use concur_sandbox::{spawn, Config};
+use demo::stream::StreamDriver;
+use poller::{poll, PollerSettings};
+use secrecy::SecretString;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+use triplink_shared::concur::{BaseUrl, ConcurClient, ConcurConfig};
+use triplink_shared::matching::Member;
+use triplink_shared::members::dynamo::DynamoMemberDirectory;
+use triplink_shared::store::{tables, DynamoRequestStore};
+use triplink_shared::telemetry::Metrics;
+use triplink_shared::testing;
+use triplink_shared::vault::{KmsEncryptor, TokenVault};
+use worker::{Worker, WorkerSettings};
+
+/// Run the TripLink connector end to end against a local DynamoDB and the Concur sandbox.
+#[derive(Parser, Debug)]
+#[command(name = "triplink-demo", version, about)]
+struct Args {
+    /// Concur users to seed, each with one pending connection request.
+    #[arg(long, default_value_t = 300)]
+    users: usize,
+    /// Seed of the sandbox's generator (same seed, same users and cases).
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Stream records per worker invocation (the template's batch size).
+    #[arg(long, default_value_t = 10)]
+    batch_size: usize,
+    /// Poll/deliver rounds at most before giving up.
+    #[arg(long, default_value_t = 20)]
+    max_rounds: usize,
+}
+
+macro_rules! step {
+    ($($arg:tt)*) => {{ println!("==> {}", format!($($arg)*)); }};
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run(Args::parse()).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("demo failed: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+async fn admin(client: &reqwest::Client, url: String, body: Option<Value>) -> Result<Value, Error> {
+    let request = match body {
+        Some(body) => client.post(url).json(&body),
+        None => client.get(url),
+    };
+    Ok(request.send().await?.error_for_status()?.json().await?)
+}
+
+async fn run(args: Args) -> Result<bool, Error> {
+    let started = std::time::Instant::now();
+    let work_dir = std::env::temp_dir().join(format!("triplink-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&work_dir)?;
+
+    step!("starting a local DynamoDB (moto_server)");
+    let moto = testing::moto();
+    println!(
+        "    DynamoDB, DynamoDB Streams and KMS at {}",
+        moto.endpoint
+    );
+
+    step!(
+        "starting the Concur sandbox with {} seeded users (seed {})",
+        args.users,
+        args.seed
+    );
+    let members_file = work_dir.join("members.json");
+    let mut config = Config::for_tests();
+    config.users = args.users;
+    config.seed = Some(args.seed);
+    config.members_out = Some(members_file.clone());
+    let sandbox = spawn(config).await?;
+    println!("    Concur sandbox at {}", sandbox.local_url);
+
+    step!("creating the requests, members and connections tables");
+    let aws = testing::sdk_config();
+    let dynamo = aws_sdk_dynamodb::Client::new(&aws);
+    let (requests, members_table, connections) = (
+        "triplink-requests",
+        "triplink-members",
+        "triplink-connections",
+    );
+    for result in [
+        tables::create_requests_table(&dynamo, requests).await,
+        tables::create_members_table(&dynamo, members_table).await,
+        tables::create_connections_table(&dynamo, connections).await,
+    ] {
+        result?;
+    }
+
+    let members: Vec<Member> = serde_json::from_str(&std::fs::read_to_string(&members_file)?)?;
+    step!("importing {} supplier members", members.len());
+    let directory = DynamoMemberDirectory::new(dynamo.clone(), members_table);
+    for member in &members {
+        directory.put_member(member).await?;
+    }
+
+    let concur = ConcurClient::new(ConcurConfig::new(
+        BaseUrl::parse(&sandbox.local_url)?,
+        "sandbox-client",
+        SecretString::from("sandbox-secret"),
+    ))?;
+    let store = DynamoRequestStore::new(dynamo.clone(), requests);
+    let key = testing::kms_key().await;
+    let worker = Worker {
+        concur: &concur,
+        directory,
+        store: &store,
+        vault: TokenVault::new(
+            dynamo.clone(),
+            connections,
+            KmsEncryptor::new(aws_sdk_kms::Client::new(&aws), key),
+        ),
+        settings: WorkerSettings::default(),
+        metrics: Metrics::disabled("worker"),
+    };
+    let mut stream = StreamDriver::attach(
+        &dynamo,
+        aws_sdk_dynamodbstreams::Client::new(&aws),
+        requests,
+    )
+    .await?;
+    stream.batch_size = args.batch_size;
+    let poll_settings = PollerSettings::default();
+    let mut invocation = 0u64;
+
+    let mut dead_letters = Vec::new();
+    let mut rounds = 0;
+    let mut requeued_total = 0;
+    for phase in ["first pass", "a day later"] {
+        if phase == "a day later" {
+            step!("advancing the sandbox clock by 24 h: CREU requests come back as new attempts");
+            admin(
+                &reqwest::Client::new(),
+                sandbox.url("/_sandbox/clock/advance"),
+                Some(json!({"seconds": 24 * 3600 + 60})),
+            )
+            .await?;
+        }
+        loop {
+            rounds += 1;
+            if rounds > args.max_rounds {
+                return Err(format!("queue not drained after {} rounds", args.max_rounds).into());
+            }
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let summary = poll(&concur, &store, &poll_settings, deadline).await?;
+            requeued_total += summary.requeued;
+            println!(
+                "    [{phase}] poller: {} pages, {} seen, {} new, {} requeued, {} already stored ({:?})",
+                summary.pages, summary.seen, summary.new, summary.requeued,
+                summary.token_refreshed + summary.unchanged, summary.stop_reason
+            );
+            let delivery = stream
+                .deliver(|batch| {
+                    invocation += 1;
+                    let id = format!("demo-invocation-{invocation}");
+                    let worker = &worker;
+                    async move {
+                        let deadline_ms = chrono::Utc::now().timestamp_millis() + 60_000;
+                        worker.process_batch(&batch, &id, deadline_ms).await
+                    }
+                })
+                .await?;
+            println!(
+                "    [{phase}] worker: {} stream records, {} for the worker, {} batches, {} retries, {} dead-lettered",
+                delivery.read,
+                delivery.read - delivery.filtered_out,
+                delivery.batches,
+                delivery.retries,
+                delivery.dead_lettered.len()
+            );
+            dead_letters.extend(delivery.dead_lettered);
+            if summary.seen == 0 && delivery.read == 0 {
+                break;
+            }
+        }
+    }
+
+    step!("checking every request against the sandbox's expectations");
+    let verify = admin(
+        &reqwest::Client::new(),
+        sandbox.url("/_sandbox/verify"),
+        None,
+    )
+    .await?;
+    let results = verify["requests"].as_array().cloned().unwrap_or_default();
+    let mut by_case: BTreeMap<(String, String), (usize, usize)> = BTreeMap::new();
+    let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &results {
+        let case = r["case"].as_str().unwrap_or("?").to_owned();
+        let expected = r["expected"].as_str().unwrap_or("?").to_owned();
+        let first = r["reported"][0].as_str().unwrap_or("none").to_owned();
+        let entry = by_case.entry((case, expected)).or_default();
+        entry.0 += 1;
+        if r["outcome"] == "matched" {
+            entry.1 += 1;
+        }
+        *outcomes.entry(first).or_default() += 1;
+    }
+    println!();
+    println!(
+        "    {:<28} {:<8} {:>6} {:>8}",
+        "case", "expected", "count", "as such"
+    );
+    for ((case, expected), (count, ok)) in &by_case {
+        println!("    {case:<28} {expected:<8} {count:>6} {ok:>8}");
+    }
+    println!();
+    let lost = verify["unreported"].as_u64().unwrap_or(u64::MAX) as usize + dead_letters.len();
+    let doubled = verify["duplicates"].as_u64().unwrap_or(u64::MAX) as usize;
+    let mismatched = verify["mismatched"].as_u64().unwrap_or(u64::MAX);
+    let ok = verify["ok"] == true && lost == 0 && doubled == 0 && requeued_total > 0;
+    let mut summary = json!({
+        "requests": results.len(),
+        "requeued_attempts": requeued_total,
+        "mismatched": mismatched,
+        "lost": lost,
+        "doubled": doubled,
+        "ok": ok,
+        "seconds": started.elapsed().as_secs_f64(),
+    });
+    for (status, count) in outcomes {
+        summary[status] = json!(count);
+    }
+    println!("{summary}");
+    sandbox.shutdown().await?;
+    std::fs::remove_dir_all(&work_dir).ok();
+    Ok(ok)
+}

@@ -1,0 +1,170 @@
+//! Every file in `events/` (the samples for `sam local invoke`) read with the handlers'
+//! event types and run through the handlers, against moto and the Concur sandbox.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use aws_lambda_events::event::dynamodb::Event;
+use aws_lambda_events::eventbridge::EventBridgeEvent;
+use concur_sandbox::{spawn, Config};
+use secrecy::SecretString;
+use triplink_shared::concur::{BaseUrl, ConcurClient, ConcurConfig};
+use triplink_shared::members::dynamo::DynamoMemberDirectory;
+use triplink_shared::store::layout::{RequestItem, RequestState};
+use triplink_shared::store::{tables, DynamoRequestStore, RequestStore};
+use triplink_shared::telemetry::Metrics;
+use triplink_shared::testing;
+use triplink_shared::vault::{KmsEncryptor, TokenVault};
+use worker::{new_image, Worker, WorkerSettings};
+
+fn events_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../events")
+}
+
+fn read(name: &str) -> String {
+    std::fs::read_to_string(events_dir().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn context() -> lambda_runtime::Context {
+    let mut context = lambda_runtime::Context::default();
+    context.request_id = "sam-local-test".into();
+    context.deadline = (chrono::Utc::now().timestamp_millis() + 30_000) as u64;
+    context
+}
+
+#[test]
+fn every_event_file_is_read_by_its_handlers_type() {
+    let mut seen = 0;
+    for entry in std::fs::read_dir(events_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(&path).unwrap();
+        if name.starts_with("worker-") {
+            let event: Event =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(!event.records.is_empty(), "{name}");
+            for record in &event.records {
+                if record.event_name != "REMOVE" {
+                    new_image(record)
+                        .unwrap_or_else(|e| panic!("{name}: {e}"))
+                        .unwrap();
+                }
+            }
+        } else if name.starts_with("poller-") {
+            let _: EventBridgeEvent<serde_json::Value> =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        } else {
+            assert_eq!(name, "env.json", "an events/ file no test reads");
+            let env: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert!(env.as_object().unwrap().values().all(|v| v.is_object()));
+        }
+        seen += 1;
+    }
+    assert!(seen >= 5, "{seen} files");
+}
+
+#[tokio::test]
+async fn the_handlers_run_on_the_sample_events() {
+    let sandbox = spawn(Config::for_tests()).await.unwrap();
+    let concur = ConcurClient::new(ConcurConfig::new(
+        BaseUrl::parse(&sandbox.local_url).unwrap(),
+        "sandbox-client",
+        SecretString::from("sandbox-secret"),
+    ))
+    .unwrap();
+    let aws = testing::sdk_config();
+    let dynamo = aws_sdk_dynamodb::Client::new(&aws);
+    let (requests, members, connections) = (
+        testing::unique_name("requests"),
+        testing::unique_name("members"),
+        testing::unique_name("connections"),
+    );
+    tables::create_requests_table(&dynamo, &requests)
+        .await
+        .unwrap();
+    tables::create_members_table(&dynamo, &members)
+        .await
+        .unwrap();
+    tables::create_connections_table(&dynamo, &connections)
+        .await
+        .unwrap();
+    let store = DynamoRequestStore::new(dynamo.clone(), requests);
+
+    // The poller on its scheduled event.
+    let poller = poller::Poller {
+        concur: &concur,
+        store: &store,
+        settings: poller::PollerSettings::default(),
+        metrics: Metrics::new("TripLink", "poller"),
+    };
+    let tick: EventBridgeEvent<serde_json::Value> =
+        serde_json::from_str(&read("poller-schedule.json")).unwrap();
+    let summary = poller
+        .handle(lambda_runtime::LambdaEvent::new(tick, context()))
+        .await
+        .unwrap();
+    assert_eq!(summary.stop_reason, poller::StopReason::Drained);
+
+    // The worker on its stream events; the sample items are stored as the poller would.
+    let worker = Worker {
+        concur: &concur,
+        directory: DynamoMemberDirectory::new(dynamo.clone(), members),
+        store: &store,
+        vault: TokenVault::new(
+            dynamo.clone(),
+            connections,
+            KmsEncryptor::new(aws_sdk_kms::Client::new(&aws), testing::kms_key().await),
+        ),
+        settings: WorkerSettings {
+            deadline_margin: Duration::from_secs(1),
+            ..WorkerSettings::default()
+        },
+        metrics: Metrics::new("TripLink", "worker"),
+    };
+    for file in [
+        "worker-insert.json",
+        "worker-requeue.json",
+        "worker-ignore.json",
+    ] {
+        let event: Event = serde_json::from_str(&read(file)).unwrap();
+        let mut received = Vec::new();
+        for record in &event.records {
+            if let Some(item) = new_image(record).unwrap() {
+                store
+                    .client()
+                    .put_item()
+                    .table_name(store.table())
+                    .set_item(Some(serde_dynamo::to_item(&item).unwrap()))
+                    .send()
+                    .await
+                    .unwrap();
+                if item.state == RequestState::Received {
+                    received.push(item);
+                }
+            }
+        }
+        let response = worker
+            .handle(lambda_runtime::LambdaEvent::new(event, context()))
+            .await
+            .unwrap();
+        assert!(response.batch_item_failures.is_empty(), "{file}");
+        for item in received {
+            let after: RequestItem = store.get(&item.request_id).await.unwrap().unwrap();
+            assert_eq!(after.state, RequestState::Reported, "{file}");
+            assert_eq!(after.attempt, item.attempt, "{file}");
+            // No such member in an empty directory: loyalty account not found.
+            assert_eq!(
+                after.history.last().unwrap().status.as_str(),
+                "CREU1",
+                "{file}"
+            );
+        }
+    }
+    // The ignored records changed nothing.
+    let ignored: Event = serde_json::from_str(&read("worker-ignore.json")).unwrap();
+    let working = new_image(&ignored.records[0]).unwrap().unwrap();
+    assert_eq!(
+        store.get(&working.request_id).await.unwrap().unwrap().state,
+        RequestState::Working
+    );
+}
