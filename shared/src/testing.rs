@@ -39,7 +39,11 @@ fn start() -> Moto {
     let watchdog = Command::new("sh")
         .arg("-c")
         .arg(script)
+        // Not the parent's pipes: a process that reads this one's output to its end
+        // (a test running a binary that uses this harness) must not wait for moto.
         .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start moto_server through sh: {e}"));
     let address: SocketAddr = ([127, 0, 0, 1], port).into();
