@@ -152,6 +152,16 @@ pub async fn status(
     table: &str,
     now: DateTime<Utc>,
 ) -> Result<StatusReport, CliError> {
+    status_paged(client, table, now, None).await
+}
+
+/// [`status`] with at most `page_size` items per Scan page.
+pub async fn status_paged(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    now: DateTime<Utc>,
+    page_size: Option<i32>,
+) -> Result<StatusReport, CliError> {
     let mut report = StatusReport::new(table, now);
     let mut start: Option<HashMap<String, AttributeValue>> = None;
     loop {
@@ -166,6 +176,7 @@ pub async fn status(
             .expression_attribute_names("#ua", attr::UPDATED_AT)
             .expression_attribute_names("#h", attr::HISTORY)
             .set_exclusive_start_key(start)
+            .set_limit(page_size)
             .send()
             .await
             .map_err(|e| {
