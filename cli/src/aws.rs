@@ -91,6 +91,71 @@ pub async fn sdk_config(
     Ok(config)
 }
 
+/// An AWS SDK error in one short line: `Code: message` for a service error; the error
+/// and its causes for a connection, timeout or response failure (never the raw response).
+pub fn describe<E, R>(error: &aws_sdk_dynamodb::error::SdkError<E, R>) -> String
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    use aws_sdk_dynamodb::error::SdkError;
+    if let SdkError::ServiceError(service) = error {
+        let err = service.err();
+        let text = match (err.code(), err.message()) {
+            (Some(code), Some(message)) => format!("{code}: {message}"),
+            (Some(code), None) => code.to_owned(),
+            _ => err.to_string(),
+        };
+        return hint(text);
+    }
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    one_line(&text)
+}
+
+fn hint(text: String) -> String {
+    if text.starts_with("ResourceNotFoundException") {
+        format!("{text} (does it exist in this account, region and endpoint?)")
+    } else {
+        text
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A message that may embed an SDK error's `DisplayErrorContext` (as the shared crate's
+/// store errors do), cut before the debug dump of the raw response, on one line.
+pub fn concise(message: &str) -> String {
+    let mut cut = message.len();
+    for marker in [
+        " (ServiceError(",
+        " (DispatchFailure(",
+        " (TimeoutError(",
+        " (ResponseError(",
+        " (ConstructionFailure(",
+    ] {
+        if let Some(at) = message.find(marker) {
+            cut = cut.min(at);
+        }
+    }
+    let text = one_line(&message[..cut]);
+    if text.contains("ResourceNotFoundException") && !text.contains("does it exist") {
+        format!("{text} (does it exist in this account, region and endpoint?)")
+    } else {
+        text
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,5 +171,15 @@ mod tests {
         ] {
             assert_eq!(is_loopback(&Url::parse(url).unwrap()), expected, "{url}");
         }
+    }
+
+    #[test]
+    fn sdk_error_dumps_are_cut() {
+        let long = "DynamoDB GetItem failed: service error: X: y (ServiceError(ServiceError { raw: Response { headers: {} } }))";
+        assert_eq!(
+            concise(long),
+            "DynamoDB GetItem failed: service error: X: y"
+        );
+        assert_eq!(concise("two\nlines"), "two lines");
     }
 }

@@ -8,7 +8,7 @@
 
 use std::collections::HashSet;
 
-use aws_sdk_dynamodbstreams::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_dynamodbstreams::error::ProvideErrorMetadata;
 use aws_sdk_dynamodbstreams::types::{AttributeValue, ShardIteratorType};
 use serde::{Deserialize, Serialize};
 
@@ -82,7 +82,7 @@ where
         .and_then(|e| e.code())
         .unwrap_or("")
         .to_owned();
-    let message = format!("{op}: {}", DisplayErrorContext(&error));
+    let message = format!("{op}: {}", crate::aws::describe(&error));
     match code.as_str() {
         "TrimmedDataAccessException" | "ResourceNotFoundException" | "ExpiredIteratorException" => {
             ReadError::Gone(message)
@@ -225,7 +225,7 @@ impl<S: RetryStore, C: StatusSender> Redriver<'_, S, C> {
                 .map_err(|e| {
                     CliError(format!(
                         "cannot receive from the queue {queue_url}: {}",
-                        aws_sdk_sqs::error::DisplayErrorContext(e)
+                        crate::aws::describe(&e)
                     ))
                 })?;
             let messages = output.messages.unwrap_or_default();
@@ -278,7 +278,9 @@ impl<S: RetryStore, C: StatusSender> Redriver<'_, S, C> {
                 return Ok(report);
             }
             Err(e) => {
-                report.problem = Some(format!("the message body is not JSON ({e}); left in the queue"));
+                report.problem = Some(format!(
+                    "the message body is not JSON ({e}); left in the queue"
+                ));
                 return Ok(report);
             }
         };
@@ -300,7 +302,7 @@ impl<S: RetryStore, C: StatusSender> Redriver<'_, S, C> {
                     }
                     report.results.push(result);
                 }
-                Err(e) => failures.push(format!("{id}: {e}")),
+                Err(e) => failures.push(format!("{id}: {}", crate::aws::concise(&e.to_string()))),
             }
         }
         if !failures.is_empty() {
@@ -324,7 +326,7 @@ impl<S: RetryStore, C: StatusSender> Redriver<'_, S, C> {
                 CliError(format!(
                     "requests re-driven, but message {} could not be deleted: {}",
                     report.message_id,
-                    aws_sdk_sqs::error::DisplayErrorContext(e)
+                    crate::aws::describe(&e)
                 ))
             })?;
         report.deleted = true;
@@ -341,7 +343,12 @@ impl Render for DlqReport {
         let mut table = Table::new(["message", "request", "state found", "action"]);
         for message in &self.details {
             if message.results.is_empty() {
-                table.row([message.message_id.clone(), "-".into(), "-".into(), "-".into()]);
+                table.row([
+                    message.message_id.clone(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                ]);
             }
             for result in &message.results {
                 table.row([

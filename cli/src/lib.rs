@@ -38,7 +38,7 @@ impl CliError {
 
 impl From<triplink_shared::store::StoreError> for CliError {
     fn from(e: triplink_shared::store::StoreError) -> Self {
-        Self(e.to_string())
+        Self(aws::concise(&e.to_string()))
     }
 }
 
@@ -196,9 +196,7 @@ fn retention_days(env: &impl Env) -> Result<i64, CliError> {
         .parsed("FINISHED_RETENTION_DAYS", DEFAULT_RETENTION_DAYS)
         .map_err(|e| CliError(e.to_string()))?;
     if days < 1 {
-        return Err(CliError::new(
-            "FINISHED_RETENTION_DAYS must be at least 1",
-        ));
+        return Err(CliError::new("FINISHED_RETENTION_DAYS must be at least 1"));
     }
     Ok(days)
 }
@@ -213,7 +211,8 @@ pub async fn execute<E: Env + Send + Sync>(cli: Cli, env: E) -> Result<Finished,
     let store = DynamoRequestStore::new(dynamo.clone(), global.requests_table.clone());
     match cli.command {
         Command::Status => {
-            let report = status::status(&dynamo, &global.requests_table, chrono::Utc::now()).await?;
+            let report =
+                status::status(&dynamo, &global.requests_table, chrono::Utc::now()).await?;
             Ok(output::finished(&report, format, true))
         }
         Command::Show { id, reveal } => {
@@ -278,10 +277,11 @@ pub async fn run<E: Env + Send + Sync>(cli: Cli, env: E) -> ExitCode {
             }
         }
         Err(e) => {
+            let message = aws::concise(&e.to_string());
             if format == OutputFormat::Json {
-                println!("{}", serde_json::json!({ "error": e.to_string() }));
+                println!("{}", serde_json::json!({ "error": message }));
             }
-            eprintln!("triplink: error: {e}");
+            eprintln!("triplink: error: {message}");
             ExitCode::FAILURE
         }
     }

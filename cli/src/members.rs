@@ -48,11 +48,17 @@ pub enum Format {
 
 /// Where the members go.
 pub trait MemberSink: Send + Sync {
-    fn put_member(&self, member: &Member) -> impl Future<Output = Result<(), DirectoryError>> + Send;
+    fn put_member(
+        &self,
+        member: &Member,
+    ) -> impl Future<Output = Result<(), DirectoryError>> + Send;
 }
 
 impl MemberSink for DynamoMemberDirectory {
-    fn put_member(&self, member: &Member) -> impl Future<Output = Result<(), DirectoryError>> + Send {
+    fn put_member(
+        &self,
+        member: &Member,
+    ) -> impl Future<Output = Result<(), DirectoryError>> + Send {
         DynamoMemberDirectory::put_member(self, member)
     }
 }
@@ -140,7 +146,11 @@ fn array_element_offsets(text: &str) -> Vec<usize> {
     out
 }
 
-fn text_field(object: &Map<String, Value>, key: &str, problems: &mut Vec<String>) -> Option<String> {
+fn text_field(
+    object: &Map<String, Value>,
+    key: &str,
+    problems: &mut Vec<String>,
+) -> Option<String> {
     match object.get(key) {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.trim().to_owned()).filter(|s| !s.is_empty()),
@@ -163,9 +173,9 @@ pub fn member_from_json(value: &Value) -> Result<Member, Vec<String>> {
         None if !problems.iter().any(|p| p.starts_with("memberId")) => {
             problems.push("memberId is missing".into())
         }
-        Some(id) if id.starts_with(EMAIL_POINTER_PREFIX) => {
-            problems.push(format!("memberId must not start with {EMAIL_POINTER_PREFIX:?}"))
-        }
+        Some(id) if id.starts_with(EMAIL_POINTER_PREFIX) => problems.push(format!(
+            "memberId must not start with {EMAIL_POINTER_PREFIX:?}"
+        )),
         _ => {}
     }
     let loyalty_number = text_field(object, "loyaltyNumber", &mut problems);
@@ -186,18 +196,15 @@ pub fn member_from_json(value: &Value) -> Result<Member, Vec<String>> {
                             continue;
                         }
                         if !email.contains('@') {
-                            problems.push(format!(
-                                "e-mail {} is not an e-mail address (no @)",
-                                i + 1
-                            ));
+                            problems
+                                .push(format!("e-mail {} is not an e-mail address (no @)", i + 1));
                         }
                         emails.push(email.to_owned());
                     }
                     _ => problems.push(format!("e-mail {} must be a string", i + 1)),
                 }
             }
-            let distinct: BTreeSet<String> =
-                emails.iter().map(|e| e.to_lowercase()).collect();
+            let distinct: BTreeSet<String> = emails.iter().map(|e| e.to_lowercase()).collect();
             if distinct.len() > MAX_EMAILS {
                 problems.push(format!(
                     "{} e-mail addresses; at most {MAX_EMAILS} are supported",
@@ -369,7 +376,10 @@ pub fn parse_csv(text: &str) -> Parsed {
     };
     let mut index: HashMap<&'static str, usize> = HashMap::new();
     for (i, name) in headers.iter().enumerate() {
-        if let Some(column) = CSV_COLUMNS.iter().find(|c| c.eq_ignore_ascii_case(name.trim())) {
+        if let Some(column) = CSV_COLUMNS
+            .iter()
+            .find(|c| c.eq_ignore_ascii_case(name.trim()))
+        {
             index.insert(column, i);
         }
     }
@@ -424,7 +434,13 @@ pub fn parse_csv(text: &str) -> Parsed {
             })
             .unwrap_or_default();
         let mut object = Map::new();
-        for column in ["memberId", "loyaltyNumber", "firstName", "lastName", "status"] {
+        for column in [
+            "memberId",
+            "loyaltyNumber",
+            "firstName",
+            "lastName",
+            "status",
+        ] {
             object.insert(column.to_owned(), cell(column));
         }
         object.insert("emails".to_owned(), Value::Array(emails));
@@ -520,9 +536,9 @@ fn progress_bar(total: usize, visible: bool) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
-    if let Ok(style) =
-        ProgressStyle::with_template("{spinner} importing [{bar:40}] {pos}/{len} members ({per_sec}, {eta} left)")
-    {
+    if let Ok(style) = ProgressStyle::with_template(
+        "{spinner} importing [{bar:40}] {pos}/{len} members ({per_sec}, {eta} left)",
+    ) {
         bar.set_style(style.progress_chars("=> "));
     }
     bar
@@ -549,7 +565,12 @@ pub async fn import<S: MemberSink>(
         skipped: 0,
         failed: Vec::new(),
         invalid_count: parsed.invalid.len(),
-        invalid: parsed.invalid.iter().take(MAX_LISTED_ERRORS).cloned().collect(),
+        invalid: parsed
+            .invalid
+            .iter()
+            .take(MAX_LISTED_ERRORS)
+            .cloned()
+            .collect(),
     };
     if !parsed.invalid.is_empty() || options.dry_run {
         report.skipped = parsed.valid.len();
@@ -623,7 +644,10 @@ impl Render for ImportReport {
             return out;
         }
         out.push_str(&fields(&[
-            ("file", format!("{} ({:?})", self.file, self.format).to_lowercase()),
+            (
+                "file",
+                format!("{} ({:?})", self.file, self.format).to_lowercase(),
+            ),
             ("table", self.table.clone()),
             ("records", self.records.to_string()),
             ("imported", self.imported.to_string()),
@@ -640,7 +664,11 @@ impl Render for ImportReport {
         if !self.failed.is_empty() {
             let mut table = Table::new(["line", "member id", "error"]);
             for failed in &self.failed {
-                table.row([failed.line.to_string(), failed.member_id.clone(), failed.error.clone()]);
+                table.row([
+                    failed.line.to_string(),
+                    failed.member_id.clone(),
+                    failed.error.clone(),
+                ]);
             }
             out.push('\n');
             out.push_str(&table.render());

@@ -14,7 +14,6 @@ use std::future::Future;
 use std::time::Duration;
 
 use aws_config::SdkConfig;
-use aws_sdk_dynamodb::error::DisplayErrorContext;
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -76,7 +75,7 @@ impl RetryStore for DynamoRequestStore {
             }
             Err(e) => Err(CliError(format!(
                 "cannot touch request {id}: DynamoDB UpdateItem failed: {}",
-                DisplayErrorContext(e)
+                crate::aws::describe(&e)
             ))),
         }
     }
@@ -262,7 +261,11 @@ pub async fn retry<S: RetryStore, C: StatusSender>(
         let now = Utc::now();
         match item.state {
             RequestState::Reported => {
-                let last = item.history.last().map(|h| h.status.as_str()).unwrap_or("-");
+                let last = item
+                    .history
+                    .last()
+                    .map(|h| h.status.as_str())
+                    .unwrap_or("-");
                 return Ok(report(
                     state,
                     attempt,

@@ -146,7 +146,11 @@ impl Render for RequestView {
                 "{} until {}{}",
                 lease.owner.as_deref().unwrap_or("?"),
                 lease.until.as_deref().unwrap_or("?"),
-                if lease.expired { " (expired)" } else { " (live)" }
+                if lease.expired {
+                    " (expired)"
+                } else {
+                    " (live)"
+                }
             ),
         };
         let personal = if self.masked { " (masked)" } else { "" };
@@ -195,7 +199,8 @@ impl Render for RequestView {
         if self.history.is_empty() {
             out.push_str("  (no attempt reported yet)\n");
         } else {
-            let mut table = Table::new(["attempt", "status", "decided at", "reported at", "reason"]);
+            let mut table =
+                Table::new(["attempt", "status", "decided at", "reported at", "reason"]);
             for record in &self.history {
                 table.row([
                     record.attempt.to_string(),

@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 
-use aws_sdk_dynamodb::error::DisplayErrorContext;
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
@@ -109,7 +108,10 @@ impl StatusReport {
             Some("received") => self.by_state.received += 1,
             Some("working") => {
                 self.by_state.working += 1;
-                if row.lease_until.is_none_or(|until| until <= now.timestamp_millis()) {
+                if row
+                    .lease_until
+                    .is_none_or(|until| until <= now.timestamp_millis())
+                {
                     self.stuck.working_expired_lease += 1;
                 }
             }
@@ -117,8 +119,7 @@ impl StatusReport {
                 self.by_state.decided += 1;
                 let since = parse_time(row.decided_at.as_deref())
                     .or_else(|| parse_time(row.updated_at.as_deref()));
-                if since.is_none_or(|t| now - t > Duration::minutes(DECIDED_STUCK_AFTER_MINUTES))
-                {
+                if since.is_none_or(|t| now - t > Duration::minutes(DECIDED_STUCK_AFTER_MINUTES)) {
                     self.stuck.decided_too_long += 1;
                 }
             }
@@ -182,7 +183,7 @@ pub async fn status_paged(
             .map_err(|e| {
                 CliError(format!(
                     "cannot scan the requests table {table}: {}",
-                    DisplayErrorContext(e)
+                    crate::aws::describe(&e)
                 ))
             })?;
         for item in output.items.unwrap_or_default() {
@@ -203,7 +204,10 @@ pub async fn status_paged(
 
 impl Render for StatusReport {
     fn render(&self) -> String {
-        let mut out = format!("Requests in {} at {}: {}\n\n", self.table, self.at, self.total);
+        let mut out = format!(
+            "Requests in {} at {}: {}\n\n",
+            self.table, self.at, self.total
+        );
         let mut states = Table::new(["state", "count"]);
         let s = &self.by_state;
         for (name, count) in [
@@ -237,7 +241,10 @@ impl Render for StatusReport {
         out.push_str(&outcomes.render());
         out.push('\n');
         let mut health = Table::new(["", "count"]);
-        health.row(["requeued (attempt > 1)".to_owned(), self.requeued.to_string()]);
+        health.row([
+            "requeued (attempt > 1)".to_owned(),
+            self.requeued.to_string(),
+        ]);
         health.row([
             "stuck: working, lease expired".to_owned(),
             self.stuck.working_expired_lease.to_string(),
@@ -269,14 +276,32 @@ mod tests {
         let old = triplink_shared::store::layout::timestamp(now - Duration::minutes(16));
         let fresh = triplink_shared::store::layout::timestamp(now - Duration::minutes(1));
         let rows = [
-            Row { state: Some("working".into()), lease_until: Some(ms - 1), ..Row::default() },
-            Row { state: Some("working".into()), lease_until: Some(ms + 60_000), ..Row::default() },
-            Row { state: Some("decided".into()), decided_at: Some(old), ..Row::default() },
-            Row { state: Some("decided".into()), decided_at: Some(fresh), ..Row::default() },
+            Row {
+                state: Some("working".into()),
+                lease_until: Some(ms - 1),
+                ..Row::default()
+            },
+            Row {
+                state: Some("working".into()),
+                lease_until: Some(ms + 60_000),
+                ..Row::default()
+            },
+            Row {
+                state: Some("decided".into()),
+                decided_at: Some(old),
+                ..Row::default()
+            },
+            Row {
+                state: Some("decided".into()),
+                decided_at: Some(fresh),
+                ..Row::default()
+            },
             Row {
                 state: Some("received".into()),
                 attempt: Some(2),
-                history: vec![HistoryRow { status: "CREU1".into() }],
+                history: vec![HistoryRow {
+                    status: "CREU1".into(),
+                }],
                 ..Row::default()
             },
         ];

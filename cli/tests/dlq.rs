@@ -15,10 +15,20 @@ use triplink_shared::testing;
 
 /// The stream ARN, shard id and record sequence numbers (in order) of a table's stream.
 async fn stream_of(table: &str) -> (String, String, Vec<String>) {
-    let described = dynamo().describe_table().table_name(table).send().await.unwrap();
+    let described = dynamo()
+        .describe_table()
+        .table_name(table)
+        .send()
+        .await
+        .unwrap();
     let arn = described.table.unwrap().latest_stream_arn.unwrap();
     let streams = aws_sdk_dynamodbstreams::Client::new(&testing::sdk_config());
-    let stream = streams.describe_stream().stream_arn(&arn).send().await.unwrap();
+    let stream = streams
+        .describe_stream()
+        .stream_arn(&arn)
+        .send()
+        .await
+        .unwrap();
     let shard = stream.stream_description.unwrap().shards.unwrap()[0]
         .shard_id
         .clone()
@@ -33,7 +43,12 @@ async fn stream_of(table: &str) -> (String, String, Vec<String>) {
         .unwrap()
         .shard_iterator
         .unwrap();
-    let records = streams.get_records().shard_iterator(iterator).send().await.unwrap();
+    let records = streams
+        .get_records()
+        .shard_iterator(iterator)
+        .send()
+        .await
+        .unwrap();
     let sequences = records
         .records
         .unwrap_or_default()
@@ -93,28 +108,51 @@ async fn dlq_messages_are_redriven_and_deleted_and_trimmed_or_busy_batches_are_l
     // Batch A: three requests the worker failed on; batch B: one a worker holds now.
     put(&store, &working("d-stuck", now - Duration::minutes(2), now)).await;
     put(&store, &item("d-received", RequestState::Received, 1, now)).await;
-    put(&store, &reported("d-done", 1, ConnectionStatus::Connected, now)).await;
+    put(
+        &store,
+        &reported("d-done", 1, ConnectionStatus::Connected, now),
+    )
+    .await;
     put(&store, &working("d-live", now + Duration::minutes(10), now)).await;
     let (arn, shard, seqs) = stream_of(&table).await;
     assert_eq!(seqs.len(), 4);
 
     // Batch C: a table that is gone, and its stream with it.
     let gone = testing::unique_name("cli-gone");
-    tables::create_requests_table(&dynamo(), &gone).await.unwrap();
+    tables::create_requests_table(&dynamo(), &gone)
+        .await
+        .unwrap();
     let gone_store = triplink_shared::store::DynamoRequestStore::new(dynamo(), gone.clone());
     put(&gone_store, &item("d-gone", RequestState::Received, 1, now)).await;
     let (gone_arn, gone_shard, gone_seqs) = stream_of(&gone).await;
-    dynamo().delete_table().table_name(&gone).send().await.unwrap();
+    dynamo()
+        .delete_table()
+        .table_name(&gone)
+        .send()
+        .await
+        .unwrap();
 
     let sqs = aws_sdk_sqs::Client::new(&testing::sdk_config());
     let queue = testing::unique_name("cli-dlq");
-    let url = sqs.create_queue().queue_name(&queue).send().await.unwrap().queue_url.unwrap();
+    let url = sqs
+        .create_queue()
+        .queue_name(&queue)
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
     for body in [
         failure_record(&arn, &shard, &seqs[0], &seqs[2], 3),
         failure_record(&arn, &shard, &seqs[3], &seqs[3], 1),
         failure_record(&gone_arn, &gone_shard, &gone_seqs[0], &gone_seqs[0], 1),
     ] {
-        sqs.send_message().queue_url(&url).message_body(body).send().await.unwrap();
+        sqs.send_message()
+            .queue_url(&url)
+            .message_body(body)
+            .send()
+            .await
+            .unwrap();
     }
 
     let sender = ConcurSender::new(testing::sdk_config(), no_concur());
@@ -151,7 +189,10 @@ async fn dlq_messages_are_redriven_and_deleted_and_trimmed_or_busy_batches_are_l
         ]
     );
     assert_eq!(get(&store, "d-stuck").await.state, RequestState::Received);
-    assert_eq!(get(&store, "d-received").await.state, RequestState::Received);
+    assert_eq!(
+        get(&store, "d-received").await.state,
+        RequestState::Received
+    );
     assert_eq!(get(&store, "d-live").await.state, RequestState::Working);
 
     let busy = details
@@ -159,7 +200,11 @@ async fn dlq_messages_are_redriven_and_deleted_and_trimmed_or_busy_batches_are_l
         .find(|m| m.results.iter().any(|r| r.request_id == "d-live"))
         .unwrap();
     assert!(!busy.deleted);
-    assert!(busy.problem.as_deref().unwrap().contains("lease"), "{:?}", busy.problem);
+    assert!(
+        busy.problem.as_deref().unwrap().contains("lease"),
+        "{:?}",
+        busy.problem
+    );
 
     let trimmed = details
         .iter()
@@ -167,7 +212,11 @@ async fn dlq_messages_are_redriven_and_deleted_and_trimmed_or_busy_batches_are_l
         .unwrap();
     assert!(!trimmed.deleted);
     assert!(
-        trimmed.problem.as_deref().unwrap().contains("no longer in the stream"),
+        trimmed
+            .problem
+            .as_deref()
+            .unwrap()
+            .contains("no longer in the stream"),
         "{:?}",
         trimmed.problem
     );
@@ -195,7 +244,12 @@ async fn a_message_that_is_not_a_stream_failure_record_is_left_in_the_queue() {
         .queue_url
         .unwrap();
     for body in ["not json", r#"{"version": "1.0"}"#] {
-        sqs.send_message().queue_url(&url).message_body(body).send().await.unwrap();
+        sqs.send_message()
+            .queue_url(&url)
+            .message_body(body)
+            .send()
+            .await
+            .unwrap();
     }
     let sender = ConcurSender::new(testing::sdk_config(), no_concur());
     let redriver = Redriver {
@@ -207,7 +261,17 @@ async fn a_message_that_is_not_a_stream_failure_record_is_left_in_the_queue() {
     };
     let report = redriver.redrive(&url, 10).await.unwrap();
     assert_eq!((report.messages, report.deleted, report.left), (2, 0, 2));
-    let problems: Vec<&str> = report.details.iter().filter_map(|m| m.problem.as_deref()).collect();
-    assert!(problems.iter().any(|p| p.contains("not JSON")), "{problems:?}");
-    assert!(problems.iter().any(|p| p.contains("DDBStreamBatchInfo")), "{problems:?}");
+    let problems: Vec<&str> = report
+        .details
+        .iter()
+        .filter_map(|m| m.problem.as_deref())
+        .collect();
+    assert!(
+        problems.iter().any(|p| p.contains("not JSON")),
+        "{problems:?}"
+    );
+    assert!(
+        problems.iter().any(|p| p.contains("DDBStreamBatchInfo")),
+        "{problems:?}"
+    );
 }

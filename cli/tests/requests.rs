@@ -18,7 +18,9 @@ use triplink_shared::testing;
 
 const DAYS: i64 = 30;
 
-fn sender(env: std::collections::HashMap<String, String>) -> ConcurSender<std::collections::HashMap<String, String>> {
+fn sender(
+    env: std::collections::HashMap<String, String>,
+) -> ConcurSender<std::collections::HashMap<String, String>> {
     ConcurSender::new(testing::sdk_config(), env)
 }
 
@@ -33,19 +35,37 @@ async fn status_counts_states_outcomes_requeues_and_stuck_requests_over_several_
         requeued,
         working("r-working-expired", now - Duration::minutes(1), now),
         working("r-working-live", now + Duration::minutes(5), now),
-        decided("r-decided-old", ConnectionStatus::AccountNotFound, now - Duration::minutes(20), now),
-        decided("r-decided-fresh", ConnectionStatus::Connected, now - Duration::minutes(2), now),
+        decided(
+            "r-decided-old",
+            ConnectionStatus::AccountNotFound,
+            now - Duration::minutes(20),
+            now,
+        ),
+        decided(
+            "r-decided-fresh",
+            ConnectionStatus::Connected,
+            now - Duration::minutes(2),
+            now,
+        ),
         reported("r-reported-1", 1, ConnectionStatus::Connected, now),
         reported("r-reported-2", 1, ConnectionStatus::Connected, now),
         reported("r-reported-3", 3, ConnectionStatus::Retry, now),
-        reported("r-reported-4", 1, ConnectionStatus::AccountNeedsAttention, now),
+        reported(
+            "r-reported-4",
+            1,
+            ConnectionStatus::AccountNeedsAttention,
+            now,
+        ),
     ] {
         put(&store, &item).await;
     }
     let report = status_paged(&dynamo(), &table, now, Some(3)).await.unwrap();
     assert_eq!(report.total, 10);
     let s = &report.by_state;
-    assert_eq!((s.received, s.working, s.decided, s.reported, s.other), (2, 2, 2, 4, 0));
+    assert_eq!(
+        (s.received, s.working, s.decided, s.reported, s.other),
+        (2, 2, 2, 4, 0)
+    );
     let o = &report.by_outcome;
     assert_eq!(
         (o.crsuc, o.creu1, o.creu2, o.creu3, o.crret, o.none),
@@ -74,7 +94,14 @@ async fn show_masks_personal_data_unless_revealed_and_never_shows_the_token() {
     let masked = show(&store, "r-show", false, now).await.unwrap();
     for format in [OutputFormat::Table, OutputFormat::Json] {
         let text = format_report(&masked, format);
-        for secret in ["Maria", "Müller", "99887766", "maria.mueller", "example.com", "tok-SECRET"] {
+        for secret in [
+            "Maria",
+            "Müller",
+            "99887766",
+            "maria.mueller",
+            "example.com",
+            "tok-SECRET",
+        ] {
             assert!(!text.contains(secret), "{secret} shown in {text}");
         }
         assert!(text.contains("[REDACTED]"), "{text}");
@@ -103,19 +130,31 @@ async fn show_masks_personal_data_unless_revealed_and_never_shows_the_token() {
     let view = show(&store, "r-history", false, now).await.unwrap();
     let text = format_report(&view, OutputFormat::Table);
     assert!(text.contains("CREU2"), "{text}");
-    assert!(text.lines().any(|l| l.starts_with("request token") && l.ends_with("absent")), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("request token") && l.ends_with("absent")),
+        "{text}"
+    );
 
     let missing = show(&store, "r-none", false, now).await.unwrap_err();
-    assert!(missing.to_string().contains("r-none is not in the requests table"));
+    assert!(missing
+        .to_string()
+        .contains("r-none is not in the requests table"));
 }
 
 #[tokio::test]
 async fn retry_sends_an_expired_working_request_back_to_received() {
     let (_, store) = requests_table().await;
     let now = Utc::now();
-    put(&store, &working("r-expired", now - Duration::seconds(5), now)).await;
+    put(
+        &store,
+        &working("r-expired", now - Duration::seconds(5), now),
+    )
+    .await;
     let sender = sender(no_concur());
-    let report = retry_command(&store, &sender, "r-expired", false, DAYS).await.unwrap();
+    let report = retry_command(&store, &sender, "r-expired", false, DAYS)
+        .await
+        .unwrap();
     assert_eq!(report.action, Action::Redriven);
     assert_eq!(report.state, Some("working"));
     let after = get(&store, "r-expired").await;
@@ -130,22 +169,39 @@ async fn retry_refuses_a_live_lease_unless_forced() {
     let now = Utc::now();
     put(&store, &working("r-live", now + Duration::minutes(5), now)).await;
     let sender = sender(no_concur());
-    let refused = retry_command(&store, &sender, "r-live", false, DAYS).await.unwrap_err();
+    let refused = retry_command(&store, &sender, "r-live", false, DAYS)
+        .await
+        .unwrap_err();
     assert!(refused.to_string().contains("--force"), "{refused}");
     assert_eq!(get(&store, "r-live").await.state, RequestState::Working);
 
-    let forced = retry_command(&store, &sender, "r-live", true, DAYS).await.unwrap();
+    let forced = retry_command(&store, &sender, "r-live", true, DAYS)
+        .await
+        .unwrap();
     assert_eq!(forced.action, Action::Redriven);
     assert_eq!(get(&store, "r-live").await.state, RequestState::Received);
 }
 
 /// Stream records of `table` whose key is `id`.
 async fn stream_records(table: &str, id: &str) -> usize {
-    let described = dynamo().describe_table().table_name(table).send().await.unwrap();
+    let described = dynamo()
+        .describe_table()
+        .table_name(table)
+        .send()
+        .await
+        .unwrap();
     let arn = described.table.unwrap().latest_stream_arn.unwrap();
     let streams = aws_sdk_dynamodbstreams::Client::new(&testing::sdk_config());
-    let stream = streams.describe_stream().stream_arn(&arn).send().await.unwrap();
-    let shard = stream.stream_description.unwrap().shards.unwrap()[0].shard_id.clone().unwrap();
+    let stream = streams
+        .describe_stream()
+        .stream_arn(&arn)
+        .send()
+        .await
+        .unwrap();
+    let shard = stream.stream_description.unwrap().shards.unwrap()[0]
+        .shard_id
+        .clone()
+        .unwrap();
     let iterator = streams
         .get_shard_iterator()
         .stream_arn(&arn)
@@ -156,14 +212,24 @@ async fn stream_records(table: &str, id: &str) -> usize {
         .unwrap()
         .shard_iterator
         .unwrap();
-    let records = streams.get_records().shard_iterator(iterator).send().await.unwrap();
+    let records = streams
+        .get_records()
+        .shard_iterator(iterator)
+        .send()
+        .await
+        .unwrap();
     records
         .records
         .unwrap_or_default()
         .iter()
         .filter(|r| {
-            r.dynamodb.as_ref().and_then(|d| d.keys.as_ref()).and_then(|k| k.get("request_id"))
-                == Some(&aws_sdk_dynamodbstreams::types::AttributeValue::S(id.to_owned()))
+            r.dynamodb
+                .as_ref()
+                .and_then(|d| d.keys.as_ref())
+                .and_then(|k| k.get("request_id"))
+                == Some(&aws_sdk_dynamodbstreams::types::AttributeValue::S(
+                    id.to_owned(),
+                ))
         })
         .count()
 }
@@ -176,7 +242,9 @@ async fn retry_touches_a_received_request_so_the_stream_emits_it_again() {
     put(&store, &before).await;
     assert_eq!(stream_records(&table, "r-received").await, 1);
     let sender = sender(no_concur());
-    let report = retry_command(&store, &sender, "r-received", false, DAYS).await.unwrap();
+    let report = retry_command(&store, &sender, "r-received", false, DAYS)
+        .await
+        .unwrap();
     assert_eq!(report.action, Action::Touched);
     let after = get(&store, "r-received").await;
     assert_eq!(after.state, RequestState::Received);
@@ -193,14 +261,27 @@ async fn retry_of_a_reported_request_has_nothing_to_do_and_an_unknown_one_is_an_
     let done = reported("r-done", 1, ConnectionStatus::Connected, now);
     put(&store, &done).await;
     let sender = sender(no_concur());
-    let report = retry_command(&store, &sender, "r-done", false, DAYS).await.unwrap();
+    let report = retry_command(&store, &sender, "r-done", false, DAYS)
+        .await
+        .unwrap();
     assert_eq!(report.action, Action::NothingToRetry);
-    assert!(report.message.contains("nothing to retry"), "{}", report.message);
+    assert!(
+        report.message.contains("nothing to retry"),
+        "{}",
+        report.message
+    );
     assert_eq!(get(&store, "r-done").await, done);
 
-    let missing = retry_command(&store, &sender, "r-missing", false, DAYS).await.unwrap_err();
-    assert!(missing.to_string().contains("not in the requests table"), "{missing}");
-    let lenient = retry(&store, &sender, "r-missing", false, DAYS).await.unwrap();
+    let missing = retry_command(&store, &sender, "r-missing", false, DAYS)
+        .await
+        .unwrap_err();
+    assert!(
+        missing.to_string().contains("not in the requests table"),
+        "{missing}"
+    );
+    let lenient = retry(&store, &sender, "r-missing", false, DAYS)
+        .await
+        .unwrap();
     assert_eq!(lenient.action, Action::NotFound);
 }
 
@@ -230,9 +311,20 @@ async fn retry_resends_a_decided_status_to_concur_as_is_and_records_it_reported(
     let id = page.items[0].id.clone();
 
     let now = Utc::now();
-    put(&store, &decided(&id, ConnectionStatus::AccountNotFound, now - Duration::minutes(20), now)).await;
+    put(
+        &store,
+        &decided(
+            &id,
+            ConnectionStatus::AccountNotFound,
+            now - Duration::minutes(20),
+            now,
+        ),
+    )
+    .await;
     let sender = sender(env);
-    let report = retry_command(&store, &sender, &id, false, DAYS).await.unwrap();
+    let report = retry_command(&store, &sender, &id, false, DAYS)
+        .await
+        .unwrap();
     assert_eq!(report.action, Action::Resent);
     assert_eq!(report.status.as_deref(), Some("CREU1"));
 
@@ -262,8 +354,15 @@ async fn retry_resends_a_decided_status_to_concur_as_is_and_records_it_reported(
     // Concur no longer has it outstanding: a decided item for it is recorded as reported.
     let gone = format!("{id}-gone");
     put(&store, &decided(&gone, ConnectionStatus::Retry, now, now)).await;
-    let report = retry_command(&store, &sender, &gone, false, DAYS).await.unwrap();
-    assert_eq!(report.action, Action::RecordedNotOutstanding, "{}", report.message);
+    let report = retry_command(&store, &sender, &gone, false, DAYS)
+        .await
+        .unwrap();
+    assert_eq!(
+        report.action,
+        Action::RecordedNotOutstanding,
+        "{}",
+        report.message
+    );
     assert_eq!(get(&store, &gone).await.state, RequestState::Reported);
     sandbox.shutdown().await.unwrap();
 }
@@ -272,9 +371,15 @@ async fn retry_resends_a_decided_status_to_concur_as_is_and_records_it_reported(
 async fn retry_of_a_decided_request_without_concur_settings_says_what_is_missing() {
     let (_, store) = requests_table().await;
     let now = Utc::now();
-    put(&store, &decided("r-nocfg", ConnectionStatus::AccountNotFound, now, now)).await;
+    put(
+        &store,
+        &decided("r-nocfg", ConnectionStatus::AccountNotFound, now, now),
+    )
+    .await;
     let sender = sender(no_concur());
-    let error = retry_command(&store, &sender, "r-nocfg", false, DAYS).await.unwrap_err();
+    let error = retry_command(&store, &sender, "r-nocfg", false, DAYS)
+        .await
+        .unwrap_err();
     assert!(error.to_string().contains("CONCUR_API_BASE_URL"), "{error}");
     assert_eq!(get(&store, "r-nocfg").await.state, RequestState::Decided);
 }

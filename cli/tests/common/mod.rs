@@ -18,7 +18,9 @@ pub fn dynamo() -> aws_sdk_dynamodb::Client {
 /// A fresh requests table and its store.
 pub async fn requests_table() -> (String, DynamoRequestStore) {
     let name = testing::unique_name("cli-requests");
-    tables::create_requests_table(&dynamo(), &name).await.unwrap();
+    tables::create_requests_table(&dynamo(), &name)
+        .await
+        .unwrap();
     (name.clone(), DynamoRequestStore::new(dynamo(), name))
 }
 
@@ -60,7 +62,12 @@ pub fn decided(
     item
 }
 
-pub fn reported(id: &str, attempt: u32, status: ConnectionStatus, now: DateTime<Utc>) -> RequestItem {
+pub fn reported(
+    id: &str,
+    attempt: u32,
+    status: ConnectionStatus,
+    now: DateTime<Utc>,
+) -> RequestItem {
     let mut item = item(id, RequestState::Reported, attempt, now);
     for field in [
         &mut item.request_token,
