@@ -169,18 +169,23 @@ impl Render for RequestView {
             ("reported at", or_dash(&self.reported_at)),
             ("expires at", or_dash(&self.expires_at)),
             ("user id", or_dash(&self.user_id)),
-            (
-                "name",
-                format!(
-                    "{} {} {}{personal}",
-                    or_dash(&self.first_name),
-                    or_dash(&self.middle_name),
-                    or_dash(&self.last_name)
-                ),
-            ),
+            ("name", {
+                let parts: Vec<&str> = [&self.first_name, &self.middle_name, &self.last_name]
+                    .into_iter()
+                    .filter_map(|p| p.as_deref())
+                    .collect();
+                if parts.is_empty() {
+                    "-".to_owned()
+                } else {
+                    format!("{}{personal}", parts.join(" "))
+                }
+            }),
             (
                 "loyalty number",
-                format!("{}{personal}", or_dash(&self.loyalty_number)),
+                match &self.loyalty_number {
+                    Some(number) => format!("{number}{personal}"),
+                    None => "-".to_owned(),
+                },
             ),
             (
                 "e-mails",
