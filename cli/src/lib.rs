@@ -1,0 +1,288 @@
+//! `triplink`, the operator tool of the TripLink connector: see where requests stand,
+//! look at one, send it back for processing, re-drive the worker's dead-letter queue and
+//! bulk-load members.
+//!
+//! `main.rs` only parses the command line and calls [`run`]; every command lives in its
+//! own module and takes the shared crate's store and directory types (or small traits),
+//! so the tests run them against a local DynamoDB (moto) and the Concur sandbox.
+
+pub mod aws;
+pub mod dlq;
+pub mod members;
+pub mod output;
+pub mod retry;
+pub mod show;
+pub mod status;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use triplink_shared::config::Env;
+use triplink_shared::members::DynamoMemberDirectory;
+use triplink_shared::store::layout::DEFAULT_RETENTION_DAYS;
+use triplink_shared::store::DynamoRequestStore;
+
+pub use output::OutputFormat;
+
+/// A failure of a command: one line saying what and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CliError(pub String);
+
+impl CliError {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
+impl From<triplink_shared::store::StoreError> for CliError {
+    fn from(e: triplink_shared::store::StoreError) -> Self {
+        Self(aws::concise(&e.to_string()))
+    }
+}
+
+/// Operator tool for the TripLink connector for SAP Concur: inspect and re-drive
+/// connection requests, re-drive the worker's dead-letter queue, import members.
+///
+/// AWS access uses the default configuration chain (environment, profile, SSO, instance
+/// role). For a local DynamoDB (e.g. moto) pass --endpoint-url; with a loopback endpoint
+/// and no credentials configured, dummy credentials are used.
+#[derive(Debug, Parser)]
+#[command(name = "triplink", version, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalOptions,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command accepts.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalOptions {
+    /// Send every AWS call to this endpoint (e.g. http://127.0.0.1:5000 for moto).
+    #[arg(long, env = "AWS_ENDPOINT_URL", global = true, value_name = "URL")]
+    pub endpoint_url: Option<String>,
+
+    /// AWS region (default: from the environment or profile; us-east-1 when
+    /// --endpoint-url is given and none is configured).
+    #[arg(long, global = true)]
+    pub region: Option<String>,
+
+    /// The requests table.
+    #[arg(
+        long,
+        env = "REQUESTS_TABLE",
+        default_value = "triplink-requests",
+        global = true,
+        value_name = "NAME"
+    )]
+    pub requests_table: String,
+
+    /// The members table.
+    #[arg(
+        long,
+        env = "MEMBERS_TABLE",
+        default_value = "triplink-members",
+        global = true,
+        value_name = "NAME"
+    )]
+    pub members_table: String,
+
+    /// The connections table (accepted for symmetry with the functions; no command
+    /// reads it yet).
+    #[arg(long, env = "CONNECTIONS_TABLE", global = true, value_name = "NAME")]
+    pub connections_table: Option<String>,
+
+    /// Output format: a human-readable table, or JSON for scripts.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table, global = true)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Count requests by state and by outcome; show requeued and stuck requests.
+    ///
+    /// Stuck: `working` with an expired lease, or `decided` for more than 15 minutes.
+    Status,
+    /// Show one request: state, attempt, timestamps, lease, decision and history.
+    ///
+    /// Names, loyalty number and e-mails are masked unless --reveal is given. The
+    /// request token is never shown.
+    Show {
+        /// The request id (Concur's `ID`).
+        id: String,
+        /// Show names, loyalty number and e-mails unmasked.
+        #[arg(long)]
+        reveal: bool,
+    },
+    /// Send one request back for processing, according to its state.
+    ///
+    /// working (expired lease, or --force): back to `received`, the worker takes it
+    /// again. received: touched, so the table's stream triggers the worker again.
+    /// decided: the decided status is re-sent to Concur as is (never re-decided), then
+    /// recorded as reported. reported: nothing to retry.
+    ///
+    /// Re-sending needs the Concur settings the functions use (CONCUR_API_BASE_URL,
+    /// CONCUR_CLIENT_SECRET_SOURCE, CONCUR_CLIENT_ID, ...).
+    Retry {
+        /// The request id (Concur's `ID`).
+        id: String,
+        /// Re-drive a `working` request even though its lease has not expired.
+        #[arg(long)]
+        force: bool,
+    },
+    /// The worker's dead-letter queue (its Lambda on-failure destination).
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// The members table.
+    Members {
+        #[command(subcommand)]
+        command: MembersCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Re-drive the requests of failed stream batches, then delete their messages.
+    ///
+    /// Each message names a batch of the requests table's stream; its records are read
+    /// again, and `retry` is applied to each request they name. A message whose records
+    /// are no longer in the stream (older than 24 h) is left in the queue and reported.
+    Redrive {
+        /// URL of the SQS queue.
+        #[arg(long, env = "DLQ_URL", value_name = "URL")]
+        queue_url: String,
+        /// Handle at most this many messages.
+        #[arg(long, default_value_t = 100, value_name = "N")]
+        max: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MembersCommand {
+    /// Bulk-load members from a JSON array, JSON Lines or CSV file.
+    ///
+    /// JSON: objects with memberId, loyaltyNumber (or null), firstName, lastName,
+    /// emails (array), status (active, closed, locked, unverified); other fields are
+    /// ignored. CSV: header memberId,loyaltyNumber,firstName,lastName,emails,status with
+    /// e-mails separated by `;`. Every record is validated first; if any is invalid,
+    /// nothing is imported. A member already in the table is replaced.
+    Import {
+        /// The members file.
+        file: PathBuf,
+        /// Validate and count only; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// File format (default: from the extension, else from the content).
+        #[arg(long, value_enum, default_value_t = members::Format::Auto)]
+        format: members::Format,
+        /// Members written at once.
+        #[arg(long, default_value_t = 16, value_name = "N")]
+        concurrency: usize,
+    },
+}
+
+/// What a command printed and whether it fully succeeded.
+pub struct Finished {
+    pub text: String,
+    pub success: bool,
+}
+
+fn retention_days(env: &impl Env) -> Result<i64, CliError> {
+    let days: i64 = env
+        .parsed("FINISHED_RETENTION_DAYS", DEFAULT_RETENTION_DAYS)
+        .map_err(|e| CliError(e.to_string()))?;
+    if days < 1 {
+        return Err(CliError::new("FINISHED_RETENTION_DAYS must be at least 1"));
+    }
+    Ok(days)
+}
+
+/// Run a parsed command line; `env` supplies the Concur settings (the process
+/// environment in `main`).
+pub async fn execute<E: Env + Send + Sync>(cli: Cli, env: E) -> Result<Finished, CliError> {
+    let global = cli.global;
+    let format = global.output;
+    let aws = aws::sdk_config(global.endpoint_url.as_deref(), global.region.as_deref()).await?;
+    let dynamo = aws_sdk_dynamodb::Client::new(&aws);
+    let store = DynamoRequestStore::new(dynamo.clone(), global.requests_table.clone());
+    match cli.command {
+        Command::Status => {
+            let report =
+                status::status(&dynamo, &global.requests_table, chrono::Utc::now()).await?;
+            Ok(output::finished(&report, format, true))
+        }
+        Command::Show { id, reveal } => {
+            let view = show::show(&store, &id, reveal, chrono::Utc::now()).await?;
+            Ok(output::finished(&view, format, true))
+        }
+        Command::Retry { id, force } => {
+            let days = retention_days(&env)?;
+            let sender = retry::ConcurSender::new(aws.clone(), env);
+            let report = retry::retry_command(&store, &sender, &id, force, days).await?;
+            Ok(output::finished(&report, format, true))
+        }
+        Command::Dlq {
+            command: DlqCommand::Redrive { queue_url, max },
+        } => {
+            let days = retention_days(&env)?;
+            let sender = retry::ConcurSender::new(aws.clone(), env);
+            let redriver = dlq::Redriver {
+                sqs: aws_sdk_sqs::Client::new(&aws),
+                streams: aws_sdk_dynamodbstreams::Client::new(&aws),
+                store: &store,
+                sender: &sender,
+                retention_days: days,
+            };
+            let report = redriver.redrive(&queue_url, max).await?;
+            let success = report.left == 0;
+            Ok(output::finished(&report, format, success))
+        }
+        Command::Members {
+            command:
+                MembersCommand::Import {
+                    file,
+                    dry_run,
+                    format: file_format,
+                    concurrency,
+                },
+        } => {
+            let directory = DynamoMemberDirectory::new(dynamo, global.members_table.clone());
+            let options = members::ImportOptions {
+                dry_run,
+                format: file_format,
+                concurrency,
+                progress: true,
+            };
+            let report = members::import_file(&directory, &file, &options).await?;
+            let success = report.invalid.is_empty() && report.failed.is_empty();
+            Ok(output::finished(&report, format, success))
+        }
+    }
+}
+
+/// Parse nothing, run everything: what `main` calls.
+pub async fn run<E: Env + Send + Sync>(cli: Cli, env: E) -> ExitCode {
+    let format = cli.global.output;
+    match execute(cli, env).await {
+        Ok(finished) => {
+            print!("{}", finished.text);
+            if finished.success {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            let message = aws::concise(&e.to_string());
+            if format == OutputFormat::Json {
+                println!("{}", serde_json::json!({ "error": message }));
+            }
+            eprintln!("triplink: error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! `triplink status`: counts by state and outcome, requeued and stuck requests.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use triplink_shared::store::layout::attr;
+
+use crate::output::{Render, Table};
+use crate::CliError;
+
+/// A `decided` request older than this is stuck: its status should have been sent.
+pub const DECIDED_STUCK_AFTER_MINUTES: i64 = 15;
+
+/// The attributes `status` reads (no personal data is read).
+#[derive(Debug, Default, Deserialize)]
+pub struct Row {
+    #[serde(default)]
+    pub state: Option<String>,
+    #[serde(default)]
+    pub attempt: Option<u32>,
+    #[serde(default)]
+    pub lease_until: Option<i64>,
+    #[serde(default)]
+    pub decided_at: Option<String>,
+    #[serde(default)]
+    pub updated_at: Option<String>,
+    #[serde(default)]
+    pub history: Vec<HistoryRow>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct HistoryRow {
+    pub status: String,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct StateCounts {
+    pub received: u64,
+    pub working: u64,
+    pub decided: u64,
+    pub reported: u64,
+    /// A state this version does not know.
+    pub other: u64,
+}
+
+/// By the status of each request's last reported attempt.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct OutcomeCounts {
+    #[serde(rename = "CRSUC")]
+    pub crsuc: u64,
+    #[serde(rename = "CREU1")]
+    pub creu1: u64,
+    #[serde(rename = "CREU2")]
+    pub creu2: u64,
+    #[serde(rename = "CREU3")]
+    pub creu3: u64,
+    #[serde(rename = "CRRET")]
+    pub crret: u64,
+    /// Another status (legacy versions).
+    pub other: u64,
+    /// Never reported yet.
+    pub none: u64,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct StuckCounts {
+    /// `working` with an expired (or no) lease.
+    pub working_expired_lease: u64,
+    /// `decided` for more than 15 minutes.
+    pub decided_too_long: u64,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct StatusReport {
+    pub table: String,
+    pub at: String,
+    pub total: u64,
+    pub by_state: StateCounts,
+    pub by_outcome: OutcomeCounts,
+    /// Requests on a later attempt (attempt > 1): Concur requeued them.
+    pub requeued: u64,
+    pub stuck: StuckCounts,
+    /// Items that could not be read.
+    pub unreadable: u64,
+}
+
+fn parse_time(value: Option<&str>) -> Option<DateTime<Utc>> {
+    value
+        .and_then(|v| DateTime::parse_from_rfc3339(v).ok())
+        .map(|t| t.with_timezone(&Utc))
+}
+
+impl StatusReport {
+    pub fn new(table: &str, now: DateTime<Utc>) -> Self {
+        Self {
+            table: table.to_owned(),
+            at: triplink_shared::store::layout::timestamp(now),
+            ..Self::default()
+        }
+    }
+
+    /// Count one item.
+    pub fn add(&mut self, row: &Row, now: DateTime<Utc>) {
+        self.total += 1;
+        match row.state.as_deref() {
+            Some("received") => self.by_state.received += 1,
+            Some("working") => {
+                self.by_state.working += 1;
+                if row
+                    .lease_until
+                    .is_none_or(|until| until <= now.timestamp_millis())
+                {
+                    self.stuck.working_expired_lease += 1;
+                }
+            }
+            Some("decided") => {
+                self.by_state.decided += 1;
+                let since = parse_time(row.decided_at.as_deref())
+                    .or_else(|| parse_time(row.updated_at.as_deref()));
+                if since.is_none_or(|t| now - t > Duration::minutes(DECIDED_STUCK_AFTER_MINUTES)) {
+                    self.stuck.decided_too_long += 1;
+                }
+            }
+            Some("reported") => self.by_state.reported += 1,
+            _ => self.by_state.other += 1,
+        }
+        match row.history.last().map(|h| h.status.to_ascii_uppercase()) {
+            None => self.by_outcome.none += 1,
+            Some(status) => match status.as_str() {
+                "CRSUC" => self.by_outcome.crsuc += 1,
+                "CREU1" => self.by_outcome.creu1 += 1,
+                "CREU2" => self.by_outcome.creu2 += 1,
+                "CREU3" => self.by_outcome.creu3 += 1,
+                "CRRET" => self.by_outcome.crret += 1,
+                _ => self.by_outcome.other += 1,
+            },
+        }
+        if row.attempt.unwrap_or(1) > 1 {
+            self.requeued += 1;
+        }
+    }
+
+    pub fn stuck_total(&self) -> u64 {
+        self.stuck.working_expired_lease + self.stuck.decided_too_long
+    }
+}
+
+/// Scan the requests table (every page) and count.
+pub async fn status(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    now: DateTime<Utc>,
+) -> Result<StatusReport, CliError> {
+    status_paged(client, table, now, None).await
+}
+
+/// [`status`] with at most `page_size` items per Scan page.
+pub async fn status_paged(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    now: DateTime<Utc>,
+    page_size: Option<i32>,
+) -> Result<StatusReport, CliError> {
+    let mut report = StatusReport::new(table, now);
+    let mut start: Option<HashMap<String, AttributeValue>> = None;
+    loop {
+        let output = client
+            .scan()
+            .table_name(table)
+            .projection_expression("#s, #a, #lu, #da, #ua, #h")
+            .expression_attribute_names("#s", attr::STATE)
+            .expression_attribute_names("#a", attr::ATTEMPT)
+            .expression_attribute_names("#lu", attr::LEASE_UNTIL)
+            .expression_attribute_names("#da", attr::DECIDED_AT)
+            .expression_attribute_names("#ua", attr::UPDATED_AT)
+            .expression_attribute_names("#h", attr::HISTORY)
+            .set_exclusive_start_key(start)
+            .set_limit(page_size)
+            .send()
+            .await
+            .map_err(|e| {
+                CliError(format!(
+                    "cannot scan the requests table {table}: {}",
+                    crate::aws::describe(&e)
+                ))
+            })?;
+        for item in output.items.unwrap_or_default() {
+            match serde_dynamo::from_item::<_, Row>(item) {
+                Ok(row) => report.add(&row, now),
+                Err(_) => {
+                    report.total += 1;
+                    report.unreadable += 1;
+                }
+            }
+        }
+        match output.last_evaluated_key {
+            Some(key) if !key.is_empty() => start = Some(key),
+            _ => return Ok(report),
+        }
+    }
+}
+
+impl Render for StatusReport {
+    fn render(&self) -> String {
+        let mut out = format!(
+            "Requests in {} at {}: {}\n\n",
+            self.table, self.at, self.total
+        );
+        let mut states = Table::new(["state", "count"]);
+        let s = &self.by_state;
+        for (name, count) in [
+            ("received", s.received),
+            ("working", s.working),
+            ("decided", s.decided),
+            ("reported", s.reported),
+        ] {
+            states.row([name.to_owned(), count.to_string()]);
+        }
+        if s.other > 0 {
+            states.row(["other".to_owned(), s.other.to_string()]);
+        }
+        out.push_str(&states.render());
+        out.push('\n');
+        let mut outcomes = Table::new(["last outcome", "count"]);
+        let o = &self.by_outcome;
+        for (name, count) in [
+            ("CRSUC", o.crsuc),
+            ("CREU1", o.creu1),
+            ("CREU2", o.creu2),
+            ("CREU3", o.creu3),
+            ("CRRET", o.crret),
+        ] {
+            outcomes.row([name.to_owned(), count.to_string()]);
+        }
+        if o.other > 0 {
+            outcomes.row(["other".to_owned(), o.other.to_string()]);
+        }
+        outcomes.row(["(none yet)".to_owned(), o.none.to_string()]);
+        out.push_str(&outcomes.render());
+        out.push('\n');
+        let mut health = Table::new(["", "count"]);
+        health.row([
+            "requeued (attempt > 1)".to_owned(),
+            self.requeued.to_string(),
+        ]);
+        health.row([
+            "stuck: working, lease expired".to_owned(),
+            self.stuck.working_expired_lease.to_string(),
+        ]);
+        health.row([
+            format!("stuck: decided > {DECIDED_STUCK_AFTER_MINUTES} min"),
+            self.stuck.decided_too_long.to_string(),
+        ]);
+        if self.unreadable > 0 {
+            health.row(["unreadable items".to_owned(), self.unreadable.to_string()]);
+        }
+        out.push_str(&health.render());
+        if self.stuck_total() > 0 {
+            out.push_str("\nStuck requests can be sent back with `triplink retry ID`.\n");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counting_rules() {
+        let now = Utc::now();
+        let mut report = StatusReport::new("t", now);
+        let ms = now.timestamp_millis();
+        let old = triplink_shared::store::layout::timestamp(now - Duration::minutes(16));
+        let fresh = triplink_shared::store::layout::timestamp(now - Duration::minutes(1));
+        let rows = [
+            Row {
+                state: Some("working".into()),
+                lease_until: Some(ms - 1),
+                ..Row::default()
+            },
+            Row {
+                state: Some("working".into()),
+                lease_until: Some(ms + 60_000),
+                ..Row::default()
+            },
+            Row {
+                state: Some("decided".into()),
+                decided_at: Some(old),
+                ..Row::default()
+            },
+            Row {
+                state: Some("decided".into()),
+                decided_at: Some(fresh),
+                ..Row::default()
+            },
+            Row {
+                state: Some("received".into()),
+                attempt: Some(2),
+                history: vec![HistoryRow {
+                    status: "CREU1".into(),
+                }],
+                ..Row::default()
+            },
+        ];
+        for row in &rows {
+            report.add(row, now);
+        }
+        assert_eq!(report.total, 5);
+        assert_eq!(report.by_state.working, 2);
+        assert_eq!(report.stuck.working_expired_lease, 1);
+        assert_eq!(report.stuck.decided_too_long, 1);
+        assert_eq!(report.by_outcome.creu1, 1);
+        assert_eq!(report.by_outcome.none, 4);
+        assert_eq!(report.requeued, 1);
+    }
+}

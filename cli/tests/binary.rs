@@ -1,0 +1,159 @@
+//! The built `triplink` binary: help, JSON output against moto, one-line errors.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use chrono::{Duration, Utc};
+use common::*;
+use serde_json::Value;
+use triplink_shared::model::ConnectionStatus;
+use triplink_shared::store::layout::RequestState;
+use triplink_shared::testing;
+
+fn triplink(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_triplink"))
+        .args(args)
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("REQUESTS_TABLE")
+        .env_remove("MEMBERS_TABLE")
+        .env_remove("CONCUR_API_BASE_URL")
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn every_command_has_help() {
+    let out = triplink(&["--help"]);
+    assert!(out.status.success());
+    let help = text(&out.stdout);
+    for command in ["status", "show", "retry", "dlq", "members"] {
+        assert!(help.contains(command), "{command} missing from {help}");
+    }
+    for option in [
+        "--endpoint-url",
+        "--region",
+        "--requests-table",
+        "--members-table",
+        "--output",
+    ] {
+        assert!(help.contains(option), "{option} missing from {help}");
+    }
+    for args in [
+        &["status", "--help"][..],
+        &["show", "--help"],
+        &["retry", "--help"],
+        &["dlq", "redrive", "--help"],
+        &["members", "import", "--help"],
+    ] {
+        let out = triplink(args);
+        assert!(out.status.success(), "{args:?}");
+        assert!(text(&out.stdout).contains("Usage: triplink"), "{args:?}");
+    }
+    assert!(text(&triplink(&["members", "import", "--help"]).stdout).contains("--dry-run"));
+    assert!(text(&triplink(&["retry", "--help"]).stdout).contains("--force"));
+}
+
+#[tokio::test]
+async fn status_prints_json_from_a_local_endpoint_and_errors_are_one_line() {
+    let (table, store) = requests_table().await;
+    let now = Utc::now();
+    put(&store, &item("b-1", RequestState::Received, 1, now)).await;
+    put(&store, &working("b-2", now - Duration::minutes(1), now)).await;
+    put(
+        &store,
+        &reported("b-3", 2, ConnectionStatus::AccountNotFound, now),
+    )
+    .await;
+    let endpoint = testing::moto().endpoint.clone();
+
+    let out = triplink(&[
+        "status",
+        "--output",
+        "json",
+        "--endpoint-url",
+        &endpoint,
+        "--requests-table",
+        &table,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["total"], 3);
+    assert_eq!(json["by_state"]["received"], 1);
+    assert_eq!(json["by_outcome"]["CREU1"], 1);
+    assert_eq!(json["requeued"], 1);
+    assert_eq!(json["stuck"]["working_expired_lease"], 1);
+
+    let out = triplink(&[
+        "show",
+        "b-1",
+        "--endpoint-url",
+        &endpoint,
+        "--requests-table",
+        &table,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains("[REDACTED]") && !shown.contains("tok-SECRET"),
+        "{shown}"
+    );
+
+    let out = triplink(&[
+        "show",
+        "nope",
+        "--endpoint-url",
+        &endpoint,
+        "--requests-table",
+        &table,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let error = text(&out.stderr);
+    assert_eq!(error.lines().count(), 1, "{error}");
+    assert!(
+        error.starts_with("triplink: error: request nope is not in the requests table"),
+        "{error}"
+    );
+
+    let out = triplink(&[
+        "retry",
+        "b-2",
+        "--output",
+        "json",
+        "--endpoint-url",
+        &endpoint,
+        "--requests-table",
+        &table,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["action"], "redriven");
+
+    let out = triplink(&[
+        "status",
+        "--output",
+        "json",
+        "--endpoint-url",
+        &endpoint,
+        "--requests-table",
+        "no-such-table",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        json["error"].as_str().unwrap().contains("no-such-table"),
+        "{json}"
+    );
+
+    let out = triplink(&["status", "--endpoint-url", "not a url"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("--endpoint-url"),
+        "{}",
+        text(&out.stderr)
+    );
+}
