@@ -64,6 +64,35 @@ where
         .is_some_and(|code| code == "ConditionalCheckFailedException")
 }
 
+/// A conditional write's result: `Ok(true)` written, `Ok(false)` its condition failed.
+fn conditional<O, E, R>(
+    op: &'static str,
+    result: Result<O, SdkError<E, R>>,
+) -> Result<bool, StoreError>
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match result {
+        Ok(_) => Ok(true),
+        Err(e) if is_condition_failure(&e) => Ok(false),
+        Err(e) => Err(sdk_error(op, e)),
+    }
+}
+
+/// The same, for the poller's writes, which read the item again when the condition fails.
+fn write<O, E, R>(op: &'static str, result: Result<O, SdkError<E, R>>) -> Result<(), WriteError>
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match conditional(op, result) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(WriteError::ConditionFailed),
+        Err(e) => Err(WriteError::Other(e)),
+    }
+}
+
 fn to_item(item: &RequestItem) -> Result<HashMap<String, AttributeValue>, StoreError> {
     serde_dynamo::to_item(item).map_err(|e| StoreError::Corrupt {
         id: item.request_id.clone(),
@@ -106,28 +135,23 @@ impl DynamoRequestStore {
     }
 
     async fn put_if_absent(&self, item: &RequestItem) -> Result<(), WriteError> {
-        self.client
+        let result = self
+            .client
             .put_item()
             .table_name(&self.table)
             .set_item(Some(to_item(item).map_err(WriteError::Other)?))
             .condition_expression("attribute_not_exists(#id)")
             .expression_attribute_names("#id", attr::REQUEST_ID)
             .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| {
-                if is_condition_failure(&e) {
-                    WriteError::ConditionFailed
-                } else {
-                    WriteError::Other(sdk_error("PutItem", e))
-                }
-            })
+            .await;
+        write("PutItem", result)
     }
 
     /// Replace a reported attempt by the next one, if the item is still exactly the
     /// reported attempt that was read.
     async fn put_requeued(&self, next: &RequestItem, read_attempt: u32) -> Result<(), WriteError> {
-        self.client
+        let result = self
+            .client
             .put_item()
             .table_name(&self.table)
             .set_item(Some(to_item(next).map_err(WriteError::Other)?))
@@ -137,15 +161,8 @@ impl DynamoRequestStore {
             .expression_attribute_values(":reported", s(RequestState::Reported.as_str()))
             .expression_attribute_values(":attempt", n(read_attempt))
             .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| {
-                if is_condition_failure(&e) {
-                    WriteError::ConditionFailed
-                } else {
-                    WriteError::Other(sdk_error("PutItem", e))
-                }
-            })
+            .await;
+        write("PutItem", result)
     }
 
     /// Store a newer request token on an attempt still in progress.
@@ -156,7 +173,8 @@ impl DynamoRequestStore {
         read_attempt: u32,
         now: DateTime<Utc>,
     ) -> Result<(), WriteError> {
-        self.client
+        let result = self
+            .client
             .update_item()
             .table_name(&self.table)
             .key(attr::REQUEST_ID, s(id))
@@ -176,15 +194,8 @@ impl DynamoRequestStore {
             .expression_attribute_values(":attempt", n(read_attempt))
             .expression_attribute_values(":reported", s(RequestState::Reported.as_str()))
             .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| {
-                if is_condition_failure(&e) {
-                    WriteError::ConditionFailed
-                } else {
-                    WriteError::Other(sdk_error("UpdateItem", e))
-                }
-            })
+            .await;
+        write("UpdateItem", result)
     }
 }
 
@@ -374,11 +385,7 @@ impl WorkStore for DynamoRequestStore {
             .expression_attribute_values(":owner", s(owner))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e) if is_condition_failure(&e) => Ok(false),
-            Err(e) => Err(sdk_error("UpdateItem", e)),
-        }
+        conditional("UpdateItem", result)
     }
 
     async fn record_reported(
@@ -447,11 +454,7 @@ impl WorkStore for DynamoRequestStore {
         {
             update = update.expression_attribute_names(format!("#p{i}"), *name);
         }
-        match update.send().await {
-            Ok(_) => Ok(true),
-            Err(e) if is_condition_failure(&e) => Ok(false),
-            Err(e) => Err(sdk_error("UpdateItem", e)),
-        }
+        conditional("UpdateItem", update.send().await)
     }
 
     async fn redrive(
@@ -483,10 +486,6 @@ impl WorkStore for DynamoRequestStore {
             .expression_attribute_values(":attempt", n(attempt))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e) if is_condition_failure(&e) => Ok(false),
-            Err(e) => Err(sdk_error("UpdateItem", e)),
-        }
+        conditional("UpdateItem", result)
     }
 }
