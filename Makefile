@@ -10,7 +10,7 @@ VENV_STAMP := $(VENV)/.installed-$(shell cat requirements-dev.txt | cksum | cut 
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: help test fmt-check clippy cargo-test demo venv conformance template-lint build template-checkov
+.PHONY: bench help test fmt-check clippy cargo-test demo venv conformance template-lint build template-checkov
 
 help:
 	@echo "make test   - fmt check, clippy -D warnings, every test"
@@ -66,6 +66,10 @@ template-checkov: $(CHECKOV_STAMP)
 	$(CHECKOV_VENV)/bin/checkov --skip-download --quiet --compact --framework cloudformation -f template.yaml
 
 test: fmt-check clippy cargo-test conformance template-lint
+
+# Benchmarks that print figures (loopback only): the poller's overlap of writes and fetches.
+bench: venv
+	cargo bench --locked -p poller --bench overlap
 
 # The main job end to end on this machine: moto_server (from .venv) and the Concur
 # sandbox on free loopback ports, poller and worker until Concur's queue is drained.
