@@ -98,8 +98,8 @@ impl BaseUrl {
     }
 
     /// The Global Landing Zone.
-    pub fn glz() -> Self {
-        Self(Url::parse(GLZ_BASE_URL).expect("GLZ_BASE_URL is a valid constant URL"))
+    pub fn glz() -> Result<Self, BaseUrlError> {
+        Self::parse(GLZ_BASE_URL)
     }
 
     /// True for local runs against a loopback address.
@@ -161,7 +161,10 @@ mod tests {
             assert!(!base.is_loopback());
             assert!(!base.as_str().ends_with('/'));
         }
-        assert_eq!(BaseUrl::glz().host(), "glz.api.concursolutions.com");
+        assert_eq!(
+            BaseUrl::glz().unwrap().host(),
+            "glz.api.concursolutions.com"
+        );
     }
 
     #[test]
