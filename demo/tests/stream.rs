@@ -5,28 +5,19 @@ use std::sync::Mutex;
 use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
 use demo::stream::StreamDriver;
 use triplink_shared::store::layout::{RequestItem, RequestState};
-use triplink_shared::store::tables;
+use triplink_shared::store::{tables, DynamoRequestStore};
 use triplink_shared::testing;
 
-async fn put(dynamo: &aws_sdk_dynamodb::Client, table: &str, id: &str, state: RequestState) {
+async fn put(store: &DynamoRequestStore, id: &str, state: RequestState) {
+    let request = triplink_shared::model::ConnectionRequest::from_wire(
+        triplink_shared::model::json::parse_request(&format!(r#"{{"ID":"{id}"}}"#)).unwrap(),
+    )
+    .unwrap();
     let item = RequestItem {
         state,
-        ..RequestItem::received(
-            &triplink_shared::model::ConnectionRequest::from_wire(
-                triplink_shared::model::json::parse_request(&format!(r#"{{"ID":"{id}"}}"#))
-                    .unwrap(),
-            )
-            .unwrap(),
-            chrono::Utc::now(),
-        )
+        ..RequestItem::received(&request, chrono::Utc::now())
     };
-    dynamo
-        .put_item()
-        .table_name(table)
-        .set_item(Some(serde_dynamo::to_item(&item).unwrap()))
-        .send()
-        .await
-        .unwrap();
+    testing::put_request(store, &item).await;
 }
 
 fn id_of(record: &aws_lambda_events::event::dynamodb::EventRecord) -> String {
@@ -44,10 +35,11 @@ async fn records_are_filtered_batched_and_retried_from_the_failed_one() {
     tables::create_requests_table(&dynamo, &table)
         .await
         .unwrap();
+    let store = DynamoRequestStore::new(dynamo.clone(), table.clone());
     for i in 0..7 {
-        put(&dynamo, &table, &format!("r{i}"), RequestState::Received).await;
+        put(&store, &format!("r{i}"), RequestState::Received).await;
     }
-    put(&dynamo, &table, "w", RequestState::Working).await;
+    put(&store, "w", RequestState::Working).await;
     let mut driver =
         StreamDriver::attach(&dynamo, aws_sdk_dynamodbstreams::Client::new(&aws), &table)
             .await

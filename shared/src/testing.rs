@@ -118,3 +118,44 @@ pub async fn kms_key() -> String {
         .map(|m| m.key_id)
         .unwrap_or_else(|| panic!("moto KMS returned no key"))
 }
+
+/// Write a requests-table item exactly as given (to set up a state a test starts from).
+pub async fn put_request(
+    store: &crate::store::DynamoRequestStore,
+    item: &crate::store::RequestItem,
+) {
+    let attributes = serde_dynamo::to_item(item)
+        .unwrap_or_else(|e| panic!("item {} does not serialise: {e}", item.request_id));
+    store
+        .client()
+        .put_item()
+        .table_name(store.table())
+        .set_item(Some(attributes))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("PutItem {}: {e}", item.request_id));
+}
+
+/// Every item of a requests table (all scan pages), sorted by request id.
+pub async fn scan_requests(
+    store: &crate::store::DynamoRequestStore,
+) -> Vec<crate::store::RequestItem> {
+    let raw: Vec<_> = store
+        .client()
+        .scan()
+        .table_name(store.table())
+        .into_paginator()
+        .items()
+        .send()
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .unwrap_or_else(|e| panic!("Scan {}: {e}", store.table()));
+    let mut items: Vec<crate::store::RequestItem> = raw
+        .into_iter()
+        .map(|item| {
+            serde_dynamo::from_item(item).unwrap_or_else(|e| panic!("unreadable item: {e}"))
+        })
+        .collect();
+    items.sort_by(|a, b| a.request_id.cmp(&b.request_id));
+    items
+}

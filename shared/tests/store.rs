@@ -41,14 +41,7 @@ async fn mark_reported(store: &DynamoRequestStore, id: &str) {
         reason: None,
     });
     item.request_token = None;
-    store
-        .client()
-        .put_item()
-        .table_name(store.table())
-        .set_item(Some(serde_dynamo::to_item(&item).unwrap()))
-        .send()
-        .await
-        .unwrap();
+    testing::put_request(store, &item).await;
 }
 
 #[tokio::test]

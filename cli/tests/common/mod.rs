@@ -94,14 +94,7 @@ pub fn reported(
 
 /// Write an item as is.
 pub async fn put(store: &DynamoRequestStore, item: &RequestItem) {
-    store
-        .client()
-        .put_item()
-        .table_name(store.table())
-        .set_item(Some(serde_dynamo::to_item(item).unwrap()))
-        .send()
-        .await
-        .unwrap();
+    triplink_shared::testing::put_request(store, item).await;
 }
 
 pub async fn get(store: &DynamoRequestStore, id: &str) -> RequestItem {

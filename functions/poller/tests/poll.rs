@@ -49,23 +49,6 @@ async fn store() -> DynamoRequestStore {
     DynamoRequestStore::new(client, table)
 }
 
-async fn items(store: &DynamoRequestStore) -> Vec<RequestItem> {
-    let pages: Vec<_> = store
-        .client()
-        .scan()
-        .table_name(store.table())
-        .into_paginator()
-        .items()
-        .send()
-        .collect::<Result<Vec<_>, _>>()
-        .await
-        .unwrap();
-    pages
-        .into_iter()
-        .map(|item| serde_dynamo::from_item(item).unwrap())
-        .collect()
-}
-
 fn far() -> Instant {
     Instant::now() + Duration::from_secs(120)
 }
@@ -120,7 +103,7 @@ async fn drains_35_and_a_second_run_finds_nothing_new() {
         (4, 35, 35, 0, StopReason::Drained),
         "{first:?}"
     );
-    assert_each_stored_once(&items(&store).await, 35);
+    assert_each_stored_once(&testing::scan_requests(&store).await, 35);
 
     let second = poll(&concur, &store, &settings(), far()).await.unwrap();
     assert_eq!(
@@ -129,7 +112,7 @@ async fn drains_35_and_a_second_run_finds_nothing_new() {
         "{second:?}"
     );
     assert_eq!(second.token_refreshed + second.unchanged, 35);
-    assert_each_stored_once(&items(&store).await, 35);
+    assert_each_stored_once(&testing::scan_requests(&store).await, 35);
 }
 
 #[tokio::test]
@@ -147,7 +130,7 @@ async fn drains_1000() {
         (100, 1000, 1000, StopReason::Drained),
         "{summary:?}"
     );
-    assert_each_stored_once(&items(&store).await, 1000);
+    assert_each_stored_once(&testing::scan_requests(&store).await, 1000);
 }
 
 /// Stand in for the worker: report a status to Concur and record it as reported.
@@ -161,14 +144,7 @@ async fn report(
     let mut item = store.get(id).await.unwrap().unwrap();
     item.state = RequestState::Reported;
     item.request_token = None;
-    store
-        .client()
-        .put_item()
-        .table_name(store.table())
-        .set_item(Some(serde_dynamo::to_item(&item).unwrap()))
-        .send()
-        .await
-        .unwrap();
+    testing::put_request(store, &item).await;
 }
 
 #[tokio::test]
@@ -176,7 +152,7 @@ async fn a_creu1_request_returns_24_virtual_hours_later_as_a_new_attempt() {
     let sandbox = sandbox(5, |_| {}).await;
     let (concur, store) = (client(&sandbox), store().await);
     poll(&concur, &store, &settings(), far()).await.unwrap();
-    let id = items(&store).await[0].request_id.clone();
+    let id = testing::scan_requests(&store).await[0].request_id.clone();
     let before = store.get(&id).await.unwrap().unwrap();
     report(&concur, &store, &id, ConnectionStatus::AccountNotFound).await;
 
@@ -214,7 +190,7 @@ async fn a_creu1_request_returns_24_virtual_hours_later_as_a_new_attempt() {
         after.request_token, before.request_token,
         "a requeue carries a new token"
     );
-    assert_eq!(items(&store).await.len(), 5);
+    assert_eq!(testing::scan_requests(&store).await.len(), 5);
 }
 
 #[tokio::test]
@@ -236,12 +212,12 @@ async fn stops_before_the_deadline_and_the_next_run_resumes() {
         Instant::now() < deadline + Duration::from_millis(100),
         "finished near the deadline"
     );
-    assert_eq!(items(&store).await.len() as u32, first.new);
+    assert_eq!(testing::scan_requests(&store).await.len() as u32, first.new);
 
     let second = poll(&concur, &store, &settings, far()).await.unwrap();
     assert_eq!(second.stop_reason, StopReason::Drained);
     assert_eq!(first.new + second.new, 35, "{first:?} {second:?}");
-    assert_each_stored_once(&items(&store).await, 35);
+    assert_each_stored_once(&testing::scan_requests(&store).await, 35);
 }
 
 #[tokio::test]
@@ -314,7 +290,7 @@ async fn a_503_and_a_429_in_the_middle_of_paging_are_retried() {
         (35, StopReason::Drained, None),
         "{summary:?}"
     );
-    assert_each_stored_once(&items(&store).await, 35);
+    assert_each_stored_once(&testing::scan_requests(&store).await, 35);
 }
 
 #[tokio::test]
@@ -332,7 +308,11 @@ async fn concur_failing_mid_run_keeps_the_progress_and_the_next_run_finishes() {
         broken.error.as_deref().unwrap().starts_with("unavailable"),
         "{broken:?}"
     );
-    assert_eq!(items(&store).await.len(), 20, "progress kept");
+    assert_eq!(
+        testing::scan_requests(&store).await.len(),
+        20,
+        "progress kept"
+    );
 
     // Nothing at all can be done: an error, not a summary.
     let err = poll(&source, &store, &settings(), far()).await.unwrap_err();
@@ -351,7 +331,7 @@ async fn concur_failing_mid_run_keeps_the_progress_and_the_next_run_finishes() {
         (15, StopReason::Drained),
         "{resumed:?}"
     );
-    assert_each_stored_once(&items(&store).await, 35);
+    assert_each_stored_once(&testing::scan_requests(&store).await, 35);
 }
 
 #[tokio::test]
@@ -367,7 +347,7 @@ async fn a_foreign_host_next_page_is_not_followed() {
         (35, StopReason::Drained),
         "{summary:?}"
     );
-    assert!(items(&store).await.iter().all(|i| i
+    assert!(testing::scan_requests(&store).await.iter().all(|i| i
         .uri
         .as_deref()
         .unwrap_or("")
@@ -387,7 +367,7 @@ async fn two_pollers_at_once_store_every_request_once() {
     let (first, second): (PollSummary, PollSummary) = (first.unwrap(), second.unwrap());
     assert_eq!(first.new + second.new, 35, "{first:?} {second:?}");
     assert_eq!(first.failed + second.failed, 0);
-    assert_each_stored_once(&items(&store).await, 35);
+    assert_each_stored_once(&testing::scan_requests(&store).await, 35);
 }
 
 #[tokio::test]
@@ -401,7 +381,7 @@ async fn a_run_killed_after_some_writes_loses_nothing() {
     };
     let watch_started = Instant::now();
     loop {
-        let stored = items(&store).await.len();
+        let stored = testing::scan_requests(&store).await.len();
         if stored >= 25 {
             break;
         }
@@ -416,7 +396,7 @@ async fn a_run_killed_after_some_writes_loses_nothing() {
     // Writes already on the wire when the run was killed still land (as they would
     // after a Lambda timeout): let them, then count what the killed run left.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let killed_at = items(&store).await.len();
+    let killed_at = testing::scan_requests(&store).await.len();
     assert!(killed_at < 200, "killed before the end ({killed_at})");
 
     let second = poll(concur.as_ref(), store.as_ref(), &settings(), far())
@@ -424,8 +404,8 @@ async fn a_run_killed_after_some_writes_loses_nothing() {
         .unwrap();
     assert_eq!(second.stop_reason, StopReason::Drained);
     assert_eq!(second.new as usize, 200 - killed_at, "{second:?}");
-    assert_each_stored_once(&items(&store).await, 200);
-    let by_id: HashMap<_, _> = items(&store)
+    assert_each_stored_once(&testing::scan_requests(&store).await, 200);
+    let by_id: HashMap<_, _> = testing::scan_requests(&store)
         .await
         .into_iter()
         .map(|i| (i.request_id.clone(), i))

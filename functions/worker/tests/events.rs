@@ -130,14 +130,7 @@ async fn the_handlers_run_on_the_sample_events() {
         let mut received = Vec::new();
         for record in &event.records {
             if let Some(item) = new_image(record).unwrap() {
-                store
-                    .client()
-                    .put_item()
-                    .table_name(store.table())
-                    .set_item(Some(serde_dynamo::to_item(&item).unwrap()))
-                    .send()
-                    .await
-                    .unwrap();
+                testing::put_request(&store, &item).await;
                 if item.state == RequestState::Received {
                     received.push(item);
                 }

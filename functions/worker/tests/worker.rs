@@ -140,25 +140,6 @@ fn worker<C: ConcurPort, D: MemberDirectory>(
     }
 }
 
-async fn items(store: &DynamoRequestStore) -> Vec<RequestItem> {
-    let raw: Vec<_> = store
-        .client()
-        .scan()
-        .table_name(store.table())
-        .into_paginator()
-        .items()
-        .send()
-        .collect::<Result<Vec<_>, _>>()
-        .await
-        .unwrap();
-    let mut items: Vec<RequestItem> = raw
-        .into_iter()
-        .map(|i| serde_dynamo::from_item(i).unwrap())
-        .collect();
-    items.sort_by(|a, b| a.request_id.cmp(&b.request_id));
-    items
-}
-
 /// A stream record for an item, as DynamoDB Streams delivers it.
 fn record(item: &RequestItem, event_name: &str, sequence: u64) -> EventRecord {
     let image: serde_dynamo::Item = serde_dynamo::to_item(item).unwrap();
@@ -211,7 +192,7 @@ async fn puts(sandbox: &Sandbox, id: &str) -> (Vec<String>, usize) {
 async fn every_seeded_case_gets_its_expected_status_exactly_once() {
     let env = setup(40).await;
     let worker = worker(&env, &env.concur, &env.members);
-    let batch = records(&items(&env.store).await);
+    let batch = records(&testing::scan_requests(&env.store).await);
     assert_eq!(batch.len(), 40);
     let response = worker
         .process_batch(&batch, "invocation-1", lambda_deadline_ms())
@@ -223,7 +204,7 @@ async fn every_seeded_case_gets_its_expected_status_exactly_once() {
     );
 
     let mut by_status: HashMap<String, usize> = HashMap::new();
-    for item in items(&env.store).await {
+    for item in testing::scan_requests(&env.store).await {
         assert_eq!(item.state, RequestState::Reported, "{}", item.request_id);
         let status = item.history.last().unwrap().status.as_str().to_owned();
         assert_eq!(
@@ -275,7 +256,7 @@ impl Env {
 async fn duplicated_records_report_once() {
     let env = setup(6).await;
     let worker = worker(&env, &env.concur, &env.members);
-    let item = items(&env.store).await.remove(0);
+    let item = testing::scan_requests(&env.store).await.remove(0);
     let twice = vec![record(&item, "INSERT", 1), record(&item, "MODIFY", 2)];
     let response = worker
         .process_batch(&twice, "inv-a", lambda_deadline_ms())
@@ -299,7 +280,7 @@ async fn duplicated_records_report_once() {
 async fn the_workers_own_updates_and_removals_are_ignored() {
     let env = setup(3).await;
     let worker = worker(&env, &env.concur, &env.members);
-    let mut item = items(&env.store).await.remove(0);
+    let mut item = testing::scan_requests(&env.store).await.remove(0);
     let remove = record(&item, "REMOVE", 1);
     item.state = RequestState::Working;
     let working = record(&item, "MODIFY", 2);
@@ -346,7 +327,7 @@ impl ConcurPort for FailingPut<'_> {
 #[tokio::test]
 async fn a_crash_between_deciding_and_the_put_resends_the_same_status() {
     let env = setup(6).await;
-    let item = items(&env.store).await.remove(0);
+    let item = testing::scan_requests(&env.store).await.remove(0);
     let failing = FailingPut {
         inner: &env.concur,
         fail_ids: Mutex::new(vec![item.request_id.clone()]),
@@ -392,7 +373,7 @@ async fn a_crash_between_deciding_and_the_put_resends_the_same_status() {
 #[tokio::test]
 async fn a_put_failing_then_succeeding() {
     let env = setup(6).await;
-    let item = items(&env.store).await.remove(0);
+    let item = testing::scan_requests(&env.store).await.remove(0);
     let worker = worker(&env, &env.concur, &env.members);
     reqwest::Client::new()
         .post(env.sandbox.url("/_sandbox/faults"))
@@ -433,7 +414,7 @@ async fn a_put_failing_then_succeeding() {
 #[tokio::test]
 async fn a_lost_put_answer_is_not_reported_twice() {
     let env = setup(6).await;
-    let item = items(&env.store).await.remove(0);
+    let item = testing::scan_requests(&env.store).await.remove(0);
     let worker = worker(&env, &env.concur, &env.members);
     // Concur takes the PUT, then the answer is lost: the client's retry finds the
     // request no longer outstanding.
@@ -472,7 +453,7 @@ async fn a_lost_put_answer_is_not_reported_twice() {
 #[tokio::test]
 async fn a_live_lease_is_left_alone_and_an_expired_one_is_taken_over() {
     let env = setup(6).await;
-    let item = items(&env.store).await.remove(0);
+    let item = testing::scan_requests(&env.store).await.remove(0);
     let worker = worker(&env, &env.concur, &env.members);
     let now = chrono::Utc::now();
     env.store
@@ -496,7 +477,7 @@ async fn a_live_lease_is_left_alone_and_an_expired_one_is_taken_over() {
     assert!(puts(&env.sandbox, &item.request_id).await.0.is_empty());
 
     // The other worker died; its lease runs out.
-    let other = items(&env.store).await.remove(1);
+    let other = testing::scan_requests(&env.store).await.remove(1);
     env.store
         .claim(
             &other.request_id,
@@ -535,12 +516,12 @@ async fn the_http_directory_down_means_crret() {
     })
     .unwrap();
     let worker = worker(&env, &env.concur, down);
-    let batch = records(&items(&env.store).await);
+    let batch = records(&testing::scan_requests(&env.store).await);
     let response = worker
         .process_batch(&batch, "inv", lambda_deadline_ms())
         .await;
     assert!(response.batch_item_failures.is_empty());
-    for item in items(&env.store).await {
+    for item in testing::scan_requests(&env.store).await {
         let last = item.history.last().unwrap();
         assert_eq!(last.status, ConnectionStatus::Retry);
         assert_eq!(last.reason.as_deref(), Some("directory_unavailable"));
@@ -562,7 +543,7 @@ async fn an_expired_request_token_means_crret() {
         .await
         .unwrap();
     let worker = worker(&env, &env.concur, &env.members);
-    let matched: Vec<_> = items(&env.store)
+    let matched: Vec<_> = testing::scan_requests(&env.store)
         .await
         .into_iter()
         .filter(|i| env.expected.get(&i.request_id).map(String::as_str) == Some("CRSUC"))
@@ -588,7 +569,7 @@ async fn an_expired_request_token_means_crret() {
 #[tokio::test]
 async fn one_failing_record_fails_only_from_its_sequence_number() {
     let env = setup(6).await;
-    let all = items(&env.store).await;
+    let all = testing::scan_requests(&env.store).await;
     let failing = FailingPut {
         inner: &env.concur,
         fail_ids: Mutex::new(vec![all[2].request_id.clone()]),
@@ -603,7 +584,7 @@ async fn one_failing_record_fails_only_from_its_sequence_number() {
         response.batch_item_failures[0].item_identifier,
         batch[2].change.sequence_number
     );
-    let after = items(&env.store).await;
+    let after = testing::scan_requests(&env.store).await;
     for (i, item) in after.iter().enumerate() {
         let want = if i == 2 {
             RequestState::Decided
@@ -618,7 +599,7 @@ async fn one_failing_record_fails_only_from_its_sequence_number() {
         .process_batch(&batch[2..], "inv-2", lambda_deadline_ms())
         .await;
     assert!(retry.batch_item_failures.is_empty());
-    for item in items(&env.store).await {
+    for item in testing::scan_requests(&env.store).await {
         assert_eq!(item.state, RequestState::Reported);
         assert_eq!(puts(&env.sandbox, &item.request_id).await.0.len(), 1);
     }
