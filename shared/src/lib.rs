@@ -4,6 +4,8 @@
 
 pub mod concur;
 pub mod config;
+#[cfg(feature = "testing")]
+pub mod fault_proxy;
 pub mod matching;
 pub mod members;
 pub mod model;
