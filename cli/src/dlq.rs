@@ -13,7 +13,7 @@ use aws_sdk_dynamodbstreams::types::{AttributeValue, ShardIteratorType};
 use serde::{Deserialize, Serialize};
 
 use crate::output::{Render, Table};
-use crate::retry::{retry, RetryReport, RetryStore, StatusSender};
+use crate::retry::{retry, RetryReport, RetryStore};
 use crate::CliError;
 
 /// GetRecords calls per batch at most (a batch is at most 10,000 records).
@@ -191,15 +191,13 @@ pub struct DlqReport {
 }
 
 /// What `dlq redrive` works with.
-pub struct Redriver<'a, S, C> {
+pub struct Redriver<'a, S> {
     pub sqs: aws_sdk_sqs::Client,
     pub streams: aws_sdk_dynamodbstreams::Client,
     pub store: &'a S,
-    pub sender: &'a C,
-    pub retention_days: i64,
 }
 
-impl<S: RetryStore, C: StatusSender> Redriver<'_, S, C> {
+impl<S: RetryStore> Redriver<'_, S> {
     /// Handle at most `max` messages of the queue.
     pub async fn redrive(&self, queue_url: &str, max: usize) -> Result<DlqReport, CliError> {
         let mut report = DlqReport {
@@ -295,7 +293,7 @@ impl<S: RetryStore, C: StatusSender> Redriver<'_, S, C> {
         report.records_read = records.records;
         let mut failures = Vec::new();
         for id in &records.request_ids {
-            match retry(self.store, self.sender, id, false, self.retention_days).await {
+            match retry(self.store, id, false).await {
                 Ok(result) => {
                     if !result.action.is_done() {
                         failures.push(format!("{id}: {}", result.message));

@@ -116,19 +116,16 @@ pub enum Command {
         #[arg(long)]
         reveal: bool,
     },
-    /// Send one request back for processing, according to its state.
+    /// Send one request back for processing: re-arm it as the poller's sweep does.
     ///
-    /// working (expired lease, or --force): back to `received`, the worker takes it
-    /// again. received: touched, so the table's stream triggers the worker again.
-    /// decided: the decided status is re-sent to Concur as is (never re-decided), then
-    /// recorded as reported. reported: nothing to retry.
-    ///
-    /// Re-sending needs the Concur settings the functions use (CONCUR_API_BASE_URL,
-    /// CONCUR_CLIENT_SECRET_SOURCE, CONCUR_CLIENT_ID, ...).
+    /// received, working or decided (parked or not): back to `received` with its
+    /// re-drive count reset, so the table's stream delivers it to the worker again; a
+    /// decided status is kept and re-sent as is (never re-decided). reported or
+    /// quarantined: nothing to retry.
     Retry {
         /// The request id (Concur's `ID`).
         id: String,
-        /// Re-drive a `working` request even though its lease has not expired.
+        /// Re-arm even though a worker's lease has not expired.
         #[arg(long)]
         force: bool,
     },
@@ -208,7 +205,8 @@ pub async fn execute<E: Env + Send + Sync>(cli: Cli, env: E) -> Result<Finished,
     let format = global.output;
     let aws = aws::sdk_config(global.endpoint_url.as_deref(), global.region.as_deref()).await?;
     let dynamo = aws_sdk_dynamodb::Client::new(&aws);
-    let store = DynamoRequestStore::new(dynamo.clone(), global.requests_table.clone());
+    let store = DynamoRequestStore::new(dynamo.clone(), global.requests_table.clone())
+        .with_retention_days(retention_days(&env)?);
     match cli.command {
         Command::Status => {
             let report =
@@ -220,22 +218,16 @@ pub async fn execute<E: Env + Send + Sync>(cli: Cli, env: E) -> Result<Finished,
             Ok(output::finished(&view, format, true))
         }
         Command::Retry { id, force } => {
-            let days = retention_days(&env)?;
-            let sender = retry::ConcurSender::new(aws.clone(), env);
-            let report = retry::retry_command(&store, &sender, &id, force, days).await?;
+            let report = retry::retry_command(&store, &id, force).await?;
             Ok(output::finished(&report, format, true))
         }
         Command::Dlq {
             command: DlqCommand::Redrive { queue_url, max },
         } => {
-            let days = retention_days(&env)?;
-            let sender = retry::ConcurSender::new(aws.clone(), env);
             let redriver = dlq::Redriver {
                 sqs: aws_sdk_sqs::Client::new(&aws),
                 streams: aws_sdk_dynamodbstreams::Client::new(&aws),
                 store: &store,
-                sender: &sender,
-                retention_days: days,
             };
             let report = redriver.redrive(&queue_url, max).await?;
             let success = report.left == 0;

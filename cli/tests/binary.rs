@@ -131,7 +131,7 @@ async fn status_prints_json_from_a_local_endpoint_and_errors_are_one_line() {
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let json: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(json["action"], "redriven");
+    assert_eq!(json["action"], "rearmed");
 
     let out = triplink(&[
         "status",

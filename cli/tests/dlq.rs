@@ -7,7 +7,7 @@ use common::*;
 use serde_json::json;
 use triplink_cli::dlq::Redriver;
 use triplink_cli::output::{format_report, OutputFormat};
-use triplink_cli::retry::{Action, ConcurSender};
+use triplink_cli::retry::Action;
 use triplink_shared::model::ConnectionStatus;
 use triplink_shared::store::layout::RequestState;
 use triplink_shared::store::tables;
@@ -155,13 +155,10 @@ async fn dlq_messages_are_redriven_and_deleted_and_trimmed_or_busy_batches_are_l
             .unwrap();
     }
 
-    let sender = ConcurSender::new(testing::sdk_config(), no_concur());
     let redriver = Redriver {
         sqs: sqs.clone(),
         streams: aws_sdk_dynamodbstreams::Client::new(&testing::sdk_config()),
         store: &store,
-        sender: &sender,
-        retention_days: 30,
     };
     // --max bounds the messages handled.
     let first = redriver.redrive(&url, 1).await.unwrap();
@@ -183,8 +180,8 @@ async fn dlq_messages_are_redriven_and_deleted_and_trimmed_or_busy_batches_are_l
     assert_eq!(
         actions,
         [
-            ("d-stuck", Action::Redriven),
-            ("d-received", Action::Touched),
+            ("d-stuck", Action::Rearmed),
+            ("d-received", Action::Rearmed),
             ("d-done", Action::NothingToRetry)
         ]
     );
@@ -251,13 +248,10 @@ async fn a_message_that_is_not_a_stream_failure_record_is_left_in_the_queue() {
             .await
             .unwrap();
     }
-    let sender = ConcurSender::new(testing::sdk_config(), no_concur());
     let redriver = Redriver {
         sqs: sqs.clone(),
         streams: aws_sdk_dynamodbstreams::Client::new(&testing::sdk_config()),
         store: &store,
-        sender: &sender,
-        retention_days: 30,
     };
     let report = redriver.redrive(&url, 10).await.unwrap();
     assert_eq!((report.messages, report.deleted, report.left), (2, 0, 2));

@@ -5,24 +5,14 @@ mod common;
 
 use chrono::{Duration, Utc};
 use common::*;
-use concur_sandbox::{spawn, Config};
 use serde_json::Value;
 use triplink_cli::output::{format_report, OutputFormat};
-use triplink_cli::retry::{retry, retry_command, Action, ConcurSender};
+use triplink_cli::retry::{retry, retry_command, Action};
 use triplink_cli::show::show;
 use triplink_cli::status::status_paged;
-use triplink_shared::config::ConcurSettings;
 use triplink_shared::model::ConnectionStatus;
-use triplink_shared::store::layout::RequestState;
+use triplink_shared::store::layout::{timestamp, RequestItem, RequestState};
 use triplink_shared::testing;
-
-const DAYS: i64 = 30;
-
-fn sender(
-    env: std::collections::HashMap<String, String>,
-) -> ConcurSender<std::collections::HashMap<String, String>> {
-    ConcurSender::new(testing::sdk_config(), env)
-}
 
 #[tokio::test]
 async fn status_counts_states_outcomes_requeues_and_stuck_requests_over_several_pages() {
@@ -143,24 +133,29 @@ async fn show_masks_personal_data_unless_revealed_and_never_shows_the_token() {
 }
 
 #[tokio::test]
-async fn retry_sends_an_expired_working_request_back_to_received() {
-    let (_, store) = requests_table().await;
+async fn retry_rearms_an_expired_working_request() {
+    let (table, store) = requests_table().await;
     let now = Utc::now();
-    put(
-        &store,
-        &working("r-expired", now - Duration::seconds(5), now),
-    )
-    .await;
-    let sender = sender(no_concur());
-    let report = retry_command(&store, &sender, "r-expired", false, DAYS)
-        .await
-        .unwrap();
-    assert_eq!(report.action, Action::Redriven);
+    let mut stuck = working("r-expired", now - Duration::seconds(5), now);
+    stuck.redrives = 8;
+    stuck.parked_at = Some(timestamp(now));
+    stuck.due_at = None;
+    put(&store, &stuck).await;
+    let report = retry_command(&store, "r-expired", false).await.unwrap();
+    assert_eq!(report.action, Action::Rearmed);
     assert_eq!(report.state, Some("working"));
     let after = get(&store, "r-expired").await;
     assert_eq!(after.state, RequestState::Received);
     assert_eq!(after.attempt, 1);
     assert_eq!(after.lease_owner, None);
+    assert_eq!(after.redrives, 0, "an operator's re-arm resets the bound");
+    assert_eq!(after.parked_at, None);
+    assert!(after.due_at.is_some(), "back under the sweep");
+    assert_eq!(
+        stream_records(&table, "r-expired").await,
+        2,
+        "the stream emits the re-armed item"
+    );
 }
 
 #[tokio::test]
@@ -168,17 +163,12 @@ async fn retry_refuses_a_live_lease_unless_forced() {
     let (_, store) = requests_table().await;
     let now = Utc::now();
     put(&store, &working("r-live", now + Duration::minutes(5), now)).await;
-    let sender = sender(no_concur());
-    let refused = retry_command(&store, &sender, "r-live", false, DAYS)
-        .await
-        .unwrap_err();
+    let refused = retry_command(&store, "r-live", false).await.unwrap_err();
     assert!(refused.to_string().contains("--force"), "{refused}");
     assert_eq!(get(&store, "r-live").await.state, RequestState::Working);
 
-    let forced = retry_command(&store, &sender, "r-live", true, DAYS)
-        .await
-        .unwrap();
-    assert_eq!(forced.action, Action::Redriven);
+    let forced = retry_command(&store, "r-live", true).await.unwrap();
+    assert_eq!(forced.action, Action::Rearmed);
     assert_eq!(get(&store, "r-live").await.state, RequestState::Received);
 }
 
@@ -235,17 +225,14 @@ async fn stream_records(table: &str, id: &str) -> usize {
 }
 
 #[tokio::test]
-async fn retry_touches_a_received_request_so_the_stream_emits_it_again() {
+async fn retry_rearms_a_received_request_so_the_stream_emits_it_again() {
     let (table, store) = requests_table().await;
     let now = Utc::now();
     let before = item("r-received", RequestState::Received, 2, now);
     put(&store, &before).await;
     assert_eq!(stream_records(&table, "r-received").await, 1);
-    let sender = sender(no_concur());
-    let report = retry_command(&store, &sender, "r-received", false, DAYS)
-        .await
-        .unwrap();
-    assert_eq!(report.action, Action::Touched);
+    let report = retry_command(&store, "r-received", false).await.unwrap();
+    assert_eq!(report.action, Action::Rearmed);
     let after = get(&store, "r-received").await;
     assert_eq!(after.state, RequestState::Received);
     assert_eq!(after.attempt, 2);
@@ -255,15 +242,13 @@ async fn retry_touches_a_received_request_so_the_stream_emits_it_again() {
 }
 
 #[tokio::test]
-async fn retry_of_a_reported_request_has_nothing_to_do_and_an_unknown_one_is_an_error() {
+async fn retry_of_a_reported_or_quarantined_request_has_nothing_to_do_and_an_unknown_one_is_an_error(
+) {
     let (_, store) = requests_table().await;
     let now = Utc::now();
     let done = reported("r-done", 1, ConnectionStatus::Connected, now);
     put(&store, &done).await;
-    let sender = sender(no_concur());
-    let report = retry_command(&store, &sender, "r-done", false, DAYS)
-        .await
-        .unwrap();
+    let report = retry_command(&store, "r-done", false).await.unwrap();
     assert_eq!(report.action, Action::NothingToRetry);
     assert!(
         report.message.contains("nothing to retry"),
@@ -272,114 +257,54 @@ async fn retry_of_a_reported_request_has_nothing_to_do_and_an_unknown_one_is_an_
     );
     assert_eq!(get(&store, "r-done").await, done);
 
-    let missing = retry_command(&store, &sender, "r-missing", false, DAYS)
-        .await
-        .unwrap_err();
+    let quarantined = RequestItem::quarantined("r-bad", "malformed_item", now, 30);
+    put(&store, &quarantined).await;
+    let report = retry_command(&store, "r-bad", false).await.unwrap();
+    assert_eq!(report.action, Action::NothingToRetry);
+    assert!(
+        report.message.contains("malformed_item"),
+        "{}",
+        report.message
+    );
+    assert_eq!(get(&store, "r-bad").await, quarantined);
+
+    let missing = retry_command(&store, "r-missing", false).await.unwrap_err();
     assert!(
         missing.to_string().contains("not in the requests table"),
         "{missing}"
     );
-    let lenient = retry(&store, &sender, "r-missing", false, DAYS)
-        .await
-        .unwrap();
+    let lenient = retry(&store, "r-missing", false).await.unwrap();
     assert_eq!(lenient.action, Action::NotFound);
 }
 
 #[tokio::test]
-async fn retry_resends_a_decided_status_to_concur_as_is_and_records_it_reported() {
+async fn retry_of_a_decided_request_keeps_its_status_for_the_worker_to_resend() {
     let (_, store) = requests_table().await;
-    let sandbox = spawn(Config::for_tests()).await.unwrap();
-    let http = reqwest::Client::new();
-    let created = http
-        .post(sandbox.url("/_sandbox/users"))
-        .json(&serde_json::json!({"count": 1}))
-        .send()
-        .await
-        .unwrap();
-    assert!(created.status().is_success(), "{}", created.status());
-
-    // Read the queue like the poller, so the request is outstanding.
-    let env = concur_env(&sandbox.local_url);
-    let concur = ConcurSettings::from_env(&env)
-        .unwrap()
-        .client(&testing::sdk_config(), &env)
-        .await
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    let page = concur.list_page(10, None, deadline).await.unwrap();
-    assert_eq!(page.items.len(), 1);
-    let id = page.items[0].id.clone();
-
     let now = Utc::now();
-    put(
-        &store,
-        &decided(
-            &id,
-            ConnectionStatus::AccountNotFound,
-            now - Duration::minutes(20),
-            now,
-        ),
-    )
-    .await;
-    let sender = sender(env);
-    let report = retry_command(&store, &sender, &id, false, DAYS)
-        .await
-        .unwrap();
-    assert_eq!(report.action, Action::Resent);
-    assert_eq!(report.status.as_deref(), Some("CREU1"));
-
-    let view: Value = http
-        .get(sandbox.url(&format!("/_sandbox/requests/{id}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let history = view["history"].as_array().cloned().unwrap_or_default();
-    let accepted: Vec<&str> = history
-        .iter()
-        .filter(|p| p["accepted"].as_bool() == Some(true))
-        .filter_map(|p| p["status"].as_str())
-        .collect();
-    assert_eq!(accepted, ["CREU1"], "{view}");
-
-    let after = get(&store, &id).await;
-    assert_eq!(after.state, RequestState::Reported);
-    assert_eq!(after.history.len(), 1);
-    assert_eq!(after.history[0].status, ConnectionStatus::AccountNotFound);
-    assert_eq!(after.request_token, None, "personal data and token removed");
-    assert!(after.expires_at.is_some());
-
-    // Concur no longer has it outstanding: a decided item for it is recorded as reported.
-    let gone = format!("{id}-gone");
-    put(&store, &decided(&gone, ConnectionStatus::Retry, now, now)).await;
-    let report = retry_command(&store, &sender, &gone, false, DAYS)
-        .await
-        .unwrap();
-    assert_eq!(
-        report.action,
-        Action::RecordedNotOutstanding,
-        "{}",
-        report.message
+    let mut old = decided(
+        "r-decided",
+        ConnectionStatus::AccountNotFound,
+        now - Duration::hours(2),
+        now,
     );
-    assert_eq!(get(&store, &gone).await.state, RequestState::Reported);
-    sandbox.shutdown().await.unwrap();
-}
-
-#[tokio::test]
-async fn retry_of_a_decided_request_without_concur_settings_says_what_is_missing() {
-    let (_, store) = requests_table().await;
-    let now = Utc::now();
-    put(
-        &store,
-        &decided("r-nocfg", ConnectionStatus::AccountNotFound, now, now),
-    )
-    .await;
-    let sender = sender(no_concur());
-    let error = retry_command(&store, &sender, "r-nocfg", false, DAYS)
-        .await
-        .unwrap_err();
-    assert!(error.to_string().contains("CONCUR_API_BASE_URL"), "{error}");
-    assert_eq!(get(&store, "r-nocfg").await.state, RequestState::Decided);
+    old.lease_until = Some((now - Duration::minutes(1)).timestamp_millis());
+    old.parked_at = Some(timestamp(now));
+    old.parked_reason = Some("decision_too_old".into());
+    put(&store, &old).await;
+    let report = retry_command(&store, "r-decided", false).await.unwrap();
+    assert_eq!(report.action, Action::Rearmed);
+    assert_eq!(report.status.as_deref(), Some("CREU1"));
+    let after = get(&store, "r-decided").await;
+    assert_eq!(after.state, RequestState::Received);
+    assert_eq!(
+        after.decided_status,
+        Some(ConnectionStatus::AccountNotFound),
+        "never re-decided"
+    );
+    assert!(
+        after.decided_at.as_deref() > old.decided_at.as_deref(),
+        "the operator opens a new re-send window"
+    );
+    assert_eq!(after.parked_at, None);
+    assert_eq!(after.parked_reason, None);
 }

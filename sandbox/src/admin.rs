@@ -85,6 +85,7 @@ pub struct RequestView<'a> {
     pub rejected_puts: usize,
     pub history: &'a [crate::state::PutRecord],
     pub exchanges: &'a [crate::state::ExchangeRecord],
+    pub exchange_attempts: &'a [crate::state::ExchangeAttempt],
 }
 
 fn request_view<'a>(w: &'a World, r: &'a ConnRequest) -> RequestView<'a> {
@@ -107,6 +108,7 @@ fn request_view<'a>(w: &'a World, r: &'a ConnRequest) -> RequestView<'a> {
         rejected_puts: r.history.iter().filter(|h| !h.accepted).count(),
         history: &r.history,
         exchanges: &r.exchanges,
+        exchange_attempts: &r.exchange_attempts,
     }
 }
 

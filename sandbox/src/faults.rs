@@ -6,7 +6,7 @@
 //! ROUTE:KIND[:OPTION]...
 //! ROUTE   = token | list | get | put | create | revoke | any
 //! KIND    = latency=MS | 429 | 500 | 503 | 500-after | 503-after | drop | drop-after
-//!         | slow=MS | malformed | error200 | xml
+//!         | slow=MS | malformed | error200 | xml | poison
 //! OPTION  = next=N | p=PROBABILITY | retry-after=SECONDS
 //! ```
 //!
@@ -82,6 +82,11 @@ pub enum FaultKind {
     Error200,
     /// The call is answered in XML although it asked for JSON.
     XmlDespiteJson,
+    /// A JSON page with items a client cannot fully read (call processed): its first
+    /// real item gets an unknown `status` and an unreadable `lastModified`, and two
+    /// unreadable items are put before it (`ID` `poison-malformed` with an object as
+    /// `lastName`, and one without an `ID`).
+    Poison,
 }
 
 /// When a rule fires.
@@ -188,6 +193,7 @@ impl FaultRule {
                 "malformed" => FaultKind::MalformedJson,
                 "error200" => FaultKind::Error200,
                 "xml" => FaultKind::XmlDespiteJson,
+                "poison" => FaultKind::Poison,
                 _ => return Err(format!("fault {spec:?}: unknown kind {kind_s:?}")),
             },
         };

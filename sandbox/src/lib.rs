@@ -368,6 +368,32 @@ async fn fault_layer(State(state): State<SharedState>, mut req: Request, next: N
                 .insert(header::ACCEPT, HeaderValue::from_static("application/xml"));
             next.run(req).await
         }
+        FaultKind::Poison => {
+            let resp = next.run(req).await;
+            let (mut parts, body) = resp.into_parts();
+            let bytes = axum::body::to_bytes(body, 4 << 20)
+                .await
+                .unwrap_or_default();
+            let Ok(mut page) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+                return Response::from_parts(parts, Body::from(bytes));
+            };
+            if let Some(items) = page.get_mut("Items").and_then(|i| i.as_array_mut()) {
+                if let Some(first) = items.first_mut().and_then(|f| f.as_object_mut()) {
+                    first.insert("status".into(), "Waiting".into());
+                    first.insert("lastModified".into(), "yesterday".into());
+                }
+                items.insert(
+                    0,
+                    serde_json::json!({"ID": "poison-malformed", "lastName": {"unexpected": "object"}}),
+                );
+                items.insert(
+                    1,
+                    serde_json::json!({"lastName": "NoId", "requestToken": "x"}),
+                );
+            }
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Response::from_parts(parts, Body::from(page.to_string()))
+        }
         FaultKind::MalformedJson => {
             let resp = next.run(req).await;
             let (mut parts, body) = resp.into_parts();

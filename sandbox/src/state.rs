@@ -148,6 +148,17 @@ pub struct ExchangeRecord {
     pub attempt: u32,
 }
 
+/// One submission of a request token this request was issued (password grant with
+/// `credtype=authtoken`), successful or not: tests check that no token is submitted twice.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExchangeAttempt {
+    pub at: String,
+    pub attempt: u32,
+    /// Which of the request's tokens (1 = the first issued).
+    pub token_number: u32,
+    pub ok: bool,
+}
+
 /// A connection request.
 #[derive(Debug, Clone)]
 pub struct ConnRequest {
@@ -170,6 +181,7 @@ pub struct ConnRequest {
     pub get_count: u32,
     pub history: Vec<PutRecord>,
     pub exchanges: Vec<ExchangeRecord>,
+    pub exchange_attempts: Vec<ExchangeAttempt>,
 }
 
 /// A request token issued on GET.
@@ -180,6 +192,8 @@ pub struct RequestToken {
     pub attempt: u32,
     pub expires_at: DateTime<Utc>,
     pub used: bool,
+    /// Its number among the request's tokens (1 = the first issued).
+    pub number: u32,
 }
 
 /// What an access token stands for.
@@ -343,6 +357,7 @@ impl World {
             get_count: 0,
             history: Vec::new(),
             exchanges: Vec::new(),
+            exchange_attempts: Vec::new(),
         };
         self.index.insert(id, self.requests.len());
         self.requests.push(r);
@@ -398,6 +413,7 @@ impl World {
             attempt: r.attempt,
             expires_at: now + Duration::seconds(ttl),
             used: false,
+            number: r.tokens_issued,
         };
         self.request_tokens.insert(token.clone(), info);
         Some(token)
@@ -477,15 +493,25 @@ impl World {
         let Some(info) = self.request_tokens.get(token).cloned() else {
             return Err(ExchangeError::BadOrExpired);
         };
-        if info.used || info.expires_at <= now {
-            return Err(ExchangeError::BadOrExpired);
-        }
-        if !username
+        let result = if info.used || info.expires_at <= now {
+            Err(ExchangeError::BadOrExpired)
+        } else if !username
             .trim()
             .eq_ignore_ascii_case(&info.user_id.to_string())
         {
-            return Err(ExchangeError::NotForYou);
+            Err(ExchangeError::NotForYou)
+        } else {
+            Ok(())
+        };
+        if let Some(r) = self.request_mut(info.request_id) {
+            r.exchange_attempts.push(ExchangeAttempt {
+                at: rfc3339(now),
+                attempt: info.attempt,
+                token_number: info.number,
+                ok: result.is_ok(),
+            });
         }
+        result?;
         for t in self.request_tokens.values_mut() {
             if t.request_id == info.request_id {
                 t.used = true;

@@ -383,11 +383,7 @@ async fn a_refused_connection_is_a_connection_error() {
 
 #[tokio::test]
 async fn malformed_payloads_are_typed() {
-    for body in [
-        "{\"Items\": [",
-        "[1,2]",
-        r#"{"Items":[{"ID":"a","status":"Bogus"}]}"#,
-    ] {
+    for body in ["{\"Items\": [", "[1,2]"] {
         let server = MockServer::start().await;
         app_token(&server, "t").await;
         Mock::given(method("GET"))
@@ -410,6 +406,30 @@ async fn malformed_payloads_are_typed() {
         );
         assert_eq!(err.correlation_id(), Some("cmal"));
     }
+}
+
+#[tokio::test]
+async fn an_item_with_an_unknown_status_or_without_an_id_does_not_fail_the_page() {
+    let server = MockServer::start().await;
+    app_token(&server, "t").await;
+    Mock::given(method("GET"))
+        .and(path(LIST))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("content-type", "application/json")
+                .set_body_string(
+                    r#"{"Items":[{"ID":"a","status":"Bogus"},{"lastName":"x"},{"ID":"b"}],"NextPage":null}"#,
+                ),
+        )
+        .mount(&server)
+        .await;
+    let page = client(&server).list_page(10, None, soon()).await.unwrap();
+    let ids: Vec<_> = page.items.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["a", "b"]);
+    assert_eq!(page.degraded.len(), 1);
+    assert_eq!(page.degraded[0].ignored, ["status"]);
+    assert_eq!(page.quarantined.len(), 1);
+    assert_eq!(page.quarantined[0].reason, "missing_id");
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use triplink_shared::model::{json, ConnectionRequest};
-use triplink_shared::store::layout::{AttemptRecord, RequestState};
+use triplink_shared::store::layout::{self, AttemptRecord, RequestState};
 use triplink_shared::store::{tables, DynamoRequestStore, PollWrite, RequestStore};
 use triplink_shared::testing;
 
@@ -39,8 +39,11 @@ async fn mark_reported(store: &DynamoRequestStore, id: &str) {
         decided_at: "2026-01-01T00:00:00.000Z".into(),
         reported_at: Some("2026-01-01T00:00:01.000Z".into()),
         reason: None,
+        result: None,
     });
     item.request_token = None;
+    item.reported_at = Some(layout::timestamp(Utc::now()));
+    item.due_at = None;
     testing::put_request(store, &item).await;
 }
 
@@ -49,7 +52,10 @@ async fn new_unchanged_token_refresh_and_requeue() {
     let store = store().await;
     let now = Utc::now();
     assert_eq!(
-        store.record_polled(&polled("a", "t1"), now).await.unwrap(),
+        store
+            .record_polled(&polled("a", "t1"), now, now)
+            .await
+            .unwrap(),
         PollWrite::New
     );
     let item = store.get("a").await.unwrap().unwrap();
@@ -59,11 +65,17 @@ async fn new_unchanged_token_refresh_and_requeue() {
     assert_eq!(item.emails, ["a@example.com"]);
 
     assert_eq!(
-        store.record_polled(&polled("a", "t1"), now).await.unwrap(),
+        store
+            .record_polled(&polled("a", "t1"), now, now)
+            .await
+            .unwrap(),
         PollWrite::Unchanged
     );
     assert_eq!(
-        store.record_polled(&polled("a", "t2"), now).await.unwrap(),
+        store
+            .record_polled(&polled("a", "t2"), now, now)
+            .await
+            .unwrap(),
         PollWrite::TokenRefreshed
     );
     let item = store.get("a").await.unwrap().unwrap();
@@ -72,8 +84,20 @@ async fn new_unchanged_token_refresh_and_requeue() {
     assert_eq!(item.times_polled, 2);
 
     mark_reported(&store, "a").await;
+    // A page requested before the report landed is a stale view: not a requeue.
     assert_eq!(
-        store.record_polled(&polled("a", "t3"), now).await.unwrap(),
+        store
+            .record_polled(&polled("a", "t3"), now, Utc::now())
+            .await
+            .unwrap(),
+        PollWrite::Unchanged
+    );
+    let later = Utc::now() + chrono::Duration::milliseconds(1);
+    assert_eq!(
+        store
+            .record_polled(&polled("a", "t3"), later, later)
+            .await
+            .unwrap(),
         PollWrite::Requeued { attempt: 2 }
     );
     let item = store.get("a").await.unwrap().unwrap();
@@ -83,7 +107,10 @@ async fn new_unchanged_token_refresh_and_requeue() {
     assert_eq!(item.history[0].attempt, 1);
     assert_eq!(item.decided_status, None);
     assert_eq!(
-        store.record_polled(&polled("a", "t3"), now).await.unwrap(),
+        store
+            .record_polled(&polled("a", "t3"), later, later)
+            .await
+            .unwrap(),
         PollWrite::Unchanged,
         "reading the requeue again does not requeue twice"
     );
@@ -97,7 +124,11 @@ async fn concurrent_pollers_store_a_request_exactly_once() {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
             store
-                .record_polled(&polled("same", &format!("tok-{}", i % 2)), Utc::now())
+                .record_polled(
+                    &polled("same", &format!("tok-{}", i % 2)),
+                    Utc::now(),
+                    Utc::now(),
+                )
                 .await
                 .unwrap()
         }));
@@ -123,16 +154,17 @@ async fn concurrent_pollers_store_a_request_exactly_once() {
 async fn concurrent_requeues_bump_the_attempt_once() {
     let store = Arc::new(store().await);
     store
-        .record_polled(&polled("r", "t1"), Utc::now())
+        .record_polled(&polled("r", "t1"), Utc::now(), Utc::now())
         .await
         .unwrap();
     mark_reported(&store, "r").await;
+    let fetched_at = Utc::now() + chrono::Duration::milliseconds(1);
     let mut tasks = Vec::new();
     for _ in 0..6 {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
             store
-                .record_polled(&polled("r", "t2"), Utc::now())
+                .record_polled(&polled("r", "t2"), fetched_at, Utc::now())
                 .await
                 .unwrap()
         }));

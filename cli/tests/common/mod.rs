@@ -86,9 +86,11 @@ pub fn reported(
             decided_at: timestamp(now),
             reported_at: Some(timestamp(now)),
             reason: Some("not_found".into()),
+            result: Some(triplink_shared::store::ReportResult::Accepted),
         })
         .collect();
     item.reported_at = Some(timestamp(now));
+    item.due_at = None;
     item
 }
 

@@ -107,7 +107,10 @@ async fn main() {
             let results: Vec<_> = futures::stream::iter(page.items)
                 .map(|r| {
                     let store = &store_b;
-                    async move { store.record_polled(&r, chrono::Utc::now()).await }
+                    async move {
+                        let now = chrono::Utc::now();
+                        store.record_polled(&r, now, now).await
+                    }
                 })
                 .buffer_unordered(settings.write_concurrency)
                 .collect()

@@ -3,7 +3,14 @@
 //! Lambda deadline (less a safety margin) comes near.
 //!
 //! * Re-reading a request never duplicates it: the store's conditional writes decide
-//!   between new, requeue, token refresh and unchanged (`triplink_shared::store`).
+//!   between new, requeue, token refresh and unchanged by the rules of
+//!   `triplink_shared::store::lifecycle` (a requeue only from a page requested after our
+//!   report landed).
+//! * An item that cannot be read is quarantined (its id and a reason, no personal
+//!   data), counted and logged; the rest of the page and the queue behind it are read.
+//! * Each run first sweeps the table: attempts whose lease expired or that waited too
+//!   long are re-armed so the stream delivers them again (bounded; then parked with an
+//!   alarm). This is how a crashed worker's requests finish without an operator.
 //! * A page's store writes overlap with the next page's fetch, so a run costs about the
 //!   sum of the page round-trips.
 //! * Nothing is popped here (the poller never PUTs): a crash at any point leaves every
@@ -23,8 +30,8 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 use triplink_shared::concur::{ConcurClient, ConcurError, Page, MAX_PAGE_LIMIT};
 use triplink_shared::config::{ConfigError, Env};
-use triplink_shared::model::ConnectionRequest;
-use triplink_shared::store::{PollWrite, RequestStore, StoreError};
+use triplink_shared::store::lifecycle::{self, SweepStore, SweepSummary};
+use triplink_shared::store::{PollWrite, QuarantineWrite, RequestStore, StoreError};
 use triplink_shared::telemetry::{Metrics, Unit};
 
 /// The poller's knobs, from the environment.
@@ -157,6 +164,12 @@ pub struct PollSummary {
     pub requeued: u32,
     pub token_refreshed: u32,
     pub unchanged: u32,
+    /// Quarantined items that now read fine.
+    pub recovered: u32,
+    /// Items that could not be read (set aside, not processed).
+    pub quarantined: u32,
+    /// Items read with an unknown `status` or unreadable `lastModified` ignored.
+    pub degraded: u32,
     pub failed: u32,
     pub stop_reason: StopReason,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -166,7 +179,7 @@ pub struct PollSummary {
 
 impl PollSummary {
     fn stored(&self) -> u32 {
-        self.new + self.requeued + self.token_refreshed + self.unchanged
+        self.new + self.requeued + self.token_refreshed + self.unchanged + self.recovered
     }
 }
 
@@ -192,19 +205,61 @@ impl From<PollError> for lambda_runtime::Diagnostic {
     }
 }
 
+/// A page as fetched: its items and when its GET was sent.
+struct Fetched {
+    page: Page,
+    fetched_at: chrono::DateTime<Utc>,
+}
+
 async fn store_page<S: RequestStore>(
     store: &S,
-    items: Vec<ConnectionRequest>,
+    fetched: Fetched,
     concurrency: usize,
-) -> Vec<(String, Result<PollWrite, StoreError>)> {
-    futures::stream::iter(items)
-        .map(|request| async move {
-            let result = store.record_polled(&request, Utc::now()).await;
-            (request.id, result)
-        })
-        .buffer_unordered(concurrency)
-        .collect()
-        .await
+) -> Vec<(String, Result<Option<PollWrite>, StoreError>)> {
+    let Fetched { page, fetched_at } = fetched;
+    for degraded in &page.degraded {
+        warn!(
+            request_id = %degraded.id,
+            ignored = ?degraded.ignored,
+            "request read with unreadable fields ignored"
+        );
+    }
+    let quarantined = page.quarantined.into_iter().map(|q| async move {
+        let result = store
+            .record_quarantined(&q.key, q.reason, Utc::now())
+            .await
+            .map(|write| {
+                if write == QuarantineWrite::Quarantined {
+                    error!(
+                        request_id = %q.key,
+                        reason = q.reason,
+                        "a page item cannot be read; quarantined (not processed)"
+                    );
+                }
+                None
+            });
+        (q.key, result)
+    });
+    let stored = page.items.into_iter().map(|request| async move {
+        let result = store
+            .record_polled(&request, fetched_at, Utc::now())
+            .await
+            .map(Some);
+        (request.id, result)
+    });
+    // `None`: a quarantine write (counted from the page).
+    let mut results: Vec<(String, Result<Option<PollWrite>, StoreError>)> =
+        futures::stream::iter(quarantined)
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
+    results.extend(
+        futures::stream::iter(stored)
+            .buffer_unordered(concurrency)
+            .collect::<Vec<_>>()
+            .await,
+    );
+    results
 }
 
 /// Drain the queue into the store until `NextPage` is null, the page cap, or
@@ -221,7 +276,7 @@ pub async fn poll<C: PendingSource, S: RequestStore>(
         .unwrap_or(started);
     let mut summary = PollSummary::default();
     let mut offset: Option<String> = None;
-    let mut unwritten: Option<Vec<ConnectionRequest>> = None;
+    let mut unwritten: Option<Fetched> = None;
     let mut stop: Option<StopReason> = None;
     let mut concur_error: Option<ConcurError> = None;
     let mut store_error: Option<StoreError> = None;
@@ -235,30 +290,36 @@ pub async fn poll<C: PendingSource, S: RequestStore>(
         }
         let fetch = async {
             match stop {
-                None => Some(
-                    concur
-                        .list_page(settings.page_limit, offset.as_deref(), stop_at)
-                        .await,
-                ),
+                None => {
+                    let fetched_at = Utc::now();
+                    Some(
+                        concur
+                            .list_page(settings.page_limit, offset.as_deref(), stop_at)
+                            .await
+                            .map(|page| Fetched { page, fetched_at }),
+                    )
+                }
                 Some(_) => None,
             }
         };
         let write = async {
             match unwritten.take() {
-                Some(items) => store_page(store, items, settings.write_concurrency).await,
+                Some(fetched) => store_page(store, fetched, settings.write_concurrency).await,
                 None => Vec::new(),
             }
         };
         let (fetched, written) = tokio::join!(fetch, write);
         for (request_id, result) in written {
             match result {
-                Ok(PollWrite::New) => summary.new += 1,
-                Ok(PollWrite::Requeued { attempt }) => {
+                Ok(None) => {}
+                Ok(Some(PollWrite::New)) => summary.new += 1,
+                Ok(Some(PollWrite::Requeued { attempt })) => {
                     info!(request_id = %request_id, attempt, "requeued request stored as a new attempt");
                     summary.requeued += 1
                 }
-                Ok(PollWrite::TokenRefreshed) => summary.token_refreshed += 1,
-                Ok(PollWrite::Unchanged) => summary.unchanged += 1,
+                Ok(Some(PollWrite::TokenRefreshed)) => summary.token_refreshed += 1,
+                Ok(Some(PollWrite::Recovered)) => summary.recovered += 1,
+                Ok(Some(PollWrite::Unchanged)) => summary.unchanged += 1,
                 Err(e) => {
                     error!(request_id = %request_id, error = %e, "could not store a polled request");
                     summary.failed += 1;
@@ -268,14 +329,16 @@ pub async fn poll<C: PendingSource, S: RequestStore>(
         }
         match fetched {
             None => break,
-            Some(Ok(page)) => {
+            Some(Ok(mut fetched)) => {
                 summary.pages += 1;
-                summary.seen += page.items.len() as u32;
-                match page.next_offset {
+                summary.seen += fetched.page.items.len() as u32;
+                summary.quarantined += fetched.page.quarantined.len() as u32;
+                summary.degraded += fetched.page.degraded.len() as u32;
+                match fetched.page.next_offset.take() {
                     Some(next) => offset = Some(next),
                     None => stop = Some(StopReason::Drained),
                 }
-                unwritten = Some(page.items);
+                unwritten = Some(fetched);
             }
             // A call cut short by the deadline is the deadline, not a Concur failure.
             Some(Err(e))
@@ -327,9 +390,12 @@ pub fn deadline_from_context(deadline_epoch_ms: u64) -> Instant {
     Instant::now() + Duration::from_millis(deadline_epoch_ms.saturating_sub(now_ms))
 }
 
-impl<C: PendingSource, S: RequestStore> Poller<C, S> {
-    /// One run, logged as one summary line and published as EMF metrics.
+impl<C: PendingSource, S: RequestStore + SweepStore> Poller<C, S> {
+    /// One run: the sweep, then the poll; logged as summary lines and published as EMF
+    /// metrics.
     pub async fn run(&self, deadline: Instant) -> Result<PollSummary, PollError> {
+        let sweep = lifecycle::sweep(&self.store, Utc::now()).await;
+        self.publish_sweep(&sweep);
         let result = poll(&self.concur, &self.store, &self.settings, deadline).await;
         match &result {
             Ok(summary) => {
@@ -343,6 +409,9 @@ impl<C: PendingSource, S: RequestStore> Poller<C, S> {
                         requeued = summary.requeued,
                         token_refreshed = summary.token_refreshed,
                         unchanged = summary.unchanged,
+                        recovered = summary.recovered,
+                        quarantined = summary.quarantined,
+                        degraded = summary.degraded,
                         failed = summary.failed,
                         stop_reason = ?summary.stop_reason,
                         duration_ms = summary.duration_ms,
@@ -359,6 +428,28 @@ impl<C: PendingSource, S: RequestStore> Poller<C, S> {
         result
     }
 
+    fn publish_sweep(&self, sweep: &SweepSummary) {
+        if sweep.due > 0 || sweep.failed > 0 {
+            info!(
+                due = sweep.due,
+                rearmed = sweep.rearmed,
+                parked = sweep.parked,
+                skipped = sweep.skipped,
+                failed = sweep.failed,
+                "sweep finished"
+            );
+        }
+        let count = |v: u32| f64::from(v);
+        self.metrics.emit(
+            &[
+                ("Rearmed", count(sweep.rearmed), Unit::Count),
+                ("Parked", count(sweep.parked), Unit::Count),
+                ("SweepFailed", count(sweep.failed), Unit::Count),
+            ],
+            Map::new(),
+        );
+    }
+
     fn publish(&self, summary: &PollSummary, failed_runs: u32) {
         let mut properties = Map::new();
         properties.insert(
@@ -371,6 +462,8 @@ impl<C: PendingSource, S: RequestStore> Poller<C, S> {
                 ("Polled", count(summary.seen), Unit::Count),
                 ("New", count(summary.new), Unit::Count),
                 ("Requeued", count(summary.requeued), Unit::Count),
+                ("Quarantined", count(summary.quarantined), Unit::Count),
+                ("Degraded", count(summary.degraded), Unit::Count),
                 (
                     "Unchanged",
                     count(summary.unchanged + summary.token_refreshed),

@@ -144,6 +144,8 @@ async fn report(
     let mut item = store.get(id).await.unwrap().unwrap();
     item.state = RequestState::Reported;
     item.request_token = None;
+    item.reported_at = Some(triplink_shared::store::layout::timestamp(chrono::Utc::now()));
+    item.due_at = None;
     testing::put_request(store, &item).await;
 }
 
@@ -446,4 +448,169 @@ async fn the_handler_runs_on_a_scheduled_event_and_returns_the_summary() {
     let returned = serde_json::to_value(&summary).unwrap();
     assert_eq!(returned["new"], 12);
     assert_eq!(returned["stop_reason"], "drained");
+}
+
+/// A Concur whose list calls are answered, then held until released: the page a run
+/// got stays in flight while other actors move on.
+struct Held<'a> {
+    inner: &'a ConcurClient,
+    fetched: Arc<tokio::sync::Notify>,
+    release: Arc<tokio::sync::Notify>,
+}
+
+impl PendingSource for Held<'_> {
+    async fn list_page(
+        &self,
+        limit: u32,
+        offset: Option<&str>,
+        deadline: Instant,
+    ) -> Result<Page, ConcurError> {
+        let page = self.inner.list_page(limit, offset, deadline).await;
+        self.fetched.notify_one();
+        self.release.notified().await;
+        page
+    }
+}
+
+/// Report an attempt exactly as the worker does, step by step through the life cycle's
+/// writes (claim, decision, PUT counted, PUT, reported).
+async fn report_as_the_worker(concur: &ConcurClient, store: &DynamoRequestStore, id: &str) {
+    use triplink_shared::store::{Claim, Decision, Lease, ReportResult, WorkStore};
+    let now = chrono::Utc::now();
+    let until = now.timestamp_millis() + 60_000;
+    let Claim::Claimed(item) = store.claim(id, 1, "worker-1", until, now).await.unwrap() else {
+        panic!("not claimed");
+    };
+    let lease = Lease {
+        id,
+        attempt: item.attempt,
+        owner: "worker-1",
+    };
+    let decision = Decision {
+        status: ConnectionStatus::Connected,
+        reason: "matched".into(),
+    };
+    assert!(store.record_decision(lease, &decision, now).await.unwrap());
+    assert_eq!(store.record_put_sent(lease, now).await.unwrap(), Some(0));
+    concur
+        .update_status(id, ConnectionStatus::Connected, far())
+        .await
+        .unwrap();
+    assert!(store
+        .record_reported(lease, ReportResult::Accepted, chrono::Utc::now(), 30)
+        .await
+        .unwrap());
+}
+
+/// Issue 10, defect 1: a page requested before the worker's PUT popped a request, whose
+/// write lands after the worker recorded the report, must not start a new attempt.
+#[tokio::test]
+async fn a_page_read_before_our_report_does_not_requeue_the_request() {
+    let sandbox = sandbox(1, |_| {}).await;
+    let (concur, store) = (client(&sandbox), store().await);
+    poll(&concur, &store, &settings(), far()).await.unwrap();
+    let id = testing::scan_requests(&store).await[0].request_id.clone();
+
+    let held = Held {
+        inner: &concur,
+        fetched: Arc::new(tokio::sync::Notify::new()),
+        release: Arc::new(tokio::sync::Notify::new()),
+    };
+    let one_page = PollerSettings {
+        max_pages: 1,
+        ..settings()
+    };
+    let racing_poll = poll(&held, &store, &one_page, far());
+    let worker = async {
+        held.fetched.notified().await;
+        report_as_the_worker(&concur, &store, &id).await;
+        held.release.notify_one();
+    };
+    let (summary, ()) = tokio::join!(racing_poll, worker);
+    let summary = summary.unwrap();
+    assert_eq!(summary.seen, 1, "the page still showed the request");
+    assert_eq!(summary.requeued, 0, "{summary:?}");
+    let item = store.get(&id).await.unwrap().unwrap();
+    assert_eq!((item.state, item.attempt), (RequestState::Reported, 1));
+
+    // A later page does not show it (popped) and nothing changes; Concur's CRSUC is final.
+    let later = poll(&concur, &store, &settings(), far()).await.unwrap();
+    assert_eq!((later.seen, later.requeued), (0, 0), "{later:?}");
+    let view: serde_json::Value = reqwest::get(sandbox.url(&format!("/_sandbox/requests/{id}")))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["history"].as_array().unwrap().len(), 1, "{view}");
+    assert_eq!(view["exchange_attempts"].as_array().unwrap().len(), 0);
+}
+
+/// Issue 10, defect 3: items that cannot be read are set aside; the page and the queue
+/// behind it are still read.
+#[tokio::test]
+async fn unreadable_items_are_quarantined_and_the_queue_behind_them_is_read() {
+    let sandbox = sandbox(35, |c| c.faults = vec!["list:poison".into()]).await;
+    let (concur, store) = (client(&sandbox), store().await);
+    let summary = poll(&concur, &store, &settings(), far()).await.unwrap();
+    assert_eq!(summary.stop_reason, StopReason::Drained, "{summary:?}");
+    assert_eq!(summary.new, 35, "every real request stored: {summary:?}");
+    assert_eq!(summary.quarantined, 2 * summary.pages, "{summary:?}");
+    assert_eq!(summary.degraded, summary.pages, "{summary:?}");
+    let items = testing::scan_requests(&store).await;
+    let quarantined: Vec<_> = items
+        .iter()
+        .filter(|i| i.state == RequestState::Quarantined)
+        .collect();
+    assert_eq!(quarantined.len(), 2, "the same bad items, recorded once");
+    let malformed = quarantined
+        .iter()
+        .find(|i| i.request_id == "poison-malformed")
+        .unwrap();
+    assert_eq!(
+        malformed.quarantine_reason.as_deref(),
+        Some("malformed_item")
+    );
+    assert!(malformed.last_name.is_none() && malformed.request_token.is_none());
+    assert!(malformed.expires_at.is_some(), "quarantined items expire");
+    assert!(malformed.due_at.is_none(), "never processed, never swept");
+    assert!(quarantined
+        .iter()
+        .any(|i| i.request_id.starts_with("unidentified:")
+            && i.quarantine_reason.as_deref() == Some("missing_id")));
+    // The degraded items are real requests, stored as received (status is not needed).
+    assert_eq!(
+        items
+            .iter()
+            .filter(|i| i.state == RequestState::Received)
+            .count(),
+        35
+    );
+    // Reading it all again records nothing new.
+    let again = poll(&concur, &store, &settings(), far()).await.unwrap();
+    assert_eq!((again.new, again.requeued), (0, 0), "{again:?}");
+    assert_eq!(testing::scan_requests(&store).await.len(), 37);
+}
+
+#[tokio::test]
+async fn a_run_on_an_empty_table_and_an_empty_queue_does_nothing_and_succeeds() {
+    use triplink_shared::telemetry::Metrics;
+    let sandbox = sandbox(0, |_| {}).await;
+    let poller = poller::Poller {
+        concur: client(&sandbox),
+        store: store().await,
+        settings: settings(),
+        metrics: Metrics::disabled("poller"),
+    };
+    let summary = poller.run(far()).await.unwrap();
+    assert_eq!(
+        (
+            summary.pages,
+            summary.seen,
+            summary.new,
+            summary.stop_reason
+        ),
+        (1, 0, 0, StopReason::Drained)
+    );
+    assert!(testing::scan_requests(&poller.store).await.is_empty());
 }

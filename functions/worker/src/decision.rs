@@ -7,13 +7,27 @@
 //! | loyalty account (or e-mail) not found | `CREU1` | `not_found` |
 //! | found, last name differs | `CREU2` | `name_mismatch` |
 //! | found, account closed / locked / unverified / ambiguous | `CREU3` | `needs_attention:<why>` |
-//! | member directory unavailable (after retries) | `CRRET` | `directory_unavailable` |
-//! | request token exchange failed (after retries; incl. an expired or used token) | `CRRET` | `token_exchange_failed:<kind>` |
+//! | request token exchange refused (an expired, used or foreign token) | `CRRET` | `token_exchange_failed:<kind>` |
+//! | an earlier holder submitted the token and Concur offers no other | `CRRET` | `token_spent` |
 //! | no user id or no request token on the request | `CRRET` | `no_user_id` / `no_request_token` |
-//! | the connection could not be stored (after retries) | `CRRET` | `connection_store_failed` |
 //!
 //! `CREU*` e-mail the user and Concur requeues after 24 h (4 times at most); `CRRET`
 //! sends no e-mail and Concur requeues after 1 h (48 times at most), with a new token.
+//!
+//! **No status at all** ([`Leave`]): when the failure is ours or a system's, not the
+//! user's, nothing is sent and no attempt of the user's is spent. The request stays
+//! pending at Concur; the worker releases its lease and the sweep re-arms the item after
+//! a backoff (`triplink_shared::store::lifecycle`), up to its bound, then parks it with
+//! an alarm.
+//!
+//! | finding | reason |
+//! | --- | --- |
+//! | member directory unavailable (after retries) | `directory_unavailable` |
+//! | the exchange got no answer (timeout, broken connection, 5xx, deadline): the token may be spent | `token_exchange_unanswered` |
+//! | the connection could not be stored (after retries) | `connection_store_failed` |
+//! | a fresh request token could not be read from Concur | `fresh_token_unavailable` |
+//! | the status could not be sent (after retries) | `report_failed` (5 min at least after a 503) |
+//! | the invocation's deadline came first | `deadline` |
 
 use triplink_shared::matching::{AttentionReason, MatchOutcome};
 use triplink_shared::model::ConnectionStatus;
@@ -22,11 +36,45 @@ use triplink_shared::store::Decision;
 /// A technical failure before a status could be earned: always `CRRET`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TechnicalFailure {
-    DirectoryUnavailable,
     TokenExchangeFailed(&'static str),
+    TokenSpent,
     NoUserId,
     NoRequestToken,
+}
+
+/// Why a request is left pending with no status sent (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leave {
+    DirectoryUnavailable,
+    TokenExchangeUnanswered,
     ConnectionStoreFailed,
+    FreshTokenUnavailable,
+    ReportFailed { concur_unavailable: bool },
+    Deadline,
+}
+
+impl Leave {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::DirectoryUnavailable => "directory_unavailable",
+            Self::TokenExchangeUnanswered => "token_exchange_unanswered",
+            Self::ConnectionStoreFailed => "connection_store_failed",
+            Self::FreshTokenUnavailable => "fresh_token_unavailable",
+            Self::ReportFailed { .. } => "report_failed",
+            Self::Deadline => "deadline",
+        }
+    }
+
+    /// The shortest wait before the request is tried again: the HTTP status codes page
+    /// asks for five minutes after a 503.
+    pub fn at_least(self) -> chrono::Duration {
+        match self {
+            Self::ReportFailed {
+                concur_unavailable: true,
+            } => chrono::Duration::minutes(5),
+            _ => chrono::Duration::zero(),
+        }
+    }
 }
 
 /// The decision for a match outcome that needs no token exchange (`CREU*`), or `None`
@@ -66,11 +114,10 @@ pub fn connected() -> Decision {
 /// A technical failure: retry in an hour.
 pub fn technical(failure: TechnicalFailure) -> Decision {
     let reason = match failure {
-        TechnicalFailure::DirectoryUnavailable => "directory_unavailable".to_owned(),
         TechnicalFailure::TokenExchangeFailed(kind) => format!("token_exchange_failed:{kind}"),
+        TechnicalFailure::TokenSpent => "token_spent".to_owned(),
         TechnicalFailure::NoUserId => "no_user_id".to_owned(),
         TechnicalFailure::NoRequestToken => "no_request_token".to_owned(),
-        TechnicalFailure::ConnectionStoreFailed => "connection_store_failed".to_owned(),
     };
     Decision {
         status: ConnectionStatus::Retry,
@@ -128,11 +175,10 @@ mod tests {
         .is_none());
         assert_eq!(connected().status, ConnectionStatus::Connected);
         for failure in [
-            TechnicalFailure::DirectoryUnavailable,
             TechnicalFailure::TokenExchangeFailed("oauth"),
+            TechnicalFailure::TokenSpent,
             TechnicalFailure::NoUserId,
             TechnicalFailure::NoRequestToken,
-            TechnicalFailure::ConnectionStoreFailed,
         ] {
             assert_eq!(technical(failure).status, ConnectionStatus::Retry);
         }
@@ -141,5 +187,16 @@ mod tests {
             "token_exchange_failed:oauth"
         );
         assert_eq!(metric_name(ConnectionStatus::Retry), "Retried");
+        assert_eq!(
+            Leave::ReportFailed {
+                concur_unavailable: true
+            }
+            .at_least(),
+            chrono::Duration::minutes(5)
+        );
+        assert_eq!(
+            Leave::DirectoryUnavailable.at_least(),
+            chrono::Duration::zero()
+        );
     }
 }

@@ -2,19 +2,25 @@
 //! request against the supplier's members, connects matched users, and reports the
 //! status to Concur.
 //!
-//! Per record (a new request or a requeue, i.e. a new image in state `received`):
-//! 1. **Claim** the attempt with a conditional update (`received` → `working`, with a
-//!    lease ending before the Lambda deadline). A duplicate delivery finds the attempt
-//!    claimed (busy: retried later, by when the lease has expired), decided (the same
-//!    status is re-sent) or reported (nothing to do).
+//! Per record (a new request, a requeue or a re-armed attempt: a new image in state
+//! `received`), following `triplink_shared::store::lifecycle`:
+//! 1. **Claim** the attempt with a conditional update (a lease that ends just after
+//!    this invocation's deadline). A duplicate delivery finds the attempt held (left to
+//!    its holder, or to the sweep if the holder died), decided (the same status is
+//!    re-sent) or reported (nothing to do).
 //! 2. **Match** (`triplink_shared::matching`), with bounded retries of the directory.
-//! 3. On a match, **exchange** the request token and **store** the connection.
+//! 3. On a match, record that the token is being submitted, **exchange** it and
+//!    **store** the connection. A token an earlier holder submitted is never submitted
+//!    again: its connection is looked up in the vault, or a fresh token is read.
 //! 4. **Record the decision** (`working` → `decided`) before sending it: a crash after
 //!    this line re-sends the same status, never another one.
-//! 5. **PUT** the status; on 204 **record it reported** (history, TTL, personal data
-//!    removed). A PUT that keeps failing is a batch item failure, so Lambda retries the
-//!    record from there (the stream checkpoint is the lowest failed sequence number);
-//!    after the configured retries it goes to the dead-letter queue.
+//! 5. Count the PUT, **PUT** the status, and **record it reported** with how Concur
+//!    took it (accepted, a lost acknowledgement, or not outstanding).
+//!
+//! A failure the process survives releases the lease with a backoff (no status is
+//! spent on it); a crash leaves the lease to expire. Either way the poller's sweep
+//! re-arms the attempt. Only store failures and unreadable records are batch item
+//! failures.
 
 pub mod decision;
 pub mod directory;
@@ -28,6 +34,7 @@ use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventR
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use lambda_runtime::LambdaEvent;
+use secrecy::ExposeSecret;
 use secrecy::SecretString;
 use serde_json::{json, Map};
 use tokio::time::Instant;
@@ -39,11 +46,12 @@ use triplink_shared::matching::{MatchOutcome, MatchPolicy};
 use triplink_shared::members::{match_request, MemberDirectory};
 use triplink_shared::model::{ConnectionRequest, ConnectionStatus};
 use triplink_shared::store::layout::{RequestItem, RequestState, DEFAULT_RETENTION_DAYS};
-use triplink_shared::store::{Claim, Decision, StoreError, WorkStore};
+use triplink_shared::store::lifecycle::{self, ExchangePlan, ParkReason};
+use triplink_shared::store::{Claim, Decision, Lease, ReportResult, StoreError, WorkStore};
 use triplink_shared::telemetry::{Metrics, Unit};
 use triplink_shared::vault::{Encryptor, TokenVault, VaultError};
 
-use decision::TechnicalFailure;
+use decision::{Leave, TechnicalFailure};
 
 /// The worker's knobs, from the environment.
 #[derive(Debug, Clone)]
@@ -59,6 +67,9 @@ pub struct WorkerSettings {
     pub retention_days: i64,
     /// `MATCH_FIRST_NAME`: also compare first names (default false, as Concur recommends).
     pub policy: MatchPolicy,
+    /// `WORKER_RELEASE_BACKOFF_MS`: how long a request left pending after a failure waits
+    /// before the sweep re-arms it, doubled with each re-drive (default 30000).
+    pub release_backoff: Duration,
 }
 
 impl Default for WorkerSettings {
@@ -73,6 +84,7 @@ impl Default for WorkerSettings {
             },
             retention_days: DEFAULT_RETENTION_DAYS,
             policy: MatchPolicy::default(),
+            release_backoff: Duration::from_secs(30),
         }
     }
 }
@@ -118,6 +130,10 @@ impl WorkerSettings {
             policy: MatchPolicy {
                 compare_first_name: env.parsed("MATCH_FIRST_NAME", false)?,
             },
+            release_backoff: Duration::from_millis(env.parsed(
+                "WORKER_RELEASE_BACKOFF_MS",
+                defaults.release_backoff.as_millis() as u64,
+            )?),
         })
     }
 }
@@ -136,6 +152,12 @@ pub trait ConcurPort: Send + Sync {
         status: ConnectionStatus,
         deadline: Instant,
     ) -> impl Future<Output = Result<(), ConcurError>> + Send;
+    /// The request as Concur holds it now (with a freshly issued request token).
+    fn fetch_request(
+        &self,
+        id: &str,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<ConnectionRequest, ConcurError>> + Send;
 }
 
 impl ConcurPort for ConcurClient {
@@ -156,6 +178,13 @@ impl ConcurPort for ConcurClient {
     ) -> Result<(), ConcurError> {
         self.update_status(id, status, deadline).await
     }
+    async fn fetch_request(
+        &self,
+        id: &str,
+        deadline: Instant,
+    ) -> Result<ConnectionRequest, ConcurError> {
+        self.get(id, deadline).await
+    }
 }
 
 impl<T: ConcurPort> ConcurPort for &T {
@@ -175,6 +204,13 @@ impl<T: ConcurPort> ConcurPort for &T {
     ) -> impl Future<Output = Result<(), ConcurError>> + Send {
         T::report(self, id, status, deadline)
     }
+    fn fetch_request(
+        &self,
+        id: &str,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<ConnectionRequest, ConcurError>> + Send {
+        T::fetch_request(self, id, deadline)
+    }
 }
 
 /// Where connections are stored.
@@ -186,6 +222,15 @@ pub trait ConnectionSink: Send + Sync {
         tokens: &UserTokens,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<(), VaultError>> + Send;
+
+    /// Does `member_id` hold a connection made from `request_id` at or after `since`?
+    /// (Positive evidence that an earlier holder's exchange succeeded and was stored.)
+    fn connected_since(
+        &self,
+        member_id: &str,
+        request_id: &str,
+        since: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, VaultError>> + Send;
 }
 
 impl<E: Encryptor> ConnectionSink for TokenVault<E> {
@@ -197,6 +242,23 @@ impl<E: Encryptor> ConnectionSink for TokenVault<E> {
         now: DateTime<Utc>,
     ) -> Result<(), VaultError> {
         TokenVault::store_connection(self, member_id, request_id, tokens, now).await
+    }
+    async fn connected_since(
+        &self,
+        member_id: &str,
+        request_id: &str,
+        since: DateTime<Utc>,
+    ) -> Result<bool, VaultError> {
+        let Some(connection) = self.get(member_id).await? else {
+            return Ok(false);
+        };
+        let connected_at = connection
+            .connected_at
+            .as_deref()
+            .and_then(|at| DateTime::parse_from_rfc3339(at).ok())
+            .map(|at| at.with_timezone(&Utc));
+        Ok(connection.request_id.as_deref() == Some(request_id)
+            && connected_at.is_some_and(|at| at >= since - chrono::Duration::seconds(1)))
     }
 }
 
@@ -210,20 +272,38 @@ impl<T: ConnectionSink> ConnectionSink for &T {
     ) -> impl Future<Output = Result<(), VaultError>> + Send {
         T::store_connection(self, member_id, request_id, tokens, now)
     }
+    fn connected_since(
+        &self,
+        member_id: &str,
+        request_id: &str,
+        since: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, VaultError>> + Send {
+        T::connected_since(self, member_id, request_id, since)
+    }
 }
 
-/// How one stream record ended.
+/// How one stream record ended. None of these is a batch item failure: the table,
+/// not the stream, holds what is left to do (see `triplink_shared::store::lifecycle`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecordOutcome {
     /// Not a received attempt (the worker's own updates, removals, stale records).
     Ignored(&'static str),
     /// This attempt was reported already.
     AlreadyDone,
-    /// The status was sent and acknowledged.
+    /// Another worker holds a live lease: it finishes the attempt, or, if it died, the
+    /// sweep re-arms the attempt once the lease expired.
+    Busy { lease_until_ms: i64 },
+    /// The status was sent and Concur answered.
     Reported {
         status: ConnectionStatus,
         resent: bool,
+        result: ReportResult,
     },
+    /// No status could be earned or sent now: the lease was released and the sweep
+    /// re-arms the attempt after a backoff. No attempt of the user's was spent.
+    Released { reason: Leave },
+    /// Left to an operator (alarm).
+    Parked { reason: ParkReason },
     /// Another worker took the lease over; it finishes the attempt.
     LeaseLost,
 }
@@ -231,16 +311,19 @@ pub enum RecordOutcome {
 /// A record that must be retried by Lambda (a batch item failure).
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
-    #[error("another worker holds the lease until {lease_until_ms}")]
-    Busy { lease_until_ms: i64 },
-    #[error("the status could not be sent to Concur: {0}")]
-    Report(#[source] ConcurError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("the stream record cannot be read: {0}")]
     BadRecord(String),
     #[error("too close to the Lambda deadline to start")]
     OutOfTime,
+}
+
+/// The result of deciding a claimed attempt.
+enum Step {
+    Decide(Decision),
+    Leave(Leave),
+    LeaseLost,
 }
 
 /// Retry a step's transient failures with the policy, within the deadline.
@@ -300,7 +383,7 @@ where
     V: ConnectionSink,
 {
     /// Decide the status of a claimed attempt (match, and on a match connect).
-    async fn decide(&self, item: &RequestItem, deadline: Instant) -> Decision {
+    async fn decide(&self, item: &RequestItem, lease: Lease<'_>, deadline: Instant) -> Step {
         let request: ConnectionRequest = item.to_request();
         let outcome = with_retries(
             &self.settings.step_retry,
@@ -313,22 +396,46 @@ where
             Ok(outcome) => outcome,
             Err(e) => {
                 warn!(request_id = %item.request_id, error = %e, "member directory failed");
-                return decision::technical(TechnicalFailure::DirectoryUnavailable);
+                return Step::Leave(Leave::DirectoryUnavailable);
             }
         };
         if let Some(decision) = decision::for_outcome(&outcome) {
-            return decision;
+            return Step::Decide(decision);
         }
         let MatchOutcome::Matched { member_id } = outcome else {
-            return decision::technical(TechnicalFailure::DirectoryUnavailable);
+            return Step::Leave(Leave::DirectoryUnavailable);
         };
         let Some(user_id) = request.user_id.as_deref() else {
-            return decision::technical(TechnicalFailure::NoUserId);
+            return Step::Decide(decision::technical(TechnicalFailure::NoUserId));
         };
-        let Some(token) = request.request_token.as_ref() else {
-            return decision::technical(TechnicalFailure::NoRequestToken);
+        let token = match lifecycle::exchange_plan(item) {
+            ExchangePlan::Exchange => match request.request_token.clone() {
+                Some(token) => token,
+                None => return Step::Decide(decision::technical(TechnicalFailure::NoRequestToken)),
+            },
+            ExchangePlan::AlreadySubmitted { since } => {
+                match self
+                    .after_unfinished_exchange(item, lease, &member_id, since, deadline)
+                    .await
+                {
+                    Ok(token) => token,
+                    Err(step) => return step,
+                }
+            }
         };
-        let tokens = match self.concur.exchange(user_id, token, deadline).await {
+        match self
+            .store
+            .record_exchange_started(lease, token.expose_secret(), Utc::now())
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => return Step::LeaseLost,
+            Err(e) => {
+                warn!(request_id = %item.request_id, error = %e, "could not record the exchange start");
+                return Step::Leave(Leave::TokenExchangeUnanswered);
+            }
+        }
+        let tokens = match self.concur.exchange(user_id, &token, deadline).await {
             Ok(tokens) => tokens,
             Err(e) => {
                 warn!(
@@ -338,7 +445,13 @@ where
                     correlation_id = e.correlation_id().unwrap_or(""),
                     "request token exchange failed"
                 );
-                return decision::technical(TechnicalFailure::TokenExchangeFailed(e.kind()));
+                // No answer that proves the grant was refused: the token may be spent.
+                if e.is_transient() || matches!(e, ConcurError::DeadlineExceeded { .. }) {
+                    return Step::Leave(Leave::TokenExchangeUnanswered);
+                }
+                return Step::Decide(decision::technical(TechnicalFailure::TokenExchangeFailed(
+                    e.kind(),
+                )));
             }
         };
         let stored = with_retries(
@@ -352,41 +465,189 @@ where
         )
         .await;
         match stored {
-            Ok(()) => decision::connected(),
+            Ok(()) => Step::Decide(decision::connected()),
             Err(e) => {
                 error!(request_id = %item.request_id, error = %e, "connection could not be stored");
-                decision::technical(TechnicalFailure::ConnectionStoreFailed)
+                Step::Leave(Leave::ConnectionStoreFailed)
             }
         }
     }
 
-    /// Send the decided status and record that Concur acknowledged it.
-    async fn report(
+    /// An earlier holder submitted the stored token and did not finish. If its
+    /// connection is in the vault, the attempt is connected; otherwise the stored token
+    /// is never submitted again: a fresh one is read from Concur.
+    async fn after_unfinished_exchange(
         &self,
         item: &RequestItem,
-        status: ConnectionStatus,
+        lease: Lease<'_>,
+        member_id: &str,
+        since: DateTime<Utc>,
         deadline: Instant,
-    ) -> Result<(), RecordError> {
-        match self.concur.report(&item.request_id, status, deadline).await {
-            Ok(()) => {}
-            // Not outstanding at Concur: a previous PUT of this status was accepted and
-            // only its acknowledgement was lost.
-            Err(ConcurError::NotFound { info }) => warn!(
-                request_id = %item.request_id,
-                correlation_id = info.correlation_id.as_deref().unwrap_or(""),
-                "Concur no longer has the request outstanding; taking the status as reported"
-            ),
-            Err(e) => return Err(RecordError::Report(e)),
+    ) -> Result<SecretString, Step> {
+        match self
+            .vault
+            .connected_since(member_id, &item.request_id, since)
+            .await
+        {
+            Ok(true) => {
+                info!(request_id = %item.request_id, "an earlier holder's exchange succeeded and was stored");
+                return Err(Step::Decide(decision::connected()));
+            }
+            Ok(false) => {}
+            Err(e) => {
+                warn!(request_id = %item.request_id, error = %e, "vault unreadable");
+                return Err(Step::Leave(Leave::ConnectionStoreFailed));
+            }
         }
-        self.store
-            .record_reported(
-                &item.request_id,
-                item.attempt,
-                Utc::now(),
-                self.settings.retention_days,
-            )
-            .await?;
-        Ok(())
+        let fresh = match self.concur.fetch_request(&item.request_id, deadline).await {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                warn!(
+                    request_id = %item.request_id,
+                    error = %e,
+                    correlation_id = e.correlation_id().unwrap_or(""),
+                    "could not read a fresh request token"
+                );
+                return Err(Step::Leave(Leave::FreshTokenUnavailable));
+            }
+        };
+        match fresh.request_token {
+            Some(token) if Some(token.expose_secret()) != item.request_token.as_deref() => {
+                match self
+                    .store
+                    .record_fresh_token(lease, token.expose_secret(), Utc::now())
+                    .await
+                {
+                    Ok(true) => Ok(token),
+                    Ok(false) => Err(Step::LeaseLost),
+                    Err(e) => {
+                        warn!(request_id = %item.request_id, error = %e, "could not store a fresh token");
+                        Err(Step::Leave(Leave::FreshTokenUnavailable))
+                    }
+                }
+            }
+            _ => Err(Step::Decide(decision::technical(
+                TechnicalFailure::TokenSpent,
+            ))),
+        }
+    }
+
+    /// Give the lease up after a failure the process survived (invariant 3 of the
+    /// life cycle): the sweep re-arms the attempt after the backoff.
+    async fn leave(
+        &self,
+        item: &RequestItem,
+        lease: Lease<'_>,
+        reason: Leave,
+    ) -> Result<RecordOutcome, RecordError> {
+        let now = Utc::now();
+        let base = chrono::Duration::from_std(self.settings.release_backoff)
+            .unwrap_or(chrono::Duration::seconds(30));
+        let due = now + lifecycle::release_backoff(item.redrives, base, reason.at_least());
+        if self
+            .store
+            .release(lease, due.timestamp_millis(), now)
+            .await?
+        {
+            Ok(RecordOutcome::Released { reason })
+        } else {
+            Ok(RecordOutcome::LeaseLost)
+        }
+    }
+
+    /// Send the recorded decision of an attempt this worker holds, and record Concur's
+    /// answer.
+    async fn send_decided(
+        &self,
+        item: &RequestItem,
+        lease: Lease<'_>,
+        status: ConnectionStatus,
+        resent: bool,
+        deadline: Instant,
+    ) -> Result<RecordOutcome, RecordError> {
+        if resent && !lifecycle::may_send_decision(item, Utc::now()) {
+            let reason = ParkReason::DecisionTooOld;
+            error!(request_id = %item.request_id, attempt = item.attempt, "decision too old to re-send; parked");
+            self.store.park(lease, reason, Utc::now()).await?;
+            return Ok(RecordOutcome::Parked { reason });
+        }
+        if item.puts_sent > 0 && self.taken_already(item, deadline).await {
+            // An earlier holder's PUT was taken and only its answer was lost: sending
+            // again would only be refused.
+            return self
+                .record(item, lease, status, resent, ReportResult::AckLost)
+                .await;
+        }
+        let Some(earlier_sends) = self.store.record_put_sent(lease, Utc::now()).await? else {
+            return Ok(RecordOutcome::LeaseLost);
+        };
+        let result = match self.concur.report(&item.request_id, status, deadline).await {
+            Ok(()) => ReportResult::Accepted,
+            // Not outstanding at Concur: either an earlier PUT of ours was taken and only
+            // its answer was lost, or (on our very first PUT) someone else popped it.
+            Err(ConcurError::NotFound { info }) => {
+                let earlier = earlier_sends + info.send.saturating_sub(1);
+                let result = ReportResult::for_not_found(earlier);
+                warn!(
+                    request_id = %item.request_id,
+                    correlation_id = info.correlation_id.as_deref().unwrap_or(""),
+                    result = result.as_str(),
+                    earlier_sends = earlier,
+                    "Concur no longer has the request outstanding"
+                );
+                result
+            }
+            Err(e) => {
+                warn!(
+                    request_id = %item.request_id,
+                    error = %e,
+                    correlation_id = e.correlation_id().unwrap_or(""),
+                    "the status could not be sent; it will be re-sent after a backoff"
+                );
+                let concur_unavailable = matches!(e, ConcurError::Unavailable { .. });
+                return self
+                    .leave(item, lease, Leave::ReportFailed { concur_unavailable })
+                    .await;
+            }
+        };
+        self.record(item, lease, status, resent, result).await
+    }
+
+    /// Has Concur already taken a status for this attempt (the request is no longer
+    /// outstanding)? Asked only when an earlier PUT of ours may have been taken.
+    async fn taken_already(&self, item: &RequestItem, deadline: Instant) -> bool {
+        match self.concur.fetch_request(&item.request_id, deadline).await {
+            Ok(now) => !matches!(
+                now.status,
+                None | Some(ConnectionStatus::Pending | ConnectionStatus::Processing)
+            ),
+            Err(ConcurError::NotFound { .. }) => true,
+            // Unknown: send, and read a 404 as the lost acknowledgement it then is.
+            Err(_) => false,
+        }
+    }
+
+    /// Record how Concur took the status.
+    async fn record(
+        &self,
+        item: &RequestItem,
+        lease: Lease<'_>,
+        status: ConnectionStatus,
+        resent: bool,
+        result: ReportResult,
+    ) -> Result<RecordOutcome, RecordError> {
+        if !self
+            .store
+            .record_reported(lease, result, Utc::now(), self.settings.retention_days)
+            .await?
+        {
+            warn!(request_id = %item.request_id, "lease lost before the report was recorded");
+        }
+        Ok(RecordOutcome::Reported {
+            status,
+            resent,
+            result,
+        })
     }
 
     /// One stream record, start to end.
@@ -416,17 +677,28 @@ where
                 Utc::now(),
             )
             .await?;
-        let (item, decided, resent) = match claim {
+        let (item, status, resent) = match claim {
             Claim::Claimed(item) => {
-                let decided = self.decide(&item, deadline).await;
+                let lease = Lease {
+                    id: &item.request_id,
+                    attempt: item.attempt,
+                    owner,
+                };
+                let decided = match self.decide(&item, lease, deadline).await {
+                    Step::Decide(decided) => decided,
+                    Step::Leave(reason) => return self.leave(&item, lease, reason).await,
+                    Step::LeaseLost => return Ok(RecordOutcome::LeaseLost),
+                };
                 if !self
                     .store
-                    .record_decision(&item.request_id, item.attempt, owner, &decided, Utc::now())
+                    .record_decision(lease, &decided, Utc::now())
                     .await?
                 {
                     warn!(request_id = %item.request_id, "lease lost before the decision was recorded");
                     return Ok(RecordOutcome::LeaseLost);
                 }
+                let mut item = item;
+                item.decided_at = Some(triplink_shared::store::layout::timestamp(Utc::now()));
                 (item, decided.status, false)
             }
             Claim::Decided(item) => {
@@ -436,18 +708,20 @@ where
                 (item, status, true)
             }
             Claim::Busy { lease_until } => {
-                return Err(RecordError::Busy {
+                return Ok(RecordOutcome::Busy {
                     lease_until_ms: lease_until,
                 })
             }
             Claim::Done => return Ok(RecordOutcome::AlreadyDone),
             Claim::Stale => return Ok(RecordOutcome::Ignored("stale")),
         };
-        self.report(&item, decided, deadline).await?;
-        Ok(RecordOutcome::Reported {
-            status: decided,
-            resent,
-        })
+        let lease = Lease {
+            id: &item.request_id,
+            attempt: item.attempt,
+            owner,
+        };
+        self.send_decided(&item, lease, status, resent, deadline)
+            .await
     }
 
     fn log_and_measure(
@@ -461,22 +735,48 @@ where
         let mut properties = Map::new();
         properties.insert("request_id".into(), json!(request_id));
         match result {
-            Ok(RecordOutcome::Reported { status, resent }) => {
+            Ok(RecordOutcome::Reported {
+                status,
+                resent,
+                result,
+            }) => {
                 info!(
                     request_id,
                     outcome = status.as_str(),
                     resent,
+                    report_result = result.as_str(),
                     latency_ms,
                     "request reported"
                 );
                 properties.insert("outcome".into(), json!(status.as_str()));
-                self.metrics.emit(
-                    &[
-                        (decision::metric_name(*status), 1.0, Unit::Count),
-                        ("RequestLatencyMs", latency_ms, Unit::Milliseconds),
-                    ],
-                    properties,
+                properties.insert("report_result".into(), json!(result.as_str()));
+                let mut metrics = vec![
+                    (decision::metric_name(*status), 1.0, Unit::Count),
+                    ("RequestLatencyMs", latency_ms, Unit::Milliseconds),
+                ];
+                match result {
+                    ReportResult::Accepted => {}
+                    ReportResult::AckLost => metrics.push(("ReportAckLost", 1.0, Unit::Count)),
+                    ReportResult::NotOutstanding => {
+                        metrics.push(("ReportNotOutstanding", 1.0, Unit::Count))
+                    }
+                }
+                self.metrics.emit(&metrics, properties);
+            }
+            Ok(RecordOutcome::Released { reason }) => {
+                warn!(
+                    request_id,
+                    reason = reason.as_str(),
+                    "no status sent; the request stays pending and is tried again after a backoff"
                 );
+                properties.insert("reason".into(), json!(reason.as_str()));
+                self.metrics
+                    .emit(&[("Released", 1.0, Unit::Count)], properties);
+            }
+            Ok(RecordOutcome::Parked { reason }) => {
+                properties.insert("reason".into(), json!(reason.as_str()));
+                self.metrics
+                    .emit(&[("Parked", 1.0, Unit::Count)], properties);
             }
             Ok(other) => info!(request_id, outcome = ?other, "record needs no report"),
             Err(e) => {
@@ -504,7 +804,10 @@ where
     ) -> DynamoDbEventResponse {
         let now_ms = Utc::now().timestamp_millis();
         let margin = self.settings.deadline_margin.as_millis() as i64;
-        let lease_until_ms = lambda_deadline_ms - margin / 2;
+        // The lease outlives everything this invocation can still do (life-cycle invariant 2).
+        let lease_until_ms = DateTime::from_timestamp_millis(lambda_deadline_ms)
+            .map(lifecycle::lease_until)
+            .unwrap_or(lambda_deadline_ms);
         let deadline = Instant::now()
             + Duration::from_millis((lambda_deadline_ms - margin - now_ms).max(0) as u64);
 

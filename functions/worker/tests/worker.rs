@@ -1,192 +1,24 @@
 //! The worker against moto (requests, members and connections tables, KMS) and the
 //! Concur sandbox, for every outcome and every way a record can be delivered.
 
+mod common;
+
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use aws_lambda_events::event::dynamodb::{EventRecord, StreamRecord};
-use concur_sandbox::{spawn, Config, Sandbox};
+use common::*;
 use secrecy::SecretString;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::time::Instant;
-use triplink_shared::concur::{
-    BaseUrl, ConcurClient, ConcurConfig, ConcurError, RetryPolicy, UserTokens,
-};
-use triplink_shared::matching::Member;
-use triplink_shared::members::dynamo::DynamoMemberDirectory;
+use triplink_shared::concur::{ConcurClient, ConcurError, UserTokens};
 use triplink_shared::members::http::{HttpDirectoryConfig, HttpMemberDirectory};
-use triplink_shared::members::MemberDirectory;
-use triplink_shared::model::ConnectionStatus;
-use triplink_shared::store::layout::{RequestItem, RequestState};
-use triplink_shared::store::{tables, DynamoRequestStore, RequestStore, WorkStore};
-use triplink_shared::telemetry::Metrics;
+use triplink_shared::model::{ConnectionRequest, ConnectionStatus};
+use triplink_shared::store::layout::RequestState;
+use triplink_shared::store::{lifecycle, ReportResult, RequestStore, WorkStore};
 use triplink_shared::testing;
-use triplink_shared::vault::{KmsEncryptor, TokenVault};
-use worker::{ConcurPort, RecordOutcome, Worker, WorkerSettings};
-
-struct Env {
-    sandbox: Sandbox,
-    concur: ConcurClient,
-    store: DynamoRequestStore,
-    members: DynamoMemberDirectory,
-    vault: TokenVault<KmsEncryptor>,
-    expected: HashMap<String, String>,
-}
-
-fn far() -> Instant {
-    Instant::now() + Duration::from_secs(60)
-}
-
-fn concur_client(sandbox: &Sandbox) -> ConcurClient {
-    let mut config = ConcurConfig::new(
-        BaseUrl::parse(&sandbox.local_url).unwrap(),
-        "sandbox-client",
-        SecretString::from("sandbox-secret"),
-    );
-    config.retry = RetryPolicy {
-        max_attempts: 2,
-        base_delay: Duration::from_millis(10),
-        max_delay: Duration::from_millis(20),
-    };
-    ConcurClient::new(config).unwrap()
-}
-
-/// A seeded sandbox (every hard case), its members imported, its queue polled.
-async fn setup(users: usize) -> Env {
-    let dir = std::env::temp_dir().join(testing::unique_name("worker-seed"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let members_file: PathBuf = dir.join("members.json");
-    let mut config = Config::for_tests();
-    config.seed = Some(7);
-    config.users = users;
-    config.members_out = Some(members_file.clone());
-    let sandbox = spawn(config).await.unwrap();
-
-    let aws = testing::sdk_config();
-    let dynamo = aws_sdk_dynamodb::Client::new(&aws);
-    let (requests, members_table, connections) = (
-        testing::unique_name("requests"),
-        testing::unique_name("members"),
-        testing::unique_name("connections"),
-    );
-    tables::create_requests_table(&dynamo, &requests)
-        .await
-        .unwrap();
-    tables::create_members_table(&dynamo, &members_table)
-        .await
-        .unwrap();
-    tables::create_connections_table(&dynamo, &connections)
-        .await
-        .unwrap();
-    let members = DynamoMemberDirectory::new(dynamo.clone(), members_table);
-    let seeded: Vec<Member> =
-        serde_json::from_str(&std::fs::read_to_string(&members_file).unwrap()).unwrap();
-    for member in &seeded {
-        members.put_member(member).await.unwrap();
-    }
-    let expectations: Vec<Value> =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("members.expected.json")).unwrap())
-            .unwrap();
-    let expected = expectations
-        .iter()
-        .map(|e| {
-            (
-                e["requestId"].as_str().unwrap().to_owned(),
-                e["expected"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
-
-    let concur = concur_client(&sandbox);
-    let store = DynamoRequestStore::new(dynamo.clone(), requests);
-    poller::poll(&concur, &store, &poller::PollerSettings::default(), far())
-        .await
-        .unwrap();
-    let vault = TokenVault::new(
-        dynamo,
-        connections,
-        KmsEncryptor::new(aws_sdk_kms::Client::new(&aws), testing::kms_key().await),
-    );
-    Env {
-        sandbox,
-        concur,
-        store,
-        members,
-        vault,
-        expected,
-    }
-}
-
-fn settings() -> WorkerSettings {
-    let mut settings = WorkerSettings::default();
-    settings.step_retry.base_delay = Duration::from_millis(10);
-    settings
-}
-
-fn worker<C: ConcurPort, D: MemberDirectory>(
-    env: &Env,
-    concur: C,
-    directory: D,
-) -> Worker<C, D, &DynamoRequestStore, &TokenVault<KmsEncryptor>> {
-    Worker {
-        concur,
-        directory,
-        store: &env.store,
-        vault: &env.vault,
-        settings: settings(),
-        metrics: Metrics::new("TripLink", "worker"),
-    }
-}
-
-/// A stream record for an item, as DynamoDB Streams delivers it.
-fn record(item: &RequestItem, event_name: &str, sequence: u64) -> EventRecord {
-    let image: serde_dynamo::Item = serde_dynamo::to_item(item).unwrap();
-    let keys: serde_dynamo::Item =
-        serde_dynamo::to_item(json!({"request_id": item.request_id})).unwrap();
-    let mut change = StreamRecord::default();
-    change.keys = keys;
-    change.new_image = image;
-    change.sequence_number = Some(format!("{sequence:021}"));
-    let mut record = EventRecord::default();
-    record.event_name = event_name.into();
-    record.change = change;
-    record
-}
-
-fn records(items: &[RequestItem]) -> Vec<EventRecord> {
-    items
-        .iter()
-        .enumerate()
-        .map(|(i, item)| record(item, "INSERT", 100 + i as u64))
-        .collect()
-}
-
-fn lambda_deadline_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis() + 60_000
-}
-
-/// The sandbox's view of one request: accepted and rejected PUTs.
-async fn puts(sandbox: &Sandbox, id: &str) -> (Vec<String>, usize) {
-    let view: Value = reqwest::get(sandbox.url(&format!("/_sandbox/requests/{id}")))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let history = view["history"].as_array().cloned().unwrap_or_default();
-    let accepted = history
-        .iter()
-        .filter(|p| p["accepted"].as_bool().unwrap_or(false))
-        .map(|p| p["status"].as_str().unwrap_or_default().to_owned())
-        .collect();
-    let rejected = history
-        .iter()
-        .filter(|p| !p["accepted"].as_bool().unwrap_or(true))
-        .count();
-    (accepted, rejected)
-}
+use worker::decision::Leave;
+use worker::{ConcurPort, RecordOutcome};
 
 #[tokio::test]
 async fn every_seeded_case_gets_its_expected_status_exactly_once() {
@@ -233,23 +65,6 @@ async fn every_seeded_case_gets_its_expected_status_exactly_once() {
     let connected = by_status["CRSUC"];
     let count = env.vault_count().await;
     assert_eq!(count, connected);
-}
-
-impl Env {
-    async fn vault_count(&self) -> usize {
-        let table = self.vault_table();
-        self.store
-            .client()
-            .scan()
-            .table_name(table)
-            .send()
-            .await
-            .unwrap()
-            .count as usize
-    }
-    fn vault_table(&self) -> String {
-        self.vault.table().to_owned()
-    }
 }
 
 #[tokio::test]
@@ -322,10 +137,26 @@ impl ConcurPort for FailingPut<'_> {
         }
         self.inner.report(id, status, deadline).await
     }
+    async fn fetch_request(
+        &self,
+        id: &str,
+        deadline: Instant,
+    ) -> Result<ConnectionRequest, ConcurError> {
+        self.inner.fetch_request(id, deadline).await
+    }
+}
+
+/// Run the poller's sweep as it would run `minutes` from now.
+async fn sweep_later(env: &Env, minutes: i64) -> lifecycle::SweepSummary {
+    lifecycle::sweep(
+        &env.store,
+        chrono::Utc::now() + chrono::Duration::minutes(minutes),
+    )
+    .await
 }
 
 #[tokio::test]
-async fn a_crash_between_deciding_and_the_put_resends_the_same_status() {
+async fn a_put_that_fails_releases_the_lease_and_the_same_status_is_resent() {
     let env = setup(6).await;
     let item = testing::scan_requests(&env.store).await.remove(0);
     let failing = FailingPut {
@@ -333,7 +164,7 @@ async fn a_crash_between_deciding_and_the_put_resends_the_same_status() {
         fail_ids: Mutex::new(vec![item.request_id.clone()]),
     };
     let first = worker(&env, failing, &env.members);
-    let err = first
+    let outcome = first
         .process(
             &record(&item, "INSERT", 1),
             "inv-1",
@@ -341,12 +172,25 @@ async fn a_crash_between_deciding_and_the_put_resends_the_same_status() {
             far(),
         )
         .await
-        .unwrap_err();
-    assert!(err.to_string().contains("could not be sent"), "{err}");
+        .unwrap();
+    assert_eq!(
+        outcome,
+        RecordOutcome::Released {
+            reason: Leave::ReportFailed {
+                concur_unavailable: false
+            }
+        }
+    );
     let decided = env.store.get(&item.request_id).await.unwrap().unwrap();
     assert_eq!(decided.state, RequestState::Decided);
+    assert_eq!(decided.puts_sent, 1);
+    assert!(
+        decided.lease_until.unwrap() <= chrono::Utc::now().timestamp_millis(),
+        "the lease is released at once, not left to run out"
+    );
     let status = decided.decided_status.unwrap();
 
+    // Lambda delivers the same record again: the attempt is taken over and re-sent.
     let retry = worker(&env, &env.concur, &env.members);
     let outcome = retry
         .process(
@@ -361,7 +205,8 @@ async fn a_crash_between_deciding_and_the_put_resends_the_same_status() {
         outcome,
         RecordOutcome::Reported {
             status,
-            resent: true
+            resent: true,
+            result: ReportResult::Accepted,
         }
     );
     assert_eq!(
@@ -371,7 +216,7 @@ async fn a_crash_between_deciding_and_the_put_resends_the_same_status() {
 }
 
 #[tokio::test]
-async fn a_put_failing_then_succeeding() {
+async fn a_503_leaves_the_request_pending_for_five_minutes_then_the_sweep_resends_it() {
     let env = setup(6).await;
     let item = testing::scan_requests(&env.store).await.remove(0);
     let worker = worker(&env, &env.concur, &env.members);
@@ -384,31 +229,48 @@ async fn a_put_failing_then_succeeding() {
     let failed = worker
         .process_batch(&[record(&item, "INSERT", 7)], "inv-1", lambda_deadline_ms())
         .await;
-    assert_eq!(failed.batch_item_failures.len(), 1);
-    assert_eq!(
-        failed.batch_item_failures[0].item_identifier.as_deref(),
-        Some("000000000000000000007")
+    assert!(
+        failed.batch_item_failures.is_empty(),
+        "the table, not Lambda's retries, holds what is left: nothing goes to the DLQ"
     );
+    let released = env.store.get(&item.request_id).await.unwrap().unwrap();
+    assert_eq!(released.state, RequestState::Decided);
+    let five_minutes = (chrono::Utc::now() + chrono::Duration::seconds(295)).timestamp_millis();
+    assert!(released.due_at.unwrap() >= five_minutes, "{released:?}");
     reqwest::Client::new()
         .delete(env.sandbox.url("/_sandbox/faults"))
         .send()
         .await
         .unwrap();
+    assert_eq!(
+        sweep_later(&env, 4).await.rearmed,
+        0,
+        "not before five minutes"
+    );
+    let sweep = sweep_later(&env, 6).await;
+    // The five other requests of the table were never delivered in this test: after
+    // five minutes they are due as well, and re-armed with it.
+    assert_eq!((sweep.due, sweep.rearmed), (6, 6), "{sweep:?}");
+    let rearmed = env.store.get(&item.request_id).await.unwrap().unwrap();
+    assert_eq!(rearmed.state, RequestState::Received);
+    assert_eq!(
+        rearmed.decided_status, released.decided_status,
+        "decision kept"
+    );
+    assert_eq!(rearmed.redrives, 1);
     let retried = worker
-        .process_batch(&[record(&item, "INSERT", 7)], "inv-2", lambda_deadline_ms())
+        .process_batch(
+            &[record(&rearmed, "MODIFY", 8)],
+            "inv-2",
+            lambda_deadline_ms(),
+        )
         .await;
     assert!(retried.batch_item_failures.is_empty());
     let (accepted, rejected) = puts(&env.sandbox, &item.request_id).await;
     assert_eq!((accepted.len(), rejected), (1, 0));
-    assert_eq!(
-        env.store
-            .get(&item.request_id)
-            .await
-            .unwrap()
-            .unwrap()
-            .state,
-        RequestState::Reported
-    );
+    let done = env.store.get(&item.request_id).await.unwrap().unwrap();
+    assert_eq!(done.state, RequestState::Reported);
+    assert_eq!(done.report_result, Some(ReportResult::Accepted));
 }
 
 #[tokio::test]
@@ -434,20 +296,58 @@ async fn a_lost_put_answer_is_not_reported_twice() {
         .await
         .unwrap();
     assert!(
-        matches!(outcome, RecordOutcome::Reported { .. }),
+        matches!(
+            outcome,
+            RecordOutcome::Reported {
+                result: ReportResult::AckLost,
+                ..
+            }
+        ),
         "{outcome:?}"
     );
     let (accepted, _) = puts(&env.sandbox, &item.request_id).await;
     assert_eq!(accepted.len(), 1, "one status for the attempt");
+    let stored = env.store.get(&item.request_id).await.unwrap().unwrap();
+    assert_eq!(stored.state, RequestState::Reported);
+    assert_eq!(stored.report_result, Some(ReportResult::AckLost));
     assert_eq!(
-        env.store
-            .get(&item.request_id)
-            .await
-            .unwrap()
-            .unwrap()
-            .state,
-        RequestState::Reported
+        stored.history.last().unwrap().result,
+        Some(ReportResult::AckLost)
     );
+}
+
+#[tokio::test]
+async fn a_404_on_the_first_put_is_not_counted_as_our_status_taken() {
+    let env = setup(6).await;
+    let item = testing::scan_requests(&env.store).await.remove(0);
+    // Another actor pops the request before our first PUT.
+    env.concur
+        .update_status(&item.request_id, ConnectionStatus::Retry, far())
+        .await
+        .unwrap();
+    let worker = worker(&env, &env.concur, &env.members);
+    let outcome = worker
+        .process(
+            &record(&item, "INSERT", 1),
+            "inv",
+            lambda_deadline_ms(),
+            far(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            outcome,
+            RecordOutcome::Reported {
+                result: ReportResult::NotOutstanding,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    let stored = env.store.get(&item.request_id).await.unwrap().unwrap();
+    assert_eq!(stored.report_result, Some(ReportResult::NotOutstanding));
+    assert_eq!(stored.puts_sent, 1);
 }
 
 #[tokio::test]
@@ -467,12 +367,17 @@ async fn a_live_lease_is_left_alone_and_an_expired_one_is_taken_over() {
         .await
         .unwrap();
     let busy = worker
-        .process_batch(&[record(&item, "INSERT", 3)], "inv", lambda_deadline_ms())
-        .await;
-    assert_eq!(
-        busy.batch_item_failures.len(),
-        1,
-        "retried later, not processed"
+        .process(
+            &record(&item, "INSERT", 3),
+            "inv",
+            lambda_deadline_ms(),
+            far(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(busy, RecordOutcome::Busy { .. }),
+        "left to the holder (or the sweep), not a batch failure: {busy:?}"
     );
     assert!(puts(&env.sandbox, &item.request_id).await.0.is_empty());
 
@@ -504,7 +409,7 @@ async fn a_live_lease_is_left_alone_and_an_expired_one_is_taken_over() {
 }
 
 #[tokio::test]
-async fn the_http_directory_down_means_crret() {
+async fn the_http_directory_down_sends_nothing_and_leaves_the_requests_pending() {
     let env = setup(3).await;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -522,12 +427,12 @@ async fn the_http_directory_down_means_crret() {
         .await;
     assert!(response.batch_item_failures.is_empty());
     for item in testing::scan_requests(&env.store).await {
-        let last = item.history.last().unwrap();
-        assert_eq!(last.status, ConnectionStatus::Retry);
-        assert_eq!(last.reason.as_deref(), Some("directory_unavailable"));
-        assert_eq!(
-            puts(&env.sandbox, &item.request_id).await.0,
-            vec!["CRRET".to_owned()]
+        assert_eq!(item.state, RequestState::Working, "{item:?}");
+        assert!(item.decided_status.is_none(), "nothing decided: {item:?}");
+        assert!(item.due_at.is_some(), "the sweep re-arms it later");
+        assert!(
+            puts(&env.sandbox, &item.request_id).await.0.is_empty(),
+            "no attempt of the user's spent"
         );
     }
 }
@@ -567,18 +472,34 @@ async fn an_expired_request_token_means_crret() {
 }
 
 #[tokio::test]
-async fn one_failing_record_fails_only_from_its_sequence_number() {
+async fn one_record_the_store_cannot_serve_fails_only_from_its_sequence_number() {
+    use triplink_shared::fault_proxy::{FaultProxy, Op, Rule};
     let env = setup(6).await;
     let all = testing::scan_requests(&env.store).await;
-    let failing = FailingPut {
-        inner: &env.concur,
-        fail_ids: Mutex::new(vec![all[2].request_id.clone()]),
+    // DynamoDB throttles every write of one request (the SDK's own retries included).
+    let proxy = FaultProxy::start(&testing::moto().endpoint);
+    let throttled = proxy.add(
+        Rule::new(Op::UpdateItem)
+            .body_contains(all[2].request_id.clone())
+            .throttle(),
+    );
+    let proxied = triplink_shared::store::DynamoRequestStore::new(
+        aws_sdk_dynamodb::Client::new(&testing::local_sdk_config(proxy.endpoint())),
+        env.store.table(),
+    );
+    let worker_through_proxy = worker::Worker {
+        concur: &env.concur,
+        directory: &env.members,
+        store: &proxied,
+        vault: &env.vault,
+        settings: settings(),
+        metrics: triplink_shared::telemetry::Metrics::disabled("worker"),
     };
-    let worker = worker(&env, failing, &env.members);
     let batch = records(&all);
-    let response = worker
+    let response = worker_through_proxy
         .process_batch(&batch, "inv", lambda_deadline_ms())
         .await;
+    assert!(proxy.fired(throttled) > 0);
     assert_eq!(response.batch_item_failures.len(), 1);
     assert_eq!(
         response.batch_item_failures[0].item_identifier,
@@ -587,15 +508,16 @@ async fn one_failing_record_fails_only_from_its_sequence_number() {
     let after = testing::scan_requests(&env.store).await;
     for (i, item) in after.iter().enumerate() {
         let want = if i == 2 {
-            RequestState::Decided
+            RequestState::Received
         } else {
             RequestState::Reported
         };
         assert_eq!(item.state, want, "{}", item.request_id);
     }
-    // Lambda retries from the failed record: the rest are done and stay done.
-    let worker = self::worker(&env, &env.concur, &env.members);
-    let retry = worker
+    // Lambda retries from the failed record once DynamoDB recovers: the rest are done
+    // and stay done.
+    proxy.clear();
+    let retry = worker_through_proxy
         .process_batch(&batch[2..], "inv-2", lambda_deadline_ms())
         .await;
     assert!(retry.batch_item_failures.is_empty());

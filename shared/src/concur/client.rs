@@ -81,6 +81,10 @@ impl ConcurConfig {
 #[derive(Debug, Clone)]
 pub struct Page {
     pub items: Vec<ConnectionRequest>,
+    /// Items that could not be read as requests (see [`ConnectionRequestPage::from_wire`]).
+    pub quarantined: Vec<crate::model::Quarantined>,
+    /// Items read with an unknown `status` or unreadable `lastModified` ignored.
+    pub degraded: Vec<crate::model::Degraded>,
     /// The offset to ask for next (taken from `NextPage`); `None` when the queue is drained.
     pub next_offset: Option<String>,
     pub correlation_id: Option<String>,
@@ -239,6 +243,7 @@ impl ConcurClient {
         call: &Call,
         token: Option<&SecretString>,
         deadline: Instant,
+        send: u32,
     ) -> Result<Response, ConcurError> {
         let left = deadline_left(deadline, call.op)?;
         let mut request = self
@@ -260,6 +265,7 @@ impl ConcurClient {
         };
         let started = Instant::now();
         let mut info = CallInfo::new(call.op);
+        info.send = send;
         let transport = |info: &CallInfo, e: reqwest::Error| {
             if e.is_timeout() {
                 ConcurError::Timeout { info: info.clone() }
@@ -301,7 +307,7 @@ impl ConcurClient {
     ) -> Result<Response, ConcurError> {
         let mut attempt = 1;
         loop {
-            let error = match self.send_once(call, token, deadline).await {
+            let error = match self.send_once(call, token, deadline, attempt).await {
                 Ok(response) if response.status.is_success() => return Ok(response),
                 Ok(response) => to_error(response),
                 Err(e) => e,
@@ -376,10 +382,14 @@ impl ConcurClient {
         form.finish()
     }
 
+    /// A token grant. `idempotent: false` for a grant that consumes what it is given
+    /// (the single-use request token): it is then repeated only after an answer that
+    /// proves it was not processed (429, 5xx), never after a timeout or a lost answer.
     async fn token_call(
         &self,
         base: &BaseUrl,
         grant: &[(&str, &str)],
+        idempotent: bool,
         deadline: Instant,
     ) -> Result<(TokenResponse, CallInfo), ConcurError> {
         let call = Call {
@@ -387,7 +397,7 @@ impl ConcurClient {
             method: Method::POST,
             url: base.join("/oauth2/v0/token"),
             body: Body::Form(self.token_form(grant)),
-            idempotent: true,
+            idempotent,
         };
         let response = self.send(&call, None, deadline, token_status_error).await?;
         let parsed: TokenResponse = serde_json::from_str(&response.body)
@@ -410,6 +420,7 @@ impl ConcurClient {
             .token_call(
                 &self.config.token_base,
                 &[("grant_type", "client_credentials")],
+                true,
                 deadline,
             )
             .await?;
@@ -495,6 +506,7 @@ impl ConcurClient {
                     ("username", user_id),
                     ("password", request_token.expose_secret()),
                 ],
+                false,
                 deadline,
             )
             .await?;
@@ -516,6 +528,7 @@ impl ConcurClient {
                     ("grant_type", "refresh_token"),
                     ("refresh_token", refresh_token.expose_secret()),
                 ],
+                true,
                 deadline,
             )
             .await?;
@@ -645,13 +658,15 @@ impl ConcurClient {
         let response = self.api(call, deadline).await?;
         let wire: WireCollection =
             self.parse_body(&response, xml::parse_collection, json::parse_collection)?;
-        let page = ConnectionRequestPage::from_wire(wire).map_err(|e| response.malformed(e))?;
+        let page = ConnectionRequestPage::from_wire(wire);
         let next_offset = match page.next_page.as_deref() {
             Some(next) => Some(self.next_offset(&response, next)?),
             None => None,
         };
         Ok(Page {
             items: page.items,
+            quarantined: page.quarantined,
+            degraded: page.degraded,
             next_offset,
             correlation_id: response.info.correlation_id,
         })

@@ -16,6 +16,8 @@ pub struct CallInfo {
     pub status: Option<u16>,
     /// Concur's `concur-correlationid` response header, when present.
     pub correlation_id: Option<String>,
+    /// Which send of the call this was (1 = the first; the client retries some failures).
+    pub send: u32,
 }
 
 impl CallInfo {

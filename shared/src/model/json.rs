@@ -16,9 +16,11 @@ fn opt_text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>
         Value::String(s) => Some(s),
         Value::Number(n) => Some(n.to_string()),
         Value::Bool(b) => Some(b.to_string()),
+        // The value itself is never quoted: it may be personal data.
         other => {
             return Err(serde::de::Error::custom(format!(
-                "expected a string, found {other}"
+                "expected a string, found {}",
+                kind(&other)
             )))
         }
     })
@@ -113,7 +115,7 @@ struct JsonRequest {
 #[serde(default)]
 struct JsonCollection {
     #[serde(rename = "Items", alias = "items")]
-    items: Option<Vec<JsonRequest>>,
+    items: Option<Vec<Value>>,
     #[serde(rename = "NextPage", alias = "nextPage", deserialize_with = "opt_text")]
     next_page: Option<String>,
 }
@@ -159,15 +161,43 @@ pub fn parse_collection(body: &str) -> Result<WireCollection, ModelError> {
         )));
     }
     let collection: JsonCollection = serde_json::from_value(value).map_err(json_err)?;
-    Ok(WireCollection {
-        items: collection
-            .items
-            .unwrap_or_default()
-            .into_iter()
-            .map(Into::into)
-            .collect(),
+    let mut wire = WireCollection {
         next_page: collection.next_page,
-    })
+        ..WireCollection::default()
+    };
+    // Each item on its own: one that cannot be read is set aside, not the whole page.
+    for (index, item) in collection.items.unwrap_or_default().into_iter().enumerate() {
+        let id = item_id(&item);
+        let fingerprint = fingerprint(&item.to_string());
+        match serde_json::from_value::<JsonRequest>(item) {
+            Ok(request) => wire.items.push(request.into()),
+            Err(_) => wire.rejected.push(super::WireRejected {
+                index,
+                id,
+                fingerprint,
+                reason: "malformed_item",
+            }),
+        }
+    }
+    Ok(wire)
+}
+
+/// The `ID` of an item that cannot be read as a whole, if it has a readable one.
+fn item_id(item: &Value) -> Option<String> {
+    let object = item.as_object()?;
+    ["ID", "Id", "id"]
+        .iter()
+        .find_map(|key| object.get(*key)?.as_str())
+        .map(|id| id.trim().to_owned())
+        .filter(|id| !id.is_empty())
+}
+
+/// A stable, non-reversible name for an item without an id (FNV-1a of its text).
+pub(crate) fn fingerprint(text: &str) -> String {
+    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{hash:016x}")
 }
 
 /// Read one connection request (GET by id).
@@ -263,6 +293,39 @@ mod tests {
             parse_request(r#"{"ID":{"a":1}}"#),
             Err(ModelError::Json(_))
         ));
+    }
+
+    #[test]
+    fn an_unreadable_item_is_set_aside_without_its_values() {
+        let wire = parse_collection(
+            r#"{"Items":[{"ID":"ok1","lastName":"Ann"},
+                         {"ID":"bad1","lastName":{"secret":"Smith"}},
+                         "not an object",
+                         {"ID":"ok2","emailAddresses":"x"},
+                         {"lastName":["Doe"]}],
+                "NextPage":null}"#,
+        )
+        .unwrap();
+        let ids: Vec<_> = wire.items.iter().map(|i| i.id.as_deref()).collect();
+        assert_eq!(ids, [Some("ok1")]);
+        let rejected: Vec<_> = wire
+            .rejected
+            .iter()
+            .map(|r| (r.index, r.id.as_deref()))
+            .collect();
+        assert_eq!(
+            rejected,
+            [(1, Some("bad1")), (2, None), (3, Some("ok2")), (4, None)]
+        );
+        let shown = format!("{:?}", wire.rejected);
+        for secret in ["Smith", "Doe", "not an object"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert_ne!(wire.rejected[1].fingerprint, wire.rejected[3].fingerprint);
+        assert_eq!(
+            wire.rejected[1].fingerprint,
+            fingerprint(&serde_json::json!("not an object").to_string())
+        );
     }
 
     #[test]

@@ -49,6 +49,30 @@ pub struct ConnectionRequestPage {
     pub items: Vec<ConnectionRequest>,
     /// The raw `NextPage` value: `None` when the queue is drained.
     pub next_page: Option<String>,
+    /// Items that could not be read as requests: kept aside, never acted on.
+    pub quarantined: Vec<Quarantined>,
+    /// Items read with a field that had to be ignored (an unknown `status`, an
+    /// unreadable `lastModified`): neither is needed to act on the request.
+    pub degraded: Vec<Degraded>,
+}
+
+/// A page item that could not be read as a connection request. No input is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    /// Its `ID`, when it has a readable one.
+    pub id: Option<String>,
+    /// A stable key for it: the `ID`, or `unidentified:<fingerprint of the item>`.
+    pub key: String,
+    /// Why (a fixed code): `malformed_item`, `missing_id`.
+    pub reason: &'static str,
+}
+
+/// A request read with a field ignored. No input is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Degraded {
+    pub id: String,
+    /// The fields that were ignored: `status`, `lastModified`.
+    pub ignored: Vec<&'static str>,
 }
 
 /// A payload that could not be read as what it should be.
@@ -91,6 +115,20 @@ pub struct WireConnectionRequest {
 pub struct WireCollection {
     pub items: Vec<WireConnectionRequest>,
     pub next_page: Option<String>,
+    /// Items that could not even be read as wire fields.
+    pub rejected: Vec<WireRejected>,
+}
+
+/// An item of a collection that could not be read as wire fields. No input is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireRejected {
+    /// Its position in `Items`.
+    pub index: usize,
+    /// Its `ID`, when readable.
+    pub id: Option<String>,
+    /// A stable, non-reversible name of the item's text.
+    pub fingerprint: String,
+    pub reason: &'static str,
 }
 
 /// The `Error` body Concur may send, even with HTTP 200 (http-status-codes page).
@@ -163,17 +201,64 @@ impl ConnectionRequest {
 }
 
 impl ConnectionRequestPage {
-    /// Convert a wire collection; one bad item fails the page (nothing is silently dropped).
-    pub fn from_wire(wire: WireCollection) -> Result<Self, ModelError> {
-        let items = wire
-            .items
-            .into_iter()
-            .map(ConnectionRequest::from_wire)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self {
-            items,
+    /// Convert a wire collection. Only the `ID` is required to act on an item: one with
+    /// an unknown `status` or an unreadable `lastModified` is kept without that field
+    /// ([`Degraded`]); one without an `ID`, or that could not be read at all, is set
+    /// aside ([`Quarantined`]). One bad item never fails the page, so the queue behind
+    /// it is still read.
+    pub fn from_wire(wire: WireCollection) -> Self {
+        let mut page = Self {
+            items: Vec::with_capacity(wire.items.len()),
             next_page: present(wire.next_page),
-        })
+            quarantined: Vec::new(),
+            degraded: Vec::new(),
+        };
+        for rejected in wire.rejected {
+            page.quarantined.push(Quarantined {
+                key: rejected
+                    .id
+                    .clone()
+                    .unwrap_or_else(|| format!("unidentified:{}", rejected.fingerprint)),
+                id: rejected.id,
+                reason: rejected.reason,
+            });
+        }
+        for item in wire.items {
+            let fingerprint = json::fingerprint(&format!("{item:?}"));
+            let mut ignored = Vec::new();
+            let mut item = item;
+            loop {
+                match ConnectionRequest::from_wire(item.clone()) {
+                    Ok(request) => {
+                        if !ignored.is_empty() {
+                            page.degraded.push(Degraded {
+                                id: request.id.clone(),
+                                ignored: std::mem::take(&mut ignored),
+                            });
+                        }
+                        page.items.push(request);
+                        break;
+                    }
+                    Err(ModelError::Status { .. }) if !ignored.contains(&"status") => {
+                        item.status = None;
+                        ignored.push("status");
+                    }
+                    Err(ModelError::LastModified { .. }) if !ignored.contains(&"lastModified") => {
+                        item.last_modified = None;
+                        ignored.push("lastModified");
+                    }
+                    Err(_) => {
+                        page.quarantined.push(Quarantined {
+                            id: None,
+                            key: format!("unidentified:{fingerprint}"),
+                            reason: "missing_id",
+                        });
+                        break;
+                    }
+                }
+            }
+        }
+        page
     }
 }
 
@@ -273,6 +358,57 @@ mod tests {
             ConnectionRequest::from_wire(bad_date).unwrap_err(),
             ModelError::LastModified { .. }
         ));
+    }
+
+    #[test]
+    fn a_page_keeps_what_it_can_act_on_and_sets_the_rest_aside() {
+        let mut bad_status = wire();
+        bad_status.id = Some("bad-status".into());
+        bad_status.status = Some("Waiting".into());
+        let mut bad_both = wire();
+        bad_both.id = Some("bad-both".into());
+        bad_both.status = Some("???".into());
+        bad_both.last_modified = Some("29/04/2014".into());
+        let mut no_id = wire();
+        no_id.id = None;
+        let page = ConnectionRequestPage::from_wire(WireCollection {
+            items: vec![wire(), bad_status, no_id, bad_both],
+            next_page: Some("next".into()),
+            rejected: vec![WireRejected {
+                index: 9,
+                id: Some("unreadable".into()),
+                fingerprint: "f00".into(),
+                reason: "malformed_item",
+            }],
+        });
+        let ids: Vec<_> = page.items.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["abc", "bad-status", "bad-both"]);
+        assert_eq!(page.items[1].status, None);
+        assert_eq!(page.items[2].last_modified, None);
+        assert_eq!(
+            page.degraded,
+            [
+                Degraded {
+                    id: "bad-status".into(),
+                    ignored: vec!["status"]
+                },
+                Degraded {
+                    id: "bad-both".into(),
+                    ignored: vec!["status", "lastModified"]
+                }
+            ]
+        );
+        assert_eq!(page.quarantined.len(), 2);
+        assert_eq!(page.quarantined[0].key, "unreadable");
+        assert_eq!(page.quarantined[1].id, None);
+        assert_eq!(page.quarantined[1].reason, "missing_id");
+        assert!(page.quarantined[1].key.starts_with("unidentified:"));
+        let shown = format!("{:?}", page.quarantined);
+        assert!(
+            !shown.contains("Smith") && !shown.contains("23242526"),
+            "{shown}"
+        );
+        assert_eq!(page.next_page.as_deref(), Some("next"));
     }
 
     #[test]

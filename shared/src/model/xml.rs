@@ -198,6 +198,7 @@ pub fn parse_collection(body: &str) -> Result<WireCollection, ModelError> {
     if root.is("ConnectionRequest") {
         return Ok(WireCollection {
             items: vec![request_from(&root)],
+            rejected: Vec::new(),
             next_page: None,
         });
     }
@@ -217,6 +218,7 @@ pub fn parse_collection(body: &str) -> Result<WireCollection, ModelError> {
         .unwrap_or_default();
     Ok(WireCollection {
         items,
+        rejected: Vec::new(),
         next_page: root.field("NextPage"),
     })
 }

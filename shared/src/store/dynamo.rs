@@ -4,14 +4,17 @@
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
-use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, Utc};
 use tracing::debug;
 
-use super::layout::{attr, expiry, timestamp, RequestItem, RequestState};
+use super::layout::{attr, expiry, timestamp, RequestItem, RequestState, BY_DUE};
+use super::lifecycle::{self, ParkReason, SweepStore};
 use super::{
-    plan_poll_write, Claim, Decision, PollPlan, PollWrite, RequestStore, StoreError, WorkStore,
+    plan_poll_write, Claim, Decision, Lease, PollPlan, PollWrite, QuarantineWrite, ReportResult,
+    RequestStore, StoreError, WorkStore,
 };
 use crate::model::ConnectionRequest;
 
@@ -23,6 +26,7 @@ const MAX_ROUNDS: u32 = 5;
 pub struct DynamoRequestStore {
     client: Client,
     table: String,
+    retention_days: i64,
 }
 
 /// A write that failed either on its condition or for another reason.
@@ -118,12 +122,103 @@ fn n(value: impl ToString) -> AttributeValue {
     AttributeValue::N(value.to_string())
 }
 
+/// Is `placeholder` used in `text` (not merely as the prefix of a longer one)?
+fn uses(text: &str, placeholder: &str) -> bool {
+    text.match_indices(placeholder).any(|(i, _)| {
+        text[i + placeholder.len()..]
+            .chars()
+            .next()
+            .is_none_or(|c| !(c.is_alphanumeric() || c == '_'))
+    })
+}
+
+/// The placeholders of attribute names any life-cycle write may use.
+const NAMES: &[(&str, &str)] = &[
+    ("#state", attr::STATE),
+    ("#attempt", attr::ATTEMPT),
+    ("#owner", attr::LEASE_OWNER),
+    ("#until", attr::LEASE_UNTIL),
+    ("#updated", attr::UPDATED_AT),
+    ("#due", attr::DUE_AT),
+    ("#status", attr::DECIDED_STATUS),
+    ("#parked", attr::PARKED_AT),
+    ("#parked_reason", attr::PARKED_REASON),
+    ("#redrives", attr::REDRIVES),
+    ("#started", attr::EXCHANGE_STARTED_AT),
+    ("#token", attr::REQUEST_TOKEN),
+];
+
+/// Set an update's expression and condition, with exactly the names and values they
+/// use (DynamoDB refuses unused ones): the common [`NAMES`] and `names`.
+fn expressions(
+    mut update: UpdateItemFluentBuilder,
+    expression: &str,
+    condition: &str,
+    names: &[(&str, &str)],
+    values: Vec<(&str, AttributeValue)>,
+) -> UpdateItemFluentBuilder {
+    let text = format!("{expression} {condition}");
+    for (placeholder, name) in NAMES.iter().chain(names) {
+        if uses(&text, placeholder) {
+            update = update.expression_attribute_names(*placeholder, *name);
+        }
+    }
+    for (placeholder, value) in values {
+        if uses(&text, placeholder) {
+            update = update.expression_attribute_values(placeholder, value);
+        }
+    }
+    update
+        .update_expression(expression)
+        .condition_expression(condition)
+}
+
+fn state(value: RequestState) -> AttributeValue {
+    s(value.as_str())
+}
+
+/// The fence of a lease holder's write: same attempt, same owner, in one of `states`.
+fn lease_fence(
+    lease: &Lease<'_>,
+    states: &[RequestState],
+) -> (String, Vec<(&'static str, AttributeValue)>) {
+    const STATE_VALUES: [&str; 2] = [":fence_state0", ":fence_state1"];
+    let mut values = vec![
+        (":fence_attempt", n(lease.attempt)),
+        (":fence_owner", s(lease.owner)),
+    ];
+    let alternatives: Vec<&str> = states
+        .iter()
+        .zip(STATE_VALUES)
+        .map(|(st, placeholder)| {
+            values.push((placeholder, state(*st)));
+            placeholder
+        })
+        .collect();
+    let states = alternatives
+        .iter()
+        .map(|p| format!("#state = {p}"))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    (
+        format!("#attempt = :fence_attempt AND #owner = :fence_owner AND ({states})"),
+        values,
+    )
+}
+
 impl DynamoRequestStore {
     pub fn new(client: Client, table: impl Into<String>) -> Self {
         Self {
             client,
             table: table.into(),
+            retention_days: super::layout::DEFAULT_RETENTION_DAYS,
         }
+    }
+
+    /// How long quarantined items are kept (`FINISHED_RETENTION_DAYS`).
+    pub fn with_retention_days(mut self, days: i64) -> Self {
+        self.retention_days = days;
+        self
     }
 
     pub fn client(&self) -> &Client {
@@ -132,6 +227,40 @@ impl DynamoRequestStore {
 
     pub fn table(&self) -> &str {
         &self.table
+    }
+
+    /// An update of item `id`.
+    fn update(&self, id: &str) -> UpdateItemFluentBuilder {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key(attr::REQUEST_ID, s(id))
+    }
+
+    /// A lease holder's write: `set` (and `remove`) if the lease still holds in `states`.
+    async fn leased_write(
+        &self,
+        lease: &Lease<'_>,
+        states: &[RequestState],
+        expression: &str,
+        extra_condition: Option<&str>,
+        names: &[(&str, &str)],
+        values: Vec<(&str, AttributeValue)>,
+    ) -> Result<bool, StoreError> {
+        let (fence, mut all_values) = lease_fence(lease, states);
+        let condition = match extra_condition {
+            Some(extra) => format!("{fence} AND {extra}"),
+            None => fence,
+        };
+        all_values.extend(values);
+        let update = expressions(
+            self.update(lease.id),
+            expression,
+            &condition,
+            names,
+            all_values,
+        );
+        conditional("UpdateItem", update.send().await)
     }
 
     async fn put_if_absent(&self, item: &RequestItem) -> Result<(), WriteError> {
@@ -147,22 +276,24 @@ impl DynamoRequestStore {
         write("PutItem", result)
     }
 
-    /// Replace a reported attempt by the next one, if the item is still exactly the
-    /// reported attempt that was read.
-    async fn put_requeued(&self, next: &RequestItem, read_attempt: u32) -> Result<(), WriteError> {
-        let result = self
+    /// Replace `read` (a reported attempt, or a quarantined item) by `next`, if the item
+    /// is still exactly what was read.
+    async fn replace(&self, next: &RequestItem, read: &RequestItem) -> Result<(), WriteError> {
+        let mut put = self
             .client
             .put_item()
             .table_name(&self.table)
             .set_item(Some(to_item(next).map_err(WriteError::Other)?))
-            .condition_expression("#state = :reported AND #attempt = :attempt")
             .expression_attribute_names("#state", attr::STATE)
             .expression_attribute_names("#attempt", attr::ATTEMPT)
-            .expression_attribute_values(":reported", s(RequestState::Reported.as_str()))
-            .expression_attribute_values(":attempt", n(read_attempt))
-            .send()
-            .await;
-        write("PutItem", result)
+            .expression_attribute_names("#updated", attr::UPDATED_AT)
+            .expression_attribute_values(":state", state(read.state))
+            .expression_attribute_values(":attempt", n(read.attempt))
+            .expression_attribute_values(":updated", s(read.updated_at.clone()));
+        put = put.condition_expression(
+            "#state = :state AND #attempt = :attempt AND #updated = :updated",
+        );
+        write("PutItem", put.send().await)
     }
 
     /// Store a newer request token on an attempt still in progress.
@@ -170,32 +301,26 @@ impl DynamoRequestStore {
         &self,
         id: &str,
         token: &str,
-        read_attempt: u32,
+        read: &RequestItem,
         now: DateTime<Utc>,
     ) -> Result<(), WriteError> {
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key(attr::REQUEST_ID, s(id))
-            .update_expression(
-                "SET #token = :token, #updated = :now, #polled = if_not_exists(#polled, :zero) + :one",
-            )
-            .condition_expression("#attempt = :attempt AND #state <> :reported")
-            .expression_attribute_names("#token", attr::REQUEST_TOKEN)
-            .expression_attribute_names("#updated", attr::UPDATED_AT)
-            .expression_attribute_names("#polled", attr::TIMES_POLLED)
-            .expression_attribute_names("#attempt", attr::ATTEMPT)
-            .expression_attribute_names("#state", attr::STATE)
-            .expression_attribute_values(":token", s(token))
-            .expression_attribute_values(":now", s(timestamp(now)))
-            .expression_attribute_values(":zero", n(0))
-            .expression_attribute_values(":one", n(1))
-            .expression_attribute_values(":attempt", n(read_attempt))
-            .expression_attribute_values(":reported", s(RequestState::Reported.as_str()))
-            .send()
-            .await;
-        write("UpdateItem", result)
+        let update = expressions(
+            self.update(id),
+            "SET #token = :token, #updated = :now, #polled = if_not_exists(#polled, :zero) + :one",
+            "#attempt = :attempt AND (#state = :received OR #state = :working OR #state = :decided)",
+            &[("#polled", attr::TIMES_POLLED)],
+            vec![
+                (":token", s(token)),
+                (":now", s(timestamp(now))),
+                (":zero", n(0)),
+                (":one", n(1)),
+                (":attempt", n(read.attempt)),
+                (":received", state(RequestState::Received)),
+                (":working", state(RequestState::Working)),
+                (":decided", state(RequestState::Decided)),
+            ],
+        );
+        write("UpdateItem", update.send().await)
     }
 }
 
@@ -203,6 +328,7 @@ impl RequestStore for DynamoRequestStore {
     async fn record_polled(
         &self,
         request: &ConnectionRequest,
+        fetched_at: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<PollWrite, StoreError> {
         let fresh = RequestItem::received(request, now);
@@ -216,22 +342,29 @@ impl RequestStore for DynamoRequestStore {
                 // Deleted (TTL) between the two calls: try the insert again.
                 continue;
             };
-            let outcome = match plan_poll_write(&existing, request) {
+            let outcome = match plan_poll_write(&existing, request, fetched_at) {
                 PollPlan::Unchanged => return Ok(PollWrite::Unchanged),
                 PollPlan::Requeue => {
                     let mut next = fresh.clone();
                     next.attempt = existing.attempt + 1;
                     next.history = existing.history.clone();
                     next.times_polled = existing.times_polled + 1;
-                    self.put_requeued(&next, existing.attempt)
+                    self.replace(&next, &existing)
                         .await
                         .map(|()| PollWrite::Requeued {
                             attempt: next.attempt,
                         })
                 }
+                PollPlan::Recover => {
+                    let mut next = fresh.clone();
+                    next.times_polled = existing.times_polled + 1;
+                    self.replace(&next, &existing)
+                        .await
+                        .map(|()| PollWrite::Recovered)
+                }
                 PollPlan::RefreshToken => {
                     let token = request.request_token_secret().unwrap_or_default();
-                    self.refresh_token(&request.id, token, existing.attempt, now)
+                    self.refresh_token(&request.id, token, &existing, now)
                         .await
                         .map(|()| PollWrite::TokenRefreshed)
                 }
@@ -250,6 +383,20 @@ impl RequestStore for DynamoRequestStore {
         })
     }
 
+    async fn record_quarantined(
+        &self,
+        id: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<QuarantineWrite, StoreError> {
+        let item = RequestItem::quarantined(id, reason, now, self.retention_days);
+        match self.put_if_absent(&item).await {
+            Ok(()) => Ok(QuarantineWrite::Quarantined),
+            Err(WriteError::ConditionFailed) => Ok(QuarantineWrite::Known),
+            Err(WriteError::Other(e)) => Err(e),
+        }
+    }
+
     async fn get(&self, id: &str) -> Result<Option<RequestItem>, StoreError> {
         let output = self
             .client
@@ -264,36 +411,6 @@ impl RequestStore for DynamoRequestStore {
     }
 }
 
-impl DynamoRequestStore {
-    /// What a failed claim ran into, read consistently.
-    async fn claim_obstacle(
-        &self,
-        id: &str,
-        attempt: u32,
-        now: DateTime<Utc>,
-    ) -> Result<Option<Claim>, StoreError> {
-        let Some(item) = self.get(id).await? else {
-            return Ok(Some(Claim::Stale));
-        };
-        if item.attempt != attempt {
-            return Ok(Some(Claim::Stale));
-        }
-        Ok(match item.state {
-            RequestState::Reported => Some(Claim::Done),
-            RequestState::Decided => Some(Claim::Decided(item)),
-            RequestState::Working => match item.lease_until {
-                Some(until) if until > now.timestamp_millis() => {
-                    Some(Claim::Busy { lease_until: until })
-                }
-                // The lease expired between the two calls: claim again.
-                _ => None,
-            },
-            // Received again (e.g. a concurrent re-drive): claim again.
-            RequestState::Received => None,
-        })
-    }
-}
-
 impl WorkStore for DynamoRequestStore {
     async fn claim(
         &self,
@@ -303,45 +420,75 @@ impl WorkStore for DynamoRequestStore {
         lease_until_ms: i64,
         now: DateTime<Utc>,
     ) -> Result<Claim, StoreError> {
+        let now_ms = now.timestamp_millis();
         for _ in 0..MAX_ROUNDS {
-            let result = self
-                .client
-                .update_item()
-                .table_name(&self.table)
-                .key(attr::REQUEST_ID, s(id))
-                .update_expression(
-                    "SET #state = :working, #owner = :owner, #until = :until, #updated = :now",
-                )
-                .condition_expression(
-                    "#attempt = :attempt AND (#state = :received OR (#state = :working AND #until < :now_ms))",
-                )
-                .expression_attribute_names("#state", attr::STATE)
-                .expression_attribute_names("#owner", attr::LEASE_OWNER)
-                .expression_attribute_names("#until", attr::LEASE_UNTIL)
-                .expression_attribute_names("#updated", attr::UPDATED_AT)
-                .expression_attribute_names("#attempt", attr::ATTEMPT)
-                .expression_attribute_values(":working", s(RequestState::Working.as_str()))
-                .expression_attribute_values(":received", s(RequestState::Received.as_str()))
-                .expression_attribute_values(":owner", s(owner))
-                .expression_attribute_values(":until", n(lease_until_ms))
-                .expression_attribute_values(":now", s(timestamp(now)))
-                .expression_attribute_values(":now_ms", n(now.timestamp_millis()))
-                .expression_attribute_values(":attempt", n(attempt))
-                .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
-                .send()
-                .await;
+            let Some(read) = self.get(id).await? else {
+                return Ok(Claim::Stale);
+            };
+            if read.attempt != attempt || read.parked_at.is_some() {
+                return Ok(Claim::Stale);
+            }
+            let live_lease = read.lease_until.filter(|until| *until > now_ms);
+            let condition = match (read.state, live_lease) {
+                (RequestState::Reported, _) => return Ok(Claim::Done),
+                (RequestState::Quarantined, _) => return Ok(Claim::Stale),
+                // Our own claim whose answer was lost (the SDK retried it): it is ours.
+                (RequestState::Working | RequestState::Decided, Some(_))
+                    if read.lease_owner.as_deref() == Some(owner) =>
+                {
+                    return Ok(if read.decided_status.is_some() {
+                        Claim::Decided(read)
+                    } else {
+                        Claim::Claimed(read)
+                    })
+                }
+                (RequestState::Working | RequestState::Decided, Some(until)) => {
+                    return Ok(Claim::Busy { lease_until: until })
+                }
+                (RequestState::Received, _) => "#state = :read_state",
+                (RequestState::Working | RequestState::Decided, None) => {
+                    "#state = :read_state AND (attribute_not_exists(#until) OR #until <= :now_ms)"
+                }
+            };
+            // An attempt with a recorded decision is claimed to re-send it, never to decide again.
+            let (target, decision_fence) = match read.decided_status {
+                Some(_) => (RequestState::Decided, "attribute_exists(#status)"),
+                None => (RequestState::Working, "attribute_not_exists(#status)"),
+            };
+            let result = expressions(
+                self.update(id),
+                "SET #state = :target, #owner = :owner, #until = :until, #due = :until, #updated = :now",
+                &format!(
+                    "#attempt = :attempt AND attribute_not_exists(#parked) AND {decision_fence} AND {condition}"
+                ),
+                &[],
+                vec![
+                    (":target", state(target)),
+                    (":read_state", state(read.state)),
+                    (":owner", s(owner)),
+                    (":until", n(lease_until_ms)),
+                    (":now", s(timestamp(now))),
+                    (":now_ms", n(now_ms)),
+                    (":attempt", n(attempt)),
+                ],
+            )
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
             match result {
                 Ok(output) => {
                     let item = output.attributes.ok_or_else(|| StoreError::Corrupt {
                         id: id.to_owned(),
                         message: "claim returned no item".into(),
                     })?;
-                    return Ok(Claim::Claimed(from_item(id, item)?));
+                    let item = from_item(id, item)?;
+                    return Ok(match target {
+                        RequestState::Decided => Claim::Decided(item),
+                        _ => Claim::Claimed(item),
+                    });
                 }
                 Err(e) if is_condition_failure(&e) => {
-                    if let Some(obstacle) = self.claim_obstacle(id, attempt, now).await? {
-                        return Ok(obstacle);
-                    }
+                    debug!(request_id = %id, "claim raced another write, reading again");
                 }
                 Err(e) => return Err(sdk_error("UpdateItem", e)),
             }
@@ -352,53 +499,117 @@ impl WorkStore for DynamoRequestStore {
         })
     }
 
+    async fn record_exchange_started(
+        &self,
+        lease: Lease<'_>,
+        token: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.leased_write(
+            &lease,
+            &[RequestState::Working],
+            "SET #started = :now, #updated = :now",
+            Some("#token = :token AND attribute_not_exists(#started)"),
+            &[
+                ("#started", attr::EXCHANGE_STARTED_AT),
+                ("#token", attr::REQUEST_TOKEN),
+            ],
+            vec![(":now", s(timestamp(now))), (":token", s(token))],
+        )
+        .await
+    }
+
+    async fn record_fresh_token(
+        &self,
+        lease: Lease<'_>,
+        token: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.leased_write(
+            &lease,
+            &[RequestState::Working],
+            "SET #token = :token, #updated = :now REMOVE #started",
+            None,
+            &[
+                ("#started", attr::EXCHANGE_STARTED_AT),
+                ("#token", attr::REQUEST_TOKEN),
+            ],
+            vec![(":now", s(timestamp(now))), (":token", s(token))],
+        )
+        .await
+    }
+
     async fn record_decision(
         &self,
-        id: &str,
-        attempt: u32,
-        owner: &str,
+        lease: Lease<'_>,
         decision: &Decision,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key(attr::REQUEST_ID, s(id))
-            .update_expression(
-                "SET #state = :decided, #status = :status, #decided_at = :now, #reason = :reason, #updated = :now",
-            )
-            .condition_expression("#attempt = :attempt AND #state = :working AND #owner = :owner")
-            .expression_attribute_names("#state", attr::STATE)
-            .expression_attribute_names("#status", attr::DECIDED_STATUS)
-            .expression_attribute_names("#decided_at", attr::DECIDED_AT)
-            .expression_attribute_names("#reason", attr::DECISION_REASON)
-            .expression_attribute_names("#updated", attr::UPDATED_AT)
-            .expression_attribute_names("#attempt", attr::ATTEMPT)
-            .expression_attribute_names("#owner", attr::LEASE_OWNER)
-            .expression_attribute_values(":decided", s(RequestState::Decided.as_str()))
-            .expression_attribute_values(":working", s(RequestState::Working.as_str()))
-            .expression_attribute_values(":status", s(decision.status.as_str()))
-            .expression_attribute_values(":reason", s(decision.reason.clone()))
-            .expression_attribute_values(":now", s(timestamp(now)))
-            .expression_attribute_values(":attempt", n(attempt))
-            .expression_attribute_values(":owner", s(owner))
-            .send()
-            .await;
-        conditional("UpdateItem", result)
+        self.leased_write(
+            &lease,
+            &[RequestState::Working],
+            "SET #state = :decided, #status = :status, #decided_at = :now, #reason = :reason, #updated = :now",
+            Some("attribute_not_exists(#status)"),
+            &[
+                ("#status", attr::DECIDED_STATUS),
+                ("#decided_at", attr::DECIDED_AT),
+                ("#reason", attr::DECISION_REASON),
+            ],
+            vec![
+                (":decided", state(RequestState::Decided)),
+                (":status", s(decision.status.as_str())),
+                (":reason", s(decision.reason.clone())),
+                (":now", s(timestamp(now))),
+            ],
+        )
+        .await
+    }
+
+    async fn record_put_sent(
+        &self,
+        lease: Lease<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<u32>, StoreError> {
+        let (fence, mut values) = lease_fence(&lease, &[RequestState::Decided]);
+        values.extend([(":now", s(timestamp(now))), (":one", n(1))]);
+        let result = expressions(
+            self.update(lease.id),
+            "SET #updated = :now ADD #puts :one",
+            &fence,
+            &[("#puts", attr::PUTS_SENT)],
+            values,
+        )
+        .return_values(ReturnValue::UpdatedOld)
+        .send()
+        .await;
+        match result {
+            Ok(output) => Ok(Some(
+                output
+                    .attributes
+                    .and_then(|old| old.get(attr::PUTS_SENT).cloned())
+                    .and_then(|v| v.as_n().ok().and_then(|n| n.parse().ok()))
+                    .unwrap_or(0),
+            )),
+            Err(e) if is_condition_failure(&e) => Ok(None),
+            Err(e) => Err(sdk_error("UpdateItem", e)),
+        }
     }
 
     async fn record_reported(
         &self,
-        id: &str,
-        attempt: u32,
+        lease: Lease<'_>,
+        result: ReportResult,
         now: DateTime<Utc>,
         retention_days: i64,
     ) -> Result<bool, StoreError> {
+        let id = lease.id;
         let Some(item) = self.get(id).await? else {
             return Ok(false);
         };
-        if item.attempt != attempt || item.state != RequestState::Decided {
+        if item.attempt != lease.attempt
+            || item.state != RequestState::Decided
+            || item.lease_owner.as_deref() != Some(lease.owner)
+        {
             return Ok(false);
         }
         let status = item.decided_status.ok_or_else(|| StoreError::Corrupt {
@@ -406,86 +617,235 @@ impl WorkStore for DynamoRequestStore {
             message: "decided without a status".into(),
         })?;
         let record = super::AttemptRecord {
-            attempt,
+            attempt: lease.attempt,
             status,
             decided_at: item.decided_at.clone().unwrap_or_else(|| timestamp(now)),
             reported_at: Some(timestamp(now)),
             reason: item.decision_reason.clone(),
+            result: Some(result),
         };
         let record =
             serde_dynamo::to_attribute_value(&record).map_err(|e| StoreError::Corrupt {
                 id: id.to_owned(),
                 message: e.to_string(),
             })?;
-        let remove = attr::PERSONAL
+        let removed: Vec<&str> = attr::PERSONAL
             .iter()
-            .chain([attr::LEASE_OWNER, attr::LEASE_UNTIL].iter())
+            .copied()
+            .chain([attr::LEASE_UNTIL, attr::DUE_AT, attr::EXCHANGE_STARTED_AT])
+            .collect();
+        let placeholders: Vec<(String, &str)> = removed
+            .iter()
             .enumerate()
-            .map(|(i, _)| format!("#p{i}"))
+            .map(|(i, name)| (format!("#p{i}"), *name))
+            .collect();
+        let remove = placeholders
+            .iter()
+            .map(|(p, _)| p.as_str())
             .collect::<Vec<_>>()
             .join(", ");
-        let mut update = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key(attr::REQUEST_ID, s(id))
-            .update_expression(format!(
-                "SET #state = :reported, #reported_at = :now, #updated = :now, #expires = :expires, \
-                 #history = list_append(if_not_exists(#history, :empty), :record) REMOVE {remove}"
-            ))
-            .condition_expression("#attempt = :attempt AND #state = :decided")
-            .expression_attribute_names("#state", attr::STATE)
-            .expression_attribute_names("#reported_at", attr::REPORTED_AT)
-            .expression_attribute_names("#updated", attr::UPDATED_AT)
-            .expression_attribute_names("#expires", attr::EXPIRES_AT)
-            .expression_attribute_names("#history", attr::HISTORY)
-            .expression_attribute_names("#attempt", attr::ATTEMPT)
-            .expression_attribute_values(":reported", s(RequestState::Reported.as_str()))
-            .expression_attribute_values(":decided", s(RequestState::Decided.as_str()))
-            .expression_attribute_values(":now", s(timestamp(now)))
-            .expression_attribute_values(":expires", n(expiry(now, retention_days)))
-            .expression_attribute_values(":empty", AttributeValue::L(Vec::new()))
-            .expression_attribute_values(":record", AttributeValue::L(vec![record]))
-            .expression_attribute_values(":attempt", n(attempt));
-        for (i, name) in attr::PERSONAL
+        let names: Vec<(&str, &str)> = placeholders
             .iter()
-            .chain([attr::LEASE_OWNER, attr::LEASE_UNTIL].iter())
-            .enumerate()
-        {
-            update = update.expression_attribute_names(format!("#p{i}"), *name);
+            .map(|(p, name)| (p.as_str(), *name))
+            .chain([
+                ("#reported_at", attr::REPORTED_AT),
+                ("#result", attr::REPORT_RESULT),
+                ("#expires", attr::EXPIRES_AT),
+                ("#history", attr::HISTORY),
+            ])
+            .collect();
+        self.leased_write(
+            &lease,
+            &[RequestState::Decided],
+            &format!(
+                "SET #state = :reported, #reported_at = :now, #updated = :now, #result = :result, \
+                 #expires = :expires, #history = list_append(if_not_exists(#history, :empty), :record) \
+                 REMOVE {remove}"
+            ),
+            None,
+            &names,
+            vec![
+                (":reported", state(RequestState::Reported)),
+                (":now", s(timestamp(now))),
+                (":result", s(result.as_str())),
+                (":expires", n(expiry(now, retention_days))),
+                (":empty", AttributeValue::L(Vec::new())),
+                (":record", AttributeValue::L(vec![record])),
+            ],
+        )
+        .await
+    }
+
+    async fn release(
+        &self,
+        lease: Lease<'_>,
+        due_at_ms: i64,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.leased_write(
+            &lease,
+            &[RequestState::Working, RequestState::Decided],
+            "SET #until = :now_ms, #due = :due, #updated = :now",
+            None,
+            &[],
+            vec![
+                (":now_ms", n(now.timestamp_millis())),
+                (":due", n(due_at_ms)),
+                (":now", s(timestamp(now))),
+            ],
+        )
+        .await
+    }
+
+    async fn park(
+        &self,
+        lease: Lease<'_>,
+        reason: ParkReason,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.leased_write(
+            &lease,
+            &[RequestState::Working, RequestState::Decided],
+            "SET #parked = :now, #parked_reason = :reason, #updated = :now REMOVE #due, #until",
+            None,
+            &[
+                ("#parked", attr::PARKED_AT),
+                ("#parked_reason", attr::PARKED_REASON),
+            ],
+            vec![(":now", s(timestamp(now))), (":reason", s(reason.as_str()))],
+        )
+        .await
+    }
+}
+
+impl DynamoRequestStore {
+    /// The fence of a sweep's or an operator's write on `read`: same attempt and state,
+    /// and (unless `reset`) the same `due_at` and `redrives`, not parked.
+    fn read_fence(
+        read: &RequestItem,
+        reset: bool,
+    ) -> (String, Vec<(&'static str, AttributeValue)>) {
+        let mut condition = "#attempt = :attempt AND #state = :read_state".to_owned();
+        let mut values = vec![
+            (":attempt", n(read.attempt)),
+            (":read_state", state(read.state)),
+        ];
+        if !reset {
+            condition.push_str(" AND attribute_not_exists(#parked)");
+            match read.due_at {
+                Some(due) => {
+                    condition.push_str(" AND #due = :read_due");
+                    values.push((":read_due", n(due)));
+                }
+                None => condition.push_str(" AND attribute_not_exists(#due)"),
+            }
+            if read.redrives == 0 {
+                condition.push_str(
+                    " AND (attribute_not_exists(#redrives) OR #redrives = :read_redrives)",
+                );
+            } else {
+                condition.push_str(" AND #redrives = :read_redrives");
+            }
+            values.push((":read_redrives", n(read.redrives)));
         }
+        (condition, values)
+    }
+}
+
+impl SweepStore for DynamoRequestStore {
+    async fn due(
+        &self,
+        state_: RequestState,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut ids = Vec::new();
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        // Bounded: at most `limit` ids, and a page holds at least one unless it is the last.
+        for _ in 0..=limit {
+            let output = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(BY_DUE)
+                .key_condition_expression("#state = :state AND #due <= :now_ms")
+                .expression_attribute_names("#state", attr::STATE)
+                .expression_attribute_names("#due", attr::DUE_AT)
+                .expression_attribute_values(":state", state(state_))
+                .expression_attribute_values(":now_ms", n(now.timestamp_millis()))
+                .limit(i32::try_from(limit - ids.len()).unwrap_or(i32::MAX).max(1))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| sdk_error("Query", e))?;
+            ids.extend(
+                output
+                    .items
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|item| item.get(attr::REQUEST_ID)?.as_s().ok().cloned()),
+            );
+            start = output.last_evaluated_key.filter(|key| !key.is_empty());
+            if start.is_none() || ids.len() >= limit {
+                break;
+            }
+        }
+        ids.truncate(limit);
+        Ok(ids)
+    }
+
+    async fn get_item(&self, id: &str) -> Result<Option<RequestItem>, StoreError> {
+        self.get(id).await
+    }
+
+    async fn rearm(
+        &self,
+        read: &RequestItem,
+        reset: bool,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let (condition, fence_values) = Self::read_fence(read, reset);
+        let redrives = if reset { 0 } else { read.redrives + 1 };
+        // An operator's re-arm of a decision opens a new re-send window.
+        let expression = if reset && read.decided_status.is_some() {
+            "SET #state = :received, #redrives = :redrives, #due = :due, #updated = :now, #decided_at = :now \
+             REMOVE #owner, #until, #parked, #parked_reason"
+        } else {
+            "SET #state = :received, #redrives = :redrives, #due = :due, #updated = :now \
+             REMOVE #owner, #until, #parked, #parked_reason"
+        };
+        let mut values = fence_values;
+        values.extend([
+            (":received", state(RequestState::Received)),
+            (":redrives", n(redrives)),
+            (":due", n(lifecycle::received_due(now))),
+            (":now", s(timestamp(now))),
+        ]);
+        let update = expressions(
+            self.update(&read.request_id),
+            expression,
+            &condition,
+            &[("#decided_at", attr::DECIDED_AT)],
+            values,
+        );
         conditional("UpdateItem", update.send().await)
     }
 
-    async fn redrive(
+    async fn park(
         &self,
-        id: &str,
-        attempt: u32,
+        read: &RequestItem,
+        reason: ParkReason,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key(attr::REQUEST_ID, s(id))
-            .update_expression(
-                "SET #state = :received, #updated = :now REMOVE #owner, #until, #status, #decided_at, #reason",
-            )
-            .condition_expression("#attempt = :attempt AND #state = :working")
-            .expression_attribute_names("#state", attr::STATE)
-            .expression_attribute_names("#updated", attr::UPDATED_AT)
-            .expression_attribute_names("#owner", attr::LEASE_OWNER)
-            .expression_attribute_names("#until", attr::LEASE_UNTIL)
-            .expression_attribute_names("#status", attr::DECIDED_STATUS)
-            .expression_attribute_names("#decided_at", attr::DECIDED_AT)
-            .expression_attribute_names("#reason", attr::DECISION_REASON)
-            .expression_attribute_names("#attempt", attr::ATTEMPT)
-            .expression_attribute_values(":received", s(RequestState::Received.as_str()))
-            .expression_attribute_values(":working", s(RequestState::Working.as_str()))
-            .expression_attribute_values(":now", s(timestamp(now)))
-            .expression_attribute_values(":attempt", n(attempt))
-            .send()
-            .await;
-        conditional("UpdateItem", result)
+        let (condition, mut values) = Self::read_fence(read, false);
+        values.extend([(":now", s(timestamp(now))), (":reason", s(reason.as_str()))]);
+        let update = expressions(
+            self.update(&read.request_id),
+            "SET #parked = :now, #parked_reason = :reason, #updated = :now REMOVE #due",
+            &condition,
+            &[],
+            values,
+        );
+        conditional("UpdateItem", update.send().await)
     }
 }

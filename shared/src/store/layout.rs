@@ -68,6 +68,14 @@ pub mod attr {
     pub const REPORTED_AT: &str = "reported_at";
     pub const HISTORY: &str = "history";
     pub const EXPIRES_AT: &str = "expires_at";
+    pub const DUE_AT: &str = "due_at";
+    pub const REDRIVES: &str = "redrives";
+    pub const EXCHANGE_STARTED_AT: &str = "exchange_started_at";
+    pub const PUTS_SENT: &str = "puts_sent";
+    pub const REPORT_RESULT: &str = "report_result";
+    pub const PARKED_AT: &str = "parked_at";
+    pub const PARKED_REASON: &str = "parked_reason";
+    pub const QUARANTINE_REASON: &str = "quarantine_reason";
 
     /// Personal data and secrets: removed when an attempt is reported.
     pub const PERSONAL: [&str; 8] = [
@@ -101,6 +109,11 @@ pub mod members {
     pub const EMAIL_POINTER_PREFIX: &str = "email#";
 }
 
+/// The requests table's sparse index of items that the sweep must look at: hash
+/// `state` (S), range `due_at` (N, epoch ms), keys only. Only items that are neither
+/// reported, quarantined nor parked carry `due_at` (see [`super::lifecycle`]).
+pub const BY_DUE: &str = "by-due";
+
 /// The TTL attribute of the requests table.
 pub const TTL_ATTRIBUTE: &str = attr::EXPIRES_AT;
 
@@ -115,6 +128,9 @@ pub enum RequestState {
     Working,
     Decided,
     Reported,
+    /// Read from Concur but not readable as a request: kept (without personal data) so
+    /// the next polls do not trip on it again; never processed.
+    Quarantined,
 }
 
 impl RequestState {
@@ -124,6 +140,7 @@ impl RequestState {
             Self::Working => "working",
             Self::Decided => "decided",
             Self::Reported => "reported",
+            Self::Quarantined => "quarantined",
         }
     }
 }
@@ -138,6 +155,9 @@ pub struct AttemptRecord {
     pub reported_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// How Concur took the PUT: `accepted`, `ack_lost` or `not_outstanding`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<super::lifecycle::ReportResult>,
 }
 
 /// A requests-table item, as stored.
@@ -186,6 +206,29 @@ pub struct RequestItem {
     /// Epoch seconds (DynamoDB TTL).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<i64>,
+    /// Epoch ms after which the sweep re-arms the item (absent once reported, parked or
+    /// quarantined). See [`super::lifecycle`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_at: Option<i64>,
+    /// Automatic re-arms of this attempt.
+    #[serde(default)]
+    pub redrives: u32,
+    /// When the stored request token was submitted to the grant (cleared with a new token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exchange_started_at: Option<String>,
+    /// PUTs of this attempt's status sent so far.
+    #[serde(default)]
+    pub puts_sent: u32,
+    /// How Concur took the reported status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_result: Option<super::lifecycle::ReportResult>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parked_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parked_reason: Option<String>,
+    /// Why a quarantined item could not be read (no input quoted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine_reason: Option<String>,
 }
 
 /// Timestamps are stored as RFC 3339 UTC with milliseconds.
@@ -232,6 +275,53 @@ impl RequestItem {
             reported_at: None,
             history: Vec::new(),
             expires_at: None,
+            due_at: Some(super::lifecycle::received_due(now)),
+            redrives: 0,
+            exchange_started_at: None,
+            puts_sent: 0,
+            report_result: None,
+            parked_at: None,
+            parked_reason: None,
+            quarantine_reason: None,
+        }
+    }
+
+    /// A page item that could not be read: its id and why, nothing else; it expires
+    /// after `retention_days`.
+    pub fn quarantined(id: &str, reason: &str, now: DateTime<Utc>, retention_days: i64) -> Self {
+        let at = timestamp(now);
+        Self {
+            request_id: id.to_owned(),
+            state: RequestState::Quarantined,
+            attempt: 1,
+            request_token: None,
+            user_id: None,
+            first_name: None,
+            middle_name: None,
+            last_name: None,
+            loyalty_number: None,
+            emails: Vec::new(),
+            uri: None,
+            last_modified: None,
+            received_at: at.clone(),
+            updated_at: at,
+            times_polled: 1,
+            lease_owner: None,
+            lease_until: None,
+            decided_status: None,
+            decided_at: None,
+            decision_reason: None,
+            reported_at: None,
+            history: Vec::new(),
+            expires_at: Some(expiry(now, retention_days)),
+            due_at: None,
+            redrives: 0,
+            exchange_started_at: None,
+            puts_sent: 0,
+            report_result: None,
+            parked_at: None,
+            parked_reason: None,
+            quarantine_reason: Some(reason.to_owned()),
         }
     }
 }
@@ -278,6 +368,8 @@ impl std::fmt::Debug for RequestItem {
                 &privacy::loyalty(self.loyalty_number.as_deref()),
             )
             .field("decided_status", &self.decided_status)
+            .field("due_at", &self.due_at)
+            .field("redrives", &self.redrives)
             .field("history", &self.history)
             .finish_non_exhaustive()
     }

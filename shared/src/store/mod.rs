@@ -6,6 +6,7 @@
 
 pub mod dynamo;
 pub mod layout;
+pub mod lifecycle;
 pub mod tables;
 
 use std::future::Future;
@@ -16,6 +17,7 @@ use serde::Serialize;
 use crate::model::ConnectionRequest;
 pub use dynamo::DynamoRequestStore;
 pub use layout::{AttemptRecord, RequestItem, RequestState};
+pub use lifecycle::{plan_poll_write, PollPlan, ReportResult};
 
 /// What recording one polled request did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -23,36 +25,23 @@ pub use layout::{AttemptRecord, RequestItem, RequestState};
 pub enum PollWrite {
     /// First time seen: stored as attempt 1, `received`.
     New,
-    /// Seen again after its last attempt was reported: a new attempt, back to `received`.
+    /// Re-offered by Concur after its last attempt was reported: a new attempt.
     Requeued { attempt: u32 },
     /// Still being worked on: only the request token changed.
     TokenRefreshed,
-    /// Still being worked on, same token: nothing written.
+    /// A quarantined request that now reads fine: stored as `received`.
+    Recovered,
+    /// Nothing new (including a page requested before our report landed).
     Unchanged,
 }
 
-/// What to do with a polled request whose id is already stored.
+/// What recording an unreadable page item did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PollPlan {
-    /// The last attempt was reported to Concur: this is a requeue, attempt `n + 1`.
-    Requeue,
-    /// The attempt is still in progress and Concur issued another token: store it.
-    RefreshToken,
-    /// Nothing new.
-    Unchanged,
-}
-
-/// The rule for a request read again from Concur's queue (the one place it is decided).
-/// A requeued request comes back with the same `ID` and a new token: it is a new
-/// attempt once the previous attempt was reported; before that it is the same attempt.
-pub fn plan_poll_write(existing: &RequestItem, polled: &ConnectionRequest) -> PollPlan {
-    if existing.state == RequestState::Reported {
-        return PollPlan::Requeue;
-    }
-    match polled.request_token_secret() {
-        Some(token) if existing.request_token.as_deref() != Some(token) => PollPlan::RefreshToken,
-        _ => PollPlan::Unchanged,
-    }
+pub enum QuarantineWrite {
+    /// Recorded as quarantined (first time, or again after it expired).
+    Quarantined,
+    /// Already quarantined, or stored as a readable request: nothing written.
+    Known,
 }
 
 /// A store failure.
@@ -83,12 +72,23 @@ impl StoreError {
 /// The requests table as the functions see it.
 pub trait RequestStore: Send + Sync {
     /// Record a request read from Concur's queue so that reading it again never
-    /// duplicates it (see [`plan_poll_write`]). Safe under concurrent pollers.
+    /// duplicates it (see [`plan_poll_write`]); `fetched_at` is when the page's GET was
+    /// sent. Safe under concurrent pollers and workers.
     fn record_polled(
         &self,
         request: &ConnectionRequest,
+        fetched_at: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<PollWrite, StoreError>> + Send;
+
+    /// Record a page item that could not be read (see [`RequestItem::quarantined`]),
+    /// unless that id is already stored.
+    fn record_quarantined(
+        &self,
+        id: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<QuarantineWrite, StoreError>> + Send;
 
     /// One item, read consistently.
     fn get(&self, id: &str)
@@ -98,15 +98,17 @@ pub trait RequestStore: Send + Sync {
 /// What a worker's claim on one attempt found.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Claim {
-    /// This worker now holds the attempt (`working`, under its lease).
+    /// This worker now holds the attempt (`working`, under its lease): decide it.
     Claimed(RequestItem),
-    /// The status was decided but Concur has not acknowledged it: send the same status.
+    /// This worker now holds an attempt whose status was decided earlier but not
+    /// acknowledged (`decided`, under its lease): send the same status.
     Decided(RequestItem),
     /// Another worker holds a live lease on this attempt.
     Busy { lease_until: i64 },
     /// This attempt was reported already: nothing to do.
     Done,
-    /// The item has moved on to a later attempt, or is gone: this record is stale.
+    /// The item has moved on to a later attempt, is gone, parked or quarantined: this
+    /// record is stale.
     Stale,
 }
 
@@ -118,12 +120,20 @@ pub struct Decision {
     pub reason: String,
 }
 
+/// One worker's hold on one attempt: every write below is fenced by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease<'a> {
+    pub id: &'a str,
+    pub attempt: u32,
+    pub owner: &'a str,
+}
+
 /// The requests table as the worker sees it. Every write is conditional on the attempt
-/// (and the state it moves from), so a stale or duplicated record can never overwrite a
-/// later one, and no attempt ever gets two different statuses.
+/// and the lease owner (see [`lifecycle`]), so a stale or duplicated record can never
+/// overwrite a later one, and no attempt ever gets two different statuses.
 pub trait WorkStore: Send + Sync {
-    /// Move attempt `attempt` from `received` (or `working` with an expired lease) to
-    /// `working` under `owner`'s lease until `lease_until_ms` (epoch ms).
+    /// Take the lease on attempt `attempt` until `lease_until_ms` (epoch ms): from
+    /// `received`, or from `working`/`decided` whose lease expired.
     fn claim(
         &self,
         id: &str,
@@ -133,35 +143,65 @@ pub trait WorkStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<Claim, StoreError>> + Send;
 
-    /// Record the decided status (`working` → `decided`) while `owner` holds the lease.
-    /// `Ok(false)`: the lease was lost, nothing was written.
+    /// Record that the stored request token is being submitted to the grant.
+    /// `Ok(false)`: the lease was lost, or the token changed; nothing was written.
+    fn record_exchange_started(
+        &self,
+        lease: Lease<'_>,
+        token: &str,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Store a fresh request token read from Concur (clears `exchange_started_at`).
+    fn record_fresh_token(
+        &self,
+        lease: Lease<'_>,
+        token: &str,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Record the decided status (`working` → `decided`, once per attempt) while the
+    /// lease is held. `Ok(false)`: the lease was lost, nothing was written.
     fn record_decision(
         &self,
-        id: &str,
-        attempt: u32,
-        owner: &str,
+        lease: Lease<'_>,
         decision: &Decision,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// Concur acknowledged the status: `decided` → `reported`, history appended, personal
-    /// data and token removed, TTL set. `Ok(false)`: already reported (a retry).
+    /// Count a PUT about to be sent. `Ok(Some(n))`: `n` PUTs were sent before this one;
+    /// `Ok(None)`: the lease was lost (send nothing).
+    fn record_put_sent(
+        &self,
+        lease: Lease<'_>,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Option<u32>, StoreError>> + Send;
+
+    /// Concur answered the PUT: `decided` → `reported`, history appended, personal data
+    /// and token removed, TTL set. `Ok(false)`: the lease was lost or it was reported.
     fn record_reported(
         &self,
-        id: &str,
-        attempt: u32,
+        lease: Lease<'_>,
+        result: ReportResult,
         now: DateTime<Utc>,
         retention_days: i64,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// Operator re-drive: send a stuck `working` attempt back to `received` (conditional
-    /// on the attempt), so the worker takes it again. A `decided` attempt is never sent
-    /// back (that could give it a second status): its decided status is re-sent instead.
-    /// `Ok(false)`: nothing to re-drive.
-    fn redrive(
+    /// Give the lease up after a failure the process survived: the lease ends now and
+    /// the sweep re-arms the item once `due_at_ms` has passed. The state (and any
+    /// decision) is kept.
+    fn release(
         &self,
-        id: &str,
-        attempt: u32,
+        lease: Lease<'_>,
+        due_at_ms: i64,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Leave the attempt to an operator: lease and `due_at` removed, `parked_at` set.
+    fn park(
+        &self,
+        lease: Lease<'_>,
+        reason: lifecycle::ParkReason,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }
@@ -170,9 +210,18 @@ impl<T: RequestStore> RequestStore for &T {
     fn record_polled(
         &self,
         request: &ConnectionRequest,
+        fetched_at: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<PollWrite, StoreError>> + Send {
-        T::record_polled(self, request, now)
+        T::record_polled(self, request, fetched_at, now)
+    }
+    fn record_quarantined(
+        &self,
+        id: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<QuarantineWrite, StoreError>> + Send {
+        T::record_quarantined(self, id, reason, now)
     }
     fn get(
         &self,
@@ -193,69 +242,60 @@ impl<T: WorkStore> WorkStore for &T {
     ) -> impl Future<Output = Result<Claim, StoreError>> + Send {
         T::claim(self, id, attempt, owner, lease_until_ms, now)
     }
+    fn record_exchange_started(
+        &self,
+        lease: Lease<'_>,
+        token: &str,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        T::record_exchange_started(self, lease, token, now)
+    }
+    fn record_fresh_token(
+        &self,
+        lease: Lease<'_>,
+        token: &str,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        T::record_fresh_token(self, lease, token, now)
+    }
     fn record_decision(
         &self,
-        id: &str,
-        attempt: u32,
-        owner: &str,
+        lease: Lease<'_>,
         decision: &Decision,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        T::record_decision(self, id, attempt, owner, decision, now)
+        T::record_decision(self, lease, decision, now)
+    }
+    fn record_put_sent(
+        &self,
+        lease: Lease<'_>,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Option<u32>, StoreError>> + Send {
+        T::record_put_sent(self, lease, now)
     }
     fn record_reported(
         &self,
-        id: &str,
-        attempt: u32,
+        lease: Lease<'_>,
+        result: ReportResult,
         now: DateTime<Utc>,
         retention_days: i64,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        T::record_reported(self, id, attempt, now, retention_days)
+        T::record_reported(self, lease, result, now, retention_days)
     }
-    fn redrive(
+    fn release(
         &self,
-        id: &str,
-        attempt: u32,
+        lease: Lease<'_>,
+        due_at_ms: i64,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        T::redrive(self, id, attempt, now)
+        T::release(self, lease, due_at_ms, now)
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::json;
-
-    fn polled(token: &str) -> ConnectionRequest {
-        ConnectionRequest::from_wire(
-            json::parse_request(&format!(r#"{{"ID":"r1","requestToken":"{token}"}}"#)).unwrap(),
-        )
-        .unwrap()
-    }
-
-    #[test]
-    fn the_poll_rule() {
-        let mut item = RequestItem::received(&polled("t1"), Utc::now());
-        for state in [
-            RequestState::Received,
-            RequestState::Working,
-            RequestState::Decided,
-        ] {
-            item.state = state;
-            assert_eq!(
-                plan_poll_write(&item, &polled("t1")),
-                PollPlan::Unchanged,
-                "{state:?}"
-            );
-            assert_eq!(
-                plan_poll_write(&item, &polled("t2")),
-                PollPlan::RefreshToken,
-                "{state:?}"
-            );
-        }
-        item.state = RequestState::Reported;
-        item.request_token = None;
-        assert_eq!(plan_poll_write(&item, &polled("t1")), PollPlan::Requeue);
+    fn park(
+        &self,
+        lease: Lease<'_>,
+        reason: lifecycle::ParkReason,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        T::park(self, lease, reason, now)
     }
 }

@@ -8,7 +8,7 @@ use aws_sdk_dynamodb::types::{
 };
 use aws_sdk_dynamodb::Client;
 
-use super::layout::{attr, members, TTL_ATTRIBUTE};
+use super::layout::{attr, members, BY_DUE, TTL_ATTRIBUTE};
 use super::StoreError;
 
 fn backend(op: &'static str, e: impl std::fmt::Display) -> StoreError {
@@ -20,27 +20,53 @@ fn backend(op: &'static str, e: impl std::fmt::Display) -> StoreError {
 }
 
 fn hash_key(name: &str) -> Result<(KeySchemaElement, AttributeDefinition), StoreError> {
+    attribute(name, ScalarAttributeType::S, KeyType::Hash)
+}
+
+fn attribute(
+    name: &str,
+    kind: ScalarAttributeType,
+    key_type: KeyType,
+) -> Result<(KeySchemaElement, AttributeDefinition), StoreError> {
     let key = KeySchemaElement::builder()
         .attribute_name(name)
-        .key_type(KeyType::Hash)
+        .key_type(key_type)
         .build()
         .map_err(|e| backend("CreateTable", e))?;
     let definition = AttributeDefinition::builder()
         .attribute_name(name)
-        .attribute_type(ScalarAttributeType::S)
+        .attribute_type(kind)
         .build()
         .map_err(|e| backend("CreateTable", e))?;
     Ok((key, definition))
 }
 
-/// The requests table: key `request_id`, stream of new and old images, TTL `expires_at`.
+/// The requests table: key `request_id`, stream of new and old images, TTL `expires_at`,
+/// and the sweep's sparse index `by-due` (`state`, `due_at`; keys only).
 pub async fn create_requests_table(client: &Client, name: &str) -> Result<(), StoreError> {
     let (key, definition) = hash_key(attr::REQUEST_ID)?;
+    let (state_key, state_definition) = hash_key(attr::STATE)?;
+    let (due_key, due_definition) =
+        attribute(attr::DUE_AT, ScalarAttributeType::N, KeyType::Range)?;
+    let by_due = GlobalSecondaryIndex::builder()
+        .index_name(BY_DUE)
+        .key_schema(state_key)
+        .key_schema(due_key)
+        .projection(
+            Projection::builder()
+                .projection_type(ProjectionType::KeysOnly)
+                .build(),
+        )
+        .build()
+        .map_err(|e| backend("CreateTable", e))?;
     client
         .create_table()
         .table_name(name)
         .key_schema(key)
         .attribute_definitions(definition)
+        .attribute_definitions(state_definition)
+        .attribute_definitions(due_definition)
+        .global_secondary_indexes(by_due)
         .billing_mode(BillingMode::PayPerRequest)
         .stream_specification(
             StreamSpecification::builder()
