@@ -1,4 +1,5 @@
-//! `triplink status`: counts by state and outcome, requeued and stuck requests.
+//! `triplink status`: counts by state and outcome, requeued, re-driven, parked,
+//! quarantined and stuck requests.
 
 use std::collections::HashMap;
 
@@ -28,6 +29,14 @@ pub struct Row {
     pub updated_at: Option<String>,
     #[serde(default)]
     pub history: Vec<HistoryRow>,
+    #[serde(default)]
+    pub due_at: Option<i64>,
+    #[serde(default)]
+    pub redrives: Option<u32>,
+    #[serde(default)]
+    pub parked_at: Option<String>,
+    #[serde(default)]
+    pub report_result: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -41,6 +50,8 @@ pub struct StateCounts {
     pub working: u64,
     pub decided: u64,
     pub reported: u64,
+    /// Page items that could not be read (never processed).
+    pub quarantined: u64,
     /// A state this version does not know.
     pub other: u64,
 }
@@ -64,12 +75,31 @@ pub struct OutcomeCounts {
     pub none: u64,
 }
 
+/// The sweep re-arms an item at most this long after its `due_at` (a poller run or two).
+pub const OVERDUE_AFTER_MINUTES: i64 = 5;
+
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
 pub struct StuckCounts {
-    /// `working` with an expired (or no) lease.
+    /// `working` with an expired (or no) lease: the sweep re-arms it.
     pub working_expired_lease: u64,
-    /// `decided` for more than 15 minutes.
+    /// `decided` for more than 15 minutes: being re-sent, or waiting for the sweep.
     pub decided_too_long: u64,
+    /// Not finished, and `due_at` passed more than 5 minutes ago (or missing): the sweep
+    /// is not running, or cannot write. Stuck.
+    pub overdue: u64,
+    /// Left to an operator after its re-drives (alarm `requests-parked`). Stuck.
+    pub parked: u64,
+}
+
+/// The life cycle's recovery, in numbers.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct RecoveryCounts {
+    /// Unfinished requests the sweep has re-armed at least once.
+    pub redriven: u64,
+    /// Reported with a lost acknowledgement (an earlier PUT was taken).
+    pub ack_lost: u64,
+    /// Our first PUT found the request not outstanding (popped by someone else).
+    pub not_outstanding: u64,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
@@ -82,6 +112,7 @@ pub struct StatusReport {
     /// Requests on a later attempt (attempt > 1): Concur requeued them.
     pub requeued: u64,
     pub stuck: StuckCounts,
+    pub recovery: RecoveryCounts,
     /// Items that could not be read.
     pub unreadable: u64,
 }
@@ -124,7 +155,30 @@ impl StatusReport {
                 }
             }
             Some("reported") => self.by_state.reported += 1,
+            Some("quarantined") => self.by_state.quarantined += 1,
             _ => self.by_state.other += 1,
+        }
+        let unfinished = matches!(
+            row.state.as_deref(),
+            Some("received" | "working" | "decided")
+        );
+        if unfinished {
+            if row.parked_at.is_some() {
+                self.stuck.parked += 1;
+            } else if row.due_at.is_none_or(|due| {
+                due + Duration::minutes(OVERDUE_AFTER_MINUTES).num_milliseconds()
+                    < now.timestamp_millis()
+            }) {
+                self.stuck.overdue += 1;
+            }
+            if row.redrives.unwrap_or(0) > 0 {
+                self.recovery.redriven += 1;
+            }
+        }
+        match row.report_result.as_deref() {
+            Some("ack_lost") => self.recovery.ack_lost += 1,
+            Some("not_outstanding") => self.recovery.not_outstanding += 1,
+            _ => {}
         }
         match row.history.last().map(|h| h.status.to_ascii_uppercase()) {
             None => self.by_outcome.none += 1,
@@ -142,8 +196,9 @@ impl StatusReport {
         }
     }
 
+    /// Requests that will not finish without someone: parked, or overdue for the sweep.
     pub fn stuck_total(&self) -> u64 {
-        self.stuck.working_expired_lease + self.stuck.decided_too_long
+        self.stuck.overdue + self.stuck.parked
     }
 }
 
@@ -169,13 +224,17 @@ pub async fn status_paged(
         let output = client
             .scan()
             .table_name(table)
-            .projection_expression("#s, #a, #lu, #da, #ua, #h")
+            .projection_expression("#s, #a, #lu, #da, #ua, #h, #due, #rd, #pk, #rr")
             .expression_attribute_names("#s", attr::STATE)
             .expression_attribute_names("#a", attr::ATTEMPT)
             .expression_attribute_names("#lu", attr::LEASE_UNTIL)
             .expression_attribute_names("#da", attr::DECIDED_AT)
             .expression_attribute_names("#ua", attr::UPDATED_AT)
             .expression_attribute_names("#h", attr::HISTORY)
+            .expression_attribute_names("#due", attr::DUE_AT)
+            .expression_attribute_names("#rd", attr::REDRIVES)
+            .expression_attribute_names("#pk", attr::PARKED_AT)
+            .expression_attribute_names("#rr", attr::REPORT_RESULT)
             .set_exclusive_start_key(start)
             .set_limit(page_size)
             .send()
@@ -215,6 +274,7 @@ impl Render for StatusReport {
             ("working", s.working),
             ("decided", s.decided),
             ("reported", s.reported),
+            ("quarantined", s.quarantined),
         ] {
             states.row([name.to_owned(), count.to_string()]);
         }
@@ -246,19 +306,41 @@ impl Render for StatusReport {
             self.requeued.to_string(),
         ]);
         health.row([
-            "stuck: working, lease expired".to_owned(),
+            "re-driven by the sweep (unfinished)".to_owned(),
+            self.recovery.redriven.to_string(),
+        ]);
+        health.row([
+            "working, lease expired (sweep re-arms)".to_owned(),
             self.stuck.working_expired_lease.to_string(),
         ]);
         health.row([
-            format!("stuck: decided > {DECIDED_STUCK_AFTER_MINUTES} min"),
+            format!("decided > {DECIDED_STUCK_AFTER_MINUTES} min"),
             self.stuck.decided_too_long.to_string(),
+        ]);
+        health.row([
+            "reported: acknowledgement lost".to_owned(),
+            self.recovery.ack_lost.to_string(),
+        ]);
+        health.row([
+            "reported: not outstanding at our first PUT".to_owned(),
+            self.recovery.not_outstanding.to_string(),
+        ]);
+        health.row([
+            format!("stuck: overdue > {OVERDUE_AFTER_MINUTES} min for the sweep"),
+            self.stuck.overdue.to_string(),
+        ]);
+        health.row([
+            "stuck: parked (needs an operator)".to_owned(),
+            self.stuck.parked.to_string(),
         ]);
         if self.unreadable > 0 {
             health.row(["unreadable items".to_owned(), self.unreadable.to_string()]);
         }
         out.push_str(&health.render());
         if self.stuck_total() > 0 {
-            out.push_str("\nStuck requests can be sent back with `triplink retry ID`.\n");
+            out.push_str(
+                "\nStuck requests: check that the poller runs (it sweeps), fix the cause, then `triplink retry ID`.\n",
+            );
         }
         out
     }
@@ -315,5 +397,70 @@ mod tests {
         assert_eq!(report.by_outcome.creu1, 1);
         assert_eq!(report.by_outcome.none, 4);
         assert_eq!(report.requeued, 1);
+        // None of those rows has a due_at: written before the sweep existed, overdue.
+        assert_eq!(report.stuck.overdue, 5);
+
+        let mut report = StatusReport::new("t", now);
+        for row in [
+            Row {
+                state: Some("working".into()),
+                due_at: Some(ms - 60_000),
+                redrives: Some(2),
+                ..Row::default()
+            },
+            Row {
+                state: Some("received".into()),
+                due_at: Some(ms - 6 * 60_000),
+                ..Row::default()
+            },
+            Row {
+                state: Some("decided".into()),
+                parked_at: Some(fresh_at(now)),
+                redrives: Some(8),
+                ..Row::default()
+            },
+            Row {
+                state: Some("quarantined".into()),
+                ..Row::default()
+            },
+            Row {
+                state: Some("reported".into()),
+                report_result: Some("ack_lost".into()),
+                ..Row::default()
+            },
+            Row {
+                state: Some("reported".into()),
+                report_result: Some("not_outstanding".into()),
+                ..Row::default()
+            },
+        ] {
+            report.add(&row, now);
+        }
+        assert_eq!(report.by_state.quarantined, 1);
+        assert_eq!(
+            report.stuck,
+            StuckCounts {
+                working_expired_lease: 1,
+                decided_too_long: 1,
+                overdue: 1,
+                parked: 1
+            }
+        );
+        assert_eq!(report.stuck_total(), 2);
+        assert_eq!(
+            report.recovery,
+            RecoveryCounts {
+                redriven: 2,
+                ack_lost: 1,
+                not_outstanding: 1
+            }
+        );
+        let text = report.render();
+        assert!(text.contains("quarantined"), "{text}");
+        assert!(text.contains("stuck: parked (needs an operator)"), "{text}");
+    }
+
+    fn fresh_at(now: DateTime<Utc>) -> String {
+        triplink_shared::store::layout::timestamp(now)
     }
 }

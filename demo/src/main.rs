@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use triplink_shared::concur::{BaseUrl, ConcurClient, ConcurConfig};
 use triplink_shared::matching::Member;
 use triplink_shared::members::dynamo::DynamoMemberDirectory;
-use triplink_shared::store::{tables, DynamoRequestStore};
+use triplink_shared::store::{lifecycle, tables, DynamoRequestStore};
 use triplink_shared::telemetry::Metrics;
 use triplink_shared::testing;
 use triplink_shared::vault::{KmsEncryptor, TokenVault};
@@ -168,6 +168,14 @@ async fn run(args: Args) -> Result<bool, Error> {
                 return Err(format!("queue not drained after {} rounds", args.max_rounds).into());
             }
             let deadline = Instant::now() + Duration::from_secs(60);
+            // What the poller function does on each run: sweep, then poll.
+            let sweep = lifecycle::sweep(&store, chrono::Utc::now()).await;
+            if sweep.due > 0 {
+                println!(
+                    "    [{phase}] sweep: {} due, {} re-armed, {} parked",
+                    sweep.due, sweep.rearmed, sweep.parked
+                );
+            }
             let summary = poll(&concur, &store, &poll_settings, deadline).await?;
             requeued_total += summary.requeued;
             println!(

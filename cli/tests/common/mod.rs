@@ -39,6 +39,8 @@ pub fn item(id: &str, state: RequestState, attempt: u32, now: DateTime<Utc>) -> 
     let mut item = RequestItem::received(&request, now - Duration::minutes(30));
     item.state = state;
     item.attempt = attempt;
+    // As the life cycle keeps it: due again a while from now (the sweep renews it).
+    item.due_at = Some(triplink_shared::store::lifecycle::received_due(now));
     item
 }
 
@@ -46,6 +48,7 @@ pub fn working(id: &str, lease_until: DateTime<Utc>, now: DateTime<Utc>) -> Requ
     let mut item = item(id, RequestState::Working, 1, now);
     item.lease_owner = Some("lambda-request-1".into());
     item.lease_until = Some(lease_until.timestamp_millis());
+    item.due_at = Some(lease_until.timestamp_millis().max(now.timestamp_millis()));
     item
 }
 
