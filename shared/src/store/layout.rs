@@ -10,10 +10,13 @@
 //!   only ids, states and the attempt history stay until the TTL deletes the item. The
 //!   retention outlives Concur's requeue windows (4 × 24 h, 48 × 1 h), so a requeued
 //!   request still finds its attempt count.
-//! * States of one attempt, in order: `received` (stored by the poller) → `working`
+//! * States of one attempt: `received` (stored by the poller, or re-armed) → `working`
 //!   (claimed by a worker under a lease) → `decided` (status chosen and recorded, PUT not
-//!   yet acknowledged) → `reported` (Concur answered 204). A requeue (Concur returns the
-//!   same `ID` after a report) starts attempt `n + 1` at `received`.
+//!   yet acknowledged) → `reported` (Concur answered). `quarantined`: a page item that
+//!   could not be read. A requeue (Concur returns the same `ID` after a report) starts
+//!   attempt `n + 1` at `received`. The rules are in [`super::lifecycle`].
+//! * GSI [`BY_DUE`]: hash `state`, range `due_at` (N), keys only; sparse (only unfinished,
+//!   unparked items carry `due_at`). The poller's sweep reads it.
 //!
 //! ## Members table (`MEMBERS_TABLE`)
 //! Two kinds of items share the table (see [`crate::members::dynamo`]):

@@ -1,8 +1,10 @@
 //! The requests store: where connection requests wait between the poller and the worker.
 //!
-//! [`RequestStore`] is the small trait the functions are generic over; [`dynamo`] is the
-//! DynamoDB implementation; [`layout`] owns the table layout; [`tables`] creates tables
-//! for local runs and tests.
+//! [`RequestStore`] (the poller), [`WorkStore`] (the worker) and
+//! [`lifecycle::SweepStore`] (the sweep) are the small traits the functions are generic
+//! over; [`dynamo`] is the DynamoDB implementation; [`layout`] owns the table layout;
+//! [`lifecycle`] owns the request life cycle; [`tables`] creates tables for local runs and
+//! tests.
 
 pub mod dynamo;
 pub mod layout;
