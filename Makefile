@@ -10,11 +10,12 @@ VENV_STAMP := $(VENV)/.installed-$(shell cat requirements-dev.txt | cksum | cut 
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: bench help test fmt-check clippy cargo-test demo venv conformance template-lint build template-checkov
+.PHONY: bench help test fmt-check clippy cargo-test e2e demo venv conformance template-lint build template-checkov
 
 help:
 	@echo "make test   - fmt check, clippy -D warnings, every test"
 	@echo "make conformance - Schemathesis: the Concur sandbox against the v3.2 Swagger"
+	@echo "make e2e    - the release functions under a local Lambda: verdict per scenario"
 	@echo "make demo   - run the connector end to end on one machine"
 	@echo "make build  - sam build: both functions for Lambda (arm64) in .aws-sam/build"
 
@@ -65,7 +66,14 @@ $(CHECKOV_STAMP): deploy/requirements-checkov.txt
 template-checkov: $(CHECKOV_STAMP)
 	$(CHECKOV_VENV)/bin/checkov --skip-download --quiet --compact --framework cloudformation -f template.yaml
 
-test: fmt-check clippy cargo-test conformance template-lint
+# The Lambda-level end-to-end test (demo/tests/lambda_e2e.rs): the release bootstraps of
+# both functions run as Lambda runs them (Runtime API, cold starts, deadlines, crashes,
+# timeouts), the poller on its schedule and the worker behind the stream mapping read
+# from template.yaml, against moto and the Concur sandbox. One verdict line per scenario.
+e2e: venv
+	cargo test --locked -p demo --test lambda_e2e -- --ignored --nocapture --test-threads=1
+
+test: fmt-check clippy cargo-test conformance template-lint e2e
 
 # Benchmarks that print figures (loopback only): the poller's overlap of writes and fetches.
 bench: venv

@@ -16,12 +16,12 @@ async fn directory() -> DynamoMemberDirectory {
     DynamoMemberDirectory::new(testing::dynamodb(), name)
 }
 
-fn file(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(testing::unique_name("triplink-cli-members"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
+/// A file holding `text`, in a directory removed when the guard is dropped.
+fn file(name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
     std::fs::write(&path, text).unwrap();
-    path
+    (dir, path)
 }
 
 fn options(dry_run: bool) -> ImportOptions {
@@ -34,7 +34,8 @@ fn options(dry_run: bool) -> ImportOptions {
 }
 
 async fn import(directory: &DynamoMemberDirectory, name: &str, text: &str) -> ImportReport {
-    import_file(directory, &file(name, text), &options(false))
+    let (_dir, path) = file(name, text);
+    import_file(directory, &path, &options(false))
         .await
         .unwrap()
 }
@@ -191,9 +192,8 @@ async fn at_most_twenty_errors_are_listed_and_a_dry_run_writes_nothing() {
     assert!(format_report(&report, OutputFormat::Table).contains("... and 5 more"));
 
     let good = "[{\"memberId\":\"D1\",\"lastName\":\"Dry\",\"status\":\"active\"}]";
-    let report = import_file(&directory, &file("dry.json", good), &options(true))
-        .await
-        .unwrap();
+    let (_dir, dry) = file("dry.json", good);
+    let report = import_file(&directory, &dry, &options(true)).await.unwrap();
     assert_eq!((report.records, report.imported, report.skipped), (1, 0, 1));
     assert_eq!(directory.count().await.unwrap(), 0);
 

@@ -1,3 +1,5 @@
-//! Local stand-ins for what AWS does around the functions, for `make demo`.
+//! Local stand-ins for what AWS does around the functions, for `make demo` and the
+//! Lambda-level end-to-end test (`make e2e`).
 
+pub mod lambda;
 pub mod stream;

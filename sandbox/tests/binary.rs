@@ -50,9 +50,8 @@ fn bad_fault_rule_is_refused_at_start() {
 
 #[tokio::test]
 async fn binary_serves_and_logs_calls() {
-    let dir = std::env::temp_dir().join(format!("concur-sandbox-bin-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let addr_file = dir.join("addr");
+    let dir = tempfile::tempdir().unwrap();
+    let addr_file = dir.path().join("addr");
     let mut child = Command::new(BIN)
         .args(["--listen", "127.0.0.1:0", "--addr-file"])
         .arg(&addr_file)

@@ -8,17 +8,13 @@ use concur_sandbox::seed::{expected_status, intended, Case, CYCLE};
 use concur_sandbox::Config;
 use serde_json::Value;
 
-fn tmp(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("concur-sandbox-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
-
 async fn seeded(seed: u64, n: usize, file: &str) -> (T, String, String) {
     let mut c = Config::for_tests();
     c.seed = Some(seed);
     c.users = n;
-    let path = tmp(file);
+    // Removed when the test is done with the files.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(file);
     c.members_out = Some(path.clone());
     let t = start_with(c).await;
     let members = std::fs::read_to_string(&path).unwrap();

@@ -423,11 +423,7 @@ where
                 }
             }
         };
-        match self
-            .store
-            .record_exchange_started(lease, token.expose_secret(), Utc::now())
-            .await
-        {
+        match self.store.record_exchange_started(lease, Utc::now()).await {
             Ok(true) => {}
             Ok(false) => return Step::LeaseLost,
             Err(e) => {
@@ -555,6 +551,17 @@ where
         }
     }
 
+    /// A fenced write found the lease not ours. If it still is (the write met a spurious
+    /// conflict), release it now so the sweep need not wait for its expiry; if another
+    /// worker holds it, the release is fenced off and changes nothing.
+    async fn lease_lost(&self, item: &RequestItem, lease: Lease<'_>) -> RecordOutcome {
+        let now = Utc::now();
+        if let Ok(true) = self.store.release(lease, now.timestamp_millis(), now).await {
+            warn!(request_id = %item.request_id, "a write was refused though the lease was ours; released");
+        }
+        RecordOutcome::LeaseLost
+    }
+
     /// Send the recorded decision of an attempt this worker holds, and record Concur's
     /// answer.
     async fn send_decided(
@@ -579,7 +586,7 @@ where
                 .await;
         }
         let Some(earlier_sends) = self.store.record_put_sent(lease, Utc::now()).await? else {
-            return Ok(RecordOutcome::LeaseLost);
+            return Ok(self.lease_lost(item, lease).await);
         };
         let result = match self.concur.report(&item.request_id, status, deadline).await {
             Ok(()) => ReportResult::Accepted,
@@ -687,7 +694,7 @@ where
                 let decided = match self.decide(&item, lease, deadline).await {
                     Step::Decide(decided) => decided,
                     Step::Leave(reason) => return self.leave(&item, lease, reason).await,
-                    Step::LeaseLost => return Ok(RecordOutcome::LeaseLost),
+                    Step::LeaseLost => return Ok(self.lease_lost(&item, lease).await),
                 };
                 if !self
                     .store
@@ -695,7 +702,7 @@ where
                     .await?
                 {
                     warn!(request_id = %item.request_id, "lease lost before the decision was recorded");
-                    return Ok(RecordOutcome::LeaseLost);
+                    return Ok(self.lease_lost(&item, lease).await);
                 }
                 let mut item = item;
                 item.decided_at = Some(triplink_shared::store::layout::timestamp(Utc::now()));

@@ -94,13 +94,9 @@ impl WorkStore for CrashStore<'_> {
     async fn record_exchange_started(
         &self,
         lease: Lease<'_>,
-        token: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let done = self
-            .inner
-            .record_exchange_started(lease, token, now)
-            .await?;
+        let done = self.inner.record_exchange_started(lease, now).await?;
         self.crash.after(Point::AfterExchangeRecorded).await;
         Ok(done)
     }

@@ -526,3 +526,89 @@ async fn one_record_the_store_cannot_serve_fails_only_from_its_sequence_number()
         assert_eq!(puts(&env.sandbox, &item.request_id).await.0.len(), 1);
     }
 }
+
+/// The grant consumes the single-use request token: when Concur performs it but the
+/// answer is lost, the token is never submitted again; the next holder reads a fresh
+/// one by id and connects with it.
+#[tokio::test]
+async fn a_grant_whose_answer_is_lost_is_not_repeated_with_the_same_token() {
+    let env = setup(20).await;
+    let matched: Vec<_> = testing::scan_requests(&env.store)
+        .await
+        .into_iter()
+        .filter(|i| env.expected.get(&i.request_id).map(String::as_str) == Some("CRSUC"))
+        .take(1)
+        .collect();
+    let item = matched[0].clone();
+    let worker = worker(&env, &env.concur, &env.members);
+    // Warm the app token, so the next token call is the grant itself.
+    env.concur.app_token(far()).await.unwrap();
+    reqwest::Client::new()
+        .post(env.sandbox.url("/_sandbox/faults"))
+        .json(&json!({"rules": ["token:drop-after:next=1"]}))
+        .send()
+        .await
+        .unwrap();
+    let outcome = worker
+        .process(
+            &record(&item, "INSERT", 1),
+            "inv-1",
+            lambda_deadline_ms(),
+            far(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        RecordOutcome::Released {
+            reason: Leave::TokenExchangeUnanswered
+        }
+    );
+    let left = env.store.get(&item.request_id).await.unwrap().unwrap();
+    assert!(left.exchange_started_at.is_some());
+    assert!(puts(&env.sandbox, &item.request_id).await.0.is_empty());
+
+    let sweep = sweep_later(&env, 1).await;
+    assert!(sweep.rearmed >= 1, "{sweep:?}");
+    let rearmed = env.store.get(&item.request_id).await.unwrap().unwrap();
+    let outcome = worker
+        .process(
+            &record(&rearmed, "MODIFY", 2),
+            "inv-2",
+            lambda_deadline_ms(),
+            far(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            outcome,
+            RecordOutcome::Reported {
+                status: ConnectionStatus::Connected,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    let view: serde_json::Value = reqwest::get(
+        env.sandbox
+            .url(&format!("/_sandbox/requests/{}", item.request_id)),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let tokens: Vec<u64> = view["exchange_attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["token_number"].as_u64().unwrap())
+        .collect();
+    assert_eq!(tokens.len(), 2, "{view}");
+    assert_ne!(tokens[0], tokens[1], "never the same token twice: {view}");
+    assert_eq!(
+        puts(&env.sandbox, &item.request_id).await,
+        (vec!["CRSUC".to_owned()], 0)
+    );
+}

@@ -502,19 +502,17 @@ impl WorkStore for DynamoRequestStore {
     async fn record_exchange_started(
         &self,
         lease: Lease<'_>,
-        token: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
+        // Fenced by the lease only: the poller may store a newer token meanwhile (the one
+        // being submitted stays valid), and the mark stays until a fresh token is stored.
         self.leased_write(
             &lease,
             &[RequestState::Working],
             "SET #started = :now, #updated = :now",
-            Some("#token = :token AND attribute_not_exists(#started)"),
-            &[
-                ("#started", attr::EXCHANGE_STARTED_AT),
-                ("#token", attr::REQUEST_TOKEN),
-            ],
-            vec![(":now", s(timestamp(now))), (":token", s(token))],
+            None,
+            &[("#started", attr::EXCHANGE_STARTED_AT)],
+            vec![(":now", s(timestamp(now)))],
         )
         .await
     }

@@ -145,12 +145,12 @@ pub trait WorkStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<Claim, StoreError>> + Send;
 
-    /// Record that the stored request token is being submitted to the grant.
-    /// `Ok(false)`: the lease was lost, or the token changed; nothing was written.
+    /// Record that a request token of this attempt is being submitted to the grant (the
+    /// poller may store a newer one meanwhile: the mark stays until the worker stores a
+    /// fresh token it read itself). `Ok(false)`: the lease was lost; nothing was written.
     fn record_exchange_started(
         &self,
         lease: Lease<'_>,
-        token: &str,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
@@ -247,10 +247,9 @@ impl<T: WorkStore> WorkStore for &T {
     fn record_exchange_started(
         &self,
         lease: Lease<'_>,
-        token: &str,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        T::record_exchange_started(self, lease, token, now)
+        T::record_exchange_started(self, lease, now)
     }
     fn record_fresh_token(
         &self,

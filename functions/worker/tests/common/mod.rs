@@ -52,9 +52,8 @@ pub fn concur_client(sandbox: &Sandbox) -> ConcurClient {
 
 /// A seeded sandbox (every hard case), its members imported, its queue polled.
 pub async fn setup(users: usize) -> Env {
-    let dir = std::env::temp_dir().join(testing::unique_name("worker-seed"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let members_file: PathBuf = dir.join("members.json");
+    let dir = tempfile::tempdir().unwrap();
+    let members_file: PathBuf = dir.path().join("members.json");
     let mut config = Config::for_tests();
     config.seed = Some(7);
     config.users = users;
@@ -83,10 +82,11 @@ pub async fn setup(users: usize) -> Env {
     for member in &seeded {
         members.put_member(member).await.unwrap();
     }
-    let expectations: Vec<Value> =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("members.expected.json")).unwrap())
-            .unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
+    let expectations: Vec<Value> = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("members.expected.json")).unwrap(),
+    )
+    .unwrap();
+    drop(dir);
     let expected = expectations
         .iter()
         .map(|e| {
