@@ -135,27 +135,27 @@ async fn warm_worker(stack: &LocalStack) {
     assert!(warm, "no worker invocation succeeded within 30 s");
 }
 
-/// Scenario (b): with `WorkerTimeoutSeconds=10`, the worker process is SIGKILLed
-/// 500 ms into an invocation that waits on slowed-down token exchanges (1.5 s each,
-/// sandbox fault `token:latency=1500:next=3`). Lambda's behaviour follows: the failed
-/// batch is bisected and retried at once on a cold-started environment, under the
-/// template's retry and dead-letter rules, while the poller keeps polling.
-#[ignore = "slow (release build, up to 90 s): run by make e2e"]
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_worker_killed_mid_invocation() {
+/// A run with `WorkerTimeoutSeconds=10` in which `chaos` strikes one worker invocation
+/// (after `faults` are set at the sandbox); the verdict must show that it did
+/// (`injected` and `effect` at least 1) and that nothing was lost, doubled, stuck or
+/// dead-lettered.
+async fn run_with_chaos(
+    name: &str,
+    scenario: &str,
+    faults: &[&str],
+    chaos: Chaos,
+    (injected, effect): (&str, &str),
+) {
     let _serial = SERIAL.lock().await;
-    let mut stack = stack("e2e-crash", &[("WorkerTimeoutSeconds", "10")]).await;
+    let mut stack = stack(name, &[("WorkerTimeoutSeconds", "10")]).await;
     let work_dir = stack.log_dir();
     let started = Instant::now();
     stack.start_traffic().await.unwrap();
     warm_worker(&stack).await;
-    stack
-        .add_faults(&["token:latency=1500:next=3"])
-        .await
-        .unwrap();
-    stack.worker.arm(Chaos::Kill {
-        after: Duration::from_millis(500),
-    });
+    if !faults.is_empty() {
+        stack.add_faults(faults).await.unwrap();
+    }
+    stack.worker.arm(chaos);
     let (drained, _) = stack
         .wait_until(LIMIT.saturating_sub(started.elapsed()), |s, progress| {
             progress.drained() && s.worker.armed() == 0
@@ -163,7 +163,7 @@ async fn a_worker_killed_mid_invocation() {
         .await
         .unwrap();
     stack.stop_traffic();
-    let verdict = stack.verdict("worker_killed", drained).await.unwrap();
+    let verdict = stack.verdict(scenario, drained).await.unwrap();
     report(&stack, &verdict);
     stack.shutdown().await;
     assert!(
@@ -171,50 +171,49 @@ async fn a_worker_killed_mid_invocation() {
         "the working directory is removed"
     );
     assert!(
-        verdict.json["kills_injected"].as_u64() >= Some(1)
-            && verdict.json["crashes"].as_u64() >= Some(1),
-        "no worker invocation was killed: {}",
+        verdict.json[injected].as_u64() >= Some(1) && verdict.json[effect].as_u64() >= Some(1),
+        "the chaos did not strike ({injected}, {effect}): {}",
         verdict.line()
     );
     assert_clean(&verdict);
 }
 
-/// Scenario (b'): with `WorkerTimeoutSeconds=10`, a worker invocation hangs 100 ms in
-/// (SIGSTOP) and overruns its deadline: Lambda kills the environment and fails the
-/// batch, which is bisected and retried on a cold start.
+/// Scenario (b): the worker process is SIGKILLed 500 ms into an invocation that waits
+/// on slowed-down token exchanges (1.5 s each, sandbox fault
+/// `token:latency=1500:next=3`). Lambda's behaviour follows: the failed batch is
+/// bisected and retried at once on a cold-started environment, under the template's
+/// retry and dead-letter rules, while the poller keeps polling.
+#[ignore = "slow (release build, up to 90 s): run by make e2e"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_killed_mid_invocation() {
+    run_with_chaos(
+        "e2e-crash",
+        "worker_killed",
+        &["token:latency=1500:next=3"],
+        Chaos::Kill {
+            after: Duration::from_millis(500),
+        },
+        ("kills_injected", "crashes"),
+    )
+    .await;
+}
+
+/// Scenario (b'): a worker invocation hangs 100 ms in (SIGSTOP) and overruns its
+/// deadline: Lambda kills the environment and fails the batch, which is bisected and
+/// retried on a cold start.
 #[ignore = "slow (release build, up to 90 s): run by make e2e"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_worker_timing_out() {
-    let _serial = SERIAL.lock().await;
-    let mut stack = stack("e2e-timeout", &[("WorkerTimeoutSeconds", "10")]).await;
-    let work_dir = stack.log_dir();
-    let started = Instant::now();
-    stack.start_traffic().await.unwrap();
-    warm_worker(&stack).await;
-    stack.worker.arm(Chaos::Freeze {
-        after: Duration::from_millis(100),
-    });
-    let (drained, _) = stack
-        .wait_until(LIMIT.saturating_sub(started.elapsed()), |s, progress| {
-            progress.drained() && s.worker.armed() == 0
-        })
-        .await
-        .unwrap();
-    stack.stop_traffic();
-    let verdict = stack.verdict("worker_timed_out", drained).await.unwrap();
-    report(&stack, &verdict);
-    stack.shutdown().await;
-    assert!(
-        kept() || !work_dir.exists(),
-        "the working directory is removed"
-    );
-    assert!(
-        verdict.json["freezes_injected"].as_u64() >= Some(1)
-            && verdict.json["timeouts"].as_u64() >= Some(1),
-        "no worker invocation timed out: {}",
-        verdict.line()
-    );
-    assert_clean(&verdict);
+    run_with_chaos(
+        "e2e-timeout",
+        "worker_timed_out",
+        &[],
+        Chaos::Freeze {
+            after: Duration::from_millis(100),
+        },
+        ("freezes_injected", "timeouts"),
+    )
+    .await;
 }
 
 fn fixture(

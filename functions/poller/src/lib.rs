@@ -140,7 +140,7 @@ impl<T: PendingSource> PendingSource for std::sync::Arc<T> {
     }
 }
 
-/// Why a run stopped paging.
+/// Why a run stopped paging (logged and published as its snake_case name).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum StopReason {
@@ -153,6 +153,18 @@ pub enum StopReason {
     Deadline,
     /// Concur failed (after the client's retries).
     ConcurError,
+}
+
+impl StopReason {
+    /// The name in logs and metrics, the same as in the JSON summary.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Drained => "drained",
+            Self::PageCap => "page_cap",
+            Self::Deadline => "deadline",
+            Self::ConcurError => "concur_error",
+        }
+    }
 }
 
 /// One run's summary: logged, returned, and published as metrics. No personal data.
@@ -413,7 +425,7 @@ impl<C: PendingSource, S: RequestStore + SweepStore> Poller<C, S> {
                         quarantined = summary.quarantined,
                         degraded = summary.degraded,
                         failed = summary.failed,
-                        stop_reason = ?summary.stop_reason,
+                        stop_reason = summary.stop_reason.as_str(),
                         duration_ms = summary.duration_ms,
                         "poll run finished"
                     );
@@ -452,10 +464,7 @@ impl<C: PendingSource, S: RequestStore + SweepStore> Poller<C, S> {
 
     fn publish(&self, summary: &PollSummary, failed_runs: u32) {
         let mut properties = Map::new();
-        properties.insert(
-            "stop_reason".into(),
-            serde_json::to_value(summary.stop_reason).unwrap_or(Value::Null),
-        );
+        properties.insert("stop_reason".into(), summary.stop_reason.as_str().into());
         let count = |v: u32| f64::from(v);
         self.metrics.emit(
             &[
@@ -514,6 +523,21 @@ mod tests {
             let env = HashMap::from([(key.to_string(), value.to_string())]);
             let err = PollerSettings::from_env(&env).unwrap_err().to_string();
             assert!(err.contains(key), "{key}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn stop_reasons_read_the_same_in_logs_and_in_the_summary() {
+        for reason in [
+            StopReason::Drained,
+            StopReason::PageCap,
+            StopReason::Deadline,
+            StopReason::ConcurError,
+        ] {
+            assert_eq!(
+                serde_json::to_value(reason).unwrap(),
+                serde_json::Value::from(reason.as_str())
+            );
         }
     }
 

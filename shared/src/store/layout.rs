@@ -251,51 +251,12 @@ pub fn email_key(email: &str) -> String {
 }
 
 impl RequestItem {
-    /// A request seen for the first time: attempt 1, `received`.
-    pub fn received(request: &ConnectionRequest, now: DateTime<Utc>) -> Self {
-        let at = timestamp(now);
-        Self {
-            request_id: request.id.clone(),
-            state: RequestState::Received,
-            attempt: 1,
-            request_token: request.request_token_secret().map(str::to_owned),
-            user_id: request.user_id.clone(),
-            first_name: request.first_name.clone(),
-            middle_name: request.middle_name.clone(),
-            last_name: request.last_name.clone(),
-            loyalty_number: request.loyalty_number.clone(),
-            emails: request.emails.clone(),
-            uri: request.uri.clone(),
-            last_modified: request.last_modified.map(timestamp),
-            received_at: at.clone(),
-            updated_at: at,
-            times_polled: 1,
-            lease_owner: None,
-            lease_until: None,
-            decided_status: None,
-            decided_at: None,
-            decision_reason: None,
-            reported_at: None,
-            history: Vec::new(),
-            expires_at: None,
-            due_at: Some(super::lifecycle::received_due(now)),
-            redrives: 0,
-            exchange_started_at: None,
-            puts_sent: 0,
-            report_result: None,
-            parked_at: None,
-            parked_reason: None,
-            quarantine_reason: None,
-        }
-    }
-
-    /// A page item that could not be read: its id and why, nothing else; it expires
-    /// after `retention_days`.
-    pub fn quarantined(id: &str, reason: &str, now: DateTime<Utc>, retention_days: i64) -> Self {
+    /// An item of `id` in `state` with nothing else known, created at `now`.
+    fn bare(id: &str, state: RequestState, now: DateTime<Utc>) -> Self {
         let at = timestamp(now);
         Self {
             request_id: id.to_owned(),
-            state: RequestState::Quarantined,
+            state,
             attempt: 1,
             request_token: None,
             user_id: None,
@@ -316,7 +277,7 @@ impl RequestItem {
             decision_reason: None,
             reported_at: None,
             history: Vec::new(),
-            expires_at: Some(expiry(now, retention_days)),
+            expires_at: None,
             due_at: None,
             redrives: 0,
             exchange_started_at: None,
@@ -324,7 +285,35 @@ impl RequestItem {
             report_result: None,
             parked_at: None,
             parked_reason: None,
+            quarantine_reason: None,
+        }
+    }
+
+    /// A request seen for the first time: attempt 1, `received`, due for the sweep if no
+    /// worker takes it (see [`super::lifecycle`]).
+    pub fn received(request: &ConnectionRequest, now: DateTime<Utc>) -> Self {
+        Self {
+            request_token: request.request_token_secret().map(str::to_owned),
+            user_id: request.user_id.clone(),
+            first_name: request.first_name.clone(),
+            middle_name: request.middle_name.clone(),
+            last_name: request.last_name.clone(),
+            loyalty_number: request.loyalty_number.clone(),
+            emails: request.emails.clone(),
+            uri: request.uri.clone(),
+            last_modified: request.last_modified.map(timestamp),
+            due_at: Some(super::lifecycle::received_due(now)),
+            ..Self::bare(&request.id, RequestState::Received, now)
+        }
+    }
+
+    /// A page item that could not be read: its id and why, nothing else; it expires
+    /// after `retention_days`.
+    pub fn quarantined(id: &str, reason: &str, now: DateTime<Utc>, retention_days: i64) -> Self {
+        Self {
+            expires_at: Some(expiry(now, retention_days)),
             quarantine_reason: Some(reason.to_owned()),
+            ..Self::bare(id, RequestState::Quarantined, now)
         }
     }
 }

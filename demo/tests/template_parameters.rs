@@ -1,0 +1,130 @@
+//! Every value `template.yaml` allows a parameter to take is accepted by the code that
+//! reads the variable it becomes: each numeric parameter at its `MinValue` and
+//! `MaxValue`, each value of an `AllowedValues` list, through the functions'
+//! configuration parsers (the ones their `main` calls at cold start). A deploy the
+//! template accepts must never crash every cold start.
+
+use std::collections::{BTreeMap, HashMap};
+
+use demo::lambda::cargo::workspace_root;
+use demo::lambda::template::{LocalResource, StackSettings, Template};
+use poller::PollerSettings;
+use triplink_shared::config::ConcurSettings;
+use worker::WorkerSettings;
+
+fn resources() -> BTreeMap<String, LocalResource> {
+    let table = |name: &str| {
+        LocalResource::new(name)
+            .with(
+                "Arn",
+                format!("arn:aws:dynamodb:us-east-1:123456789012:table/{name}"),
+            )
+            .with(
+                "StreamArn",
+                format!("arn:aws:dynamodb:us-east-1:123456789012:table/{name}/stream/x"),
+            )
+    };
+    BTreeMap::from([
+        ("RequestsTable".to_owned(), table("requests")),
+        ("MembersTable".to_owned(), table("members")),
+        ("ConnectionsTable".to_owned(), table("connections")),
+        (
+            "ConnectorKey".to_owned(),
+            LocalResource::new("key-id")
+                .with("Arn", "arn:aws:kms:us-east-1:123456789012:key/key-id"),
+        ),
+        (
+            "ConcurClientSecret".to_owned(),
+            LocalResource::new("arn:aws:secretsmanager:us-east-1:123456789012:secret:concur"),
+        ),
+        (
+            "WorkerDeadLetterQueue".to_owned(),
+            LocalResource::new("https://sqs.us-east-1.amazonaws.com/123456789012/dlq")
+                .with("Arn", "arn:aws:sqs:us-east-1:123456789012:dlq")
+                .with("QueueName", "dlq"),
+        ),
+    ])
+}
+
+/// Every (parameter, value) the template allows at its bounds.
+fn allowed_values(template: &Template) -> Vec<(String, String)> {
+    let mut cases = Vec::new();
+    let parameters = template.root()["Parameters"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    for (name, declaration) in parameters {
+        for bound in ["MinValue", "MaxValue"] {
+            if let Some(value) = declaration.get(bound) {
+                let value = value
+                    .as_i64()
+                    .map(|n| n.to_string())
+                    .or_else(|| value.as_str().map(str::to_owned))
+                    .unwrap_or_else(|| panic!("{name}.{bound} is not a number"));
+                cases.push((name.clone(), value));
+            }
+        }
+        for value in declaration
+            .get("AllowedValues")
+            .and_then(|v| v.as_array())
+            .cloned()
+            .unwrap_or_default()
+        {
+            let value = value
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| value.to_string());
+            cases.push((name.clone(), value));
+        }
+    }
+    cases
+}
+
+#[test]
+fn every_value_a_parameter_allows_is_accepted_at_cold_start() {
+    let template = Template::load(&workspace_root().join("template.yaml")).unwrap();
+    let cases = allowed_values(&template);
+    assert!(
+        cases.iter().any(|(name, _)| name == "PollPageLimit"),
+        "the bounds are read: {cases:?}"
+    );
+    let settings = StackSettings {
+        stack_name: "triplink".into(),
+        region: "us-east-1".into(),
+        account_id: "123456789012".into(),
+    };
+    let mut checked = 0;
+    for (name, value) in &cases {
+        // The one parameter without a default.
+        let mut overrides = vec![("ConcurClientId".to_owned(), "client-id".to_owned())];
+        overrides.push((name.clone(), value.clone()));
+        // A parameter whose value asks for a companion (the HTTP member directory needs
+        // its URL) gets one, as the README says to deploy it.
+        if name == "MemberDirectory" && value == "http" {
+            overrides.push((
+                "MemberServiceUrl".into(),
+                "https://members.example.com".into(),
+            ));
+        }
+        let stack = template
+            .stack(settings.clone(), &overrides, resources())
+            .unwrap_or_else(|e| panic!("{name}={value}: the template refuses it: {e}"));
+        for function in ["PollerFunction", "WorkerFunction"] {
+            let env: HashMap<String, String> = stack
+                .function(function)
+                .unwrap_or_else(|e| panic!("{function}: {e}"))
+                .environment
+                .into_iter()
+                .collect();
+            let what = format!("{function} with {name}={value}");
+            ConcurSettings::from_env(&env).unwrap_or_else(|e| panic!("{what}: {e}"));
+            if function == "PollerFunction" {
+                PollerSettings::from_env(&env).unwrap_or_else(|e| panic!("{what}: {e}"));
+            } else {
+                WorkerSettings::from_env(&env).unwrap_or_else(|e| panic!("{what}: {e}"));
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2 * cases.len(), "{checked}");
+}
