@@ -71,7 +71,7 @@ template-checkov: $(CHECKOV_STAMP)
 # timeouts), the poller on its schedule and the worker behind the stream mapping read
 # from template.yaml, against moto and the Concur sandbox. One verdict line per scenario.
 e2e: venv
-	cargo test --locked -p demo --test lambda_e2e -- --ignored --nocapture --test-threads=1
+	cargo test --workspace --locked --test lambda_e2e -- --ignored --nocapture --test-threads=1
 
 test: fmt-check clippy cargo-test conformance template-lint e2e
 
