@@ -23,7 +23,9 @@ use std::time::Duration;
 use aws_config::SdkConfig;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::concur::{ApiVersion, BaseUrl, ConcurClient, ConcurConfig, RetryPolicy};
+use crate::concur::{
+    ApiVersion, BaseUrl, ConcurClient, ConcurConfig, RetryPolicy, DEFAULT_CALL_TIMEOUT,
+};
 
 /// A configuration problem, named by its variable.
 #[derive(Debug, thiserror::Error)]
@@ -268,7 +270,7 @@ pub struct ConcurSettings {
 impl ConcurSettings {
     /// `CONCUR_API_BASE_URL` (required), `CONCUR_AUTH_BASE_URL`, `CONCUR_AUTHTOKEN_BASE_URL`,
     /// `CONCUR_API_VERSION` (3.2), `CONCUR_CLIENT_ID`, `CONCUR_CLIENT_SECRET_SOURCE`
-    /// (required), `CONCUR_CALL_TIMEOUT_MS` (10000), `CONCUR_MAX_ATTEMPTS` (4).
+    /// (required), `CONCUR_CALL_TIMEOUT_MS` (60000), `CONCUR_MAX_ATTEMPTS` (4).
     pub fn from_env(env: &impl Env) -> Result<Self, ConfigError> {
         let api_base = base_url(env, "CONCUR_API_BASE_URL")?
             .ok_or(ConfigError::Missing("CONCUR_API_BASE_URL"))?;
@@ -295,6 +297,17 @@ impl ConcurSettings {
                 reason: "at least one attempt is needed".into(),
             });
         }
+        let call_timeout_ms: u64 = env.parsed(
+            "CONCUR_CALL_TIMEOUT_MS",
+            DEFAULT_CALL_TIMEOUT.as_millis() as u64,
+        )?;
+        if call_timeout_ms == 0 {
+            return Err(ConfigError::Invalid {
+                key: "CONCUR_CALL_TIMEOUT_MS",
+                value: "0".into(),
+                reason: "a call needs some time to be answered".into(),
+            });
+        }
         Ok(Self {
             api_base,
             auth_base: base_url(env, "CONCUR_AUTH_BASE_URL")?,
@@ -302,7 +315,7 @@ impl ConcurSettings {
             version: env.parsed("CONCUR_API_VERSION", ApiVersion::V3_2)?,
             client_id: env.get("CONCUR_CLIENT_ID"),
             secret_source,
-            call_timeout: Duration::from_millis(env.parsed("CONCUR_CALL_TIMEOUT_MS", 10_000)?),
+            call_timeout: Duration::from_millis(call_timeout_ms),
             max_attempts,
             in_deployed_lambda: in_lambda,
         })
@@ -401,6 +414,7 @@ mod tests {
         .unwrap();
         assert_eq!(settings.version, ApiVersion::V3_1);
         assert_eq!(settings.max_attempts, 4);
+        assert_eq!(settings.call_timeout, Duration::from_secs(60));
     }
 
     #[test]

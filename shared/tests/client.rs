@@ -9,6 +9,7 @@ use serde_json::json;
 use tokio::time::Instant;
 use triplink_shared::concur::{
     ApiVersion, BaseUrl, ConcurClient, ConcurConfig, ConcurError, OAuthErrorKind, RetryPolicy,
+    CONCUR_PAUSE,
 };
 use triplink_shared::model::ConnectionStatus;
 use wiremock::matchers::{body_string, body_string_contains, header, method, path, query_param};
@@ -37,13 +38,14 @@ fn soon() -> Instant {
     Instant::now() + Duration::from_secs(20)
 }
 
+/// An app token answer without a geolocation: its calls go to the configured base
+/// (the geolocation tests below give one).
 fn token_body(token: &str, expires_in: &str) -> serde_json::Value {
     json!({
         "expires_in": expires_in,
         "scope": "app-scopes",
         "token_type": "Bearer",
-        "access_token": token,
-        "geolocation": "https://us.api.concursolutions.com"
+        "access_token": token
     })
 }
 
@@ -259,13 +261,93 @@ async fn not_found_and_bad_request_are_typed_and_not_retried() {
 }
 
 #[tokio::test]
-async fn unavailable_is_retried_up_to_the_policy_then_returned() {
+async fn server_errors_other_than_503_are_retried_up_to_the_policy_then_returned() {
+    for status in [500, 502, 504] {
+        let (err, calls) =
+            error_for(ResponseTemplate::new(status).insert_header("concur-correlationid", "c5xx"))
+                .await;
+        assert!(matches!(err, ConcurError::Unavailable { .. }), "{err:?}");
+        assert!(err.is_transient());
+        assert_eq!(err.pause(), None, "{status}");
+        assert_eq!(err.correlation_id(), Some("c5xx"));
+        assert_eq!(calls, 3, "{status}: max_attempts = 3");
+    }
+}
+
+#[tokio::test]
+async fn a_503_is_returned_at_once_with_a_five_minute_pause() {
     let (err, calls) =
         error_for(ResponseTemplate::new(503).insert_header("concur-correlationid", "c503")).await;
     assert!(matches!(err, ConcurError::Unavailable { .. }), "{err:?}");
-    assert!(err.is_transient());
     assert_eq!(err.correlation_id(), Some("c503"));
-    assert_eq!(calls, 3, "max_attempts = 3");
+    assert_eq!(err.pause(), Some(Duration::from_secs(300)));
+    assert_eq!(err.pause(), Some(CONCUR_PAUSE));
+    assert_eq!(calls, 1, "a 503 is never retried within the call");
+}
+
+#[tokio::test]
+async fn a_timeout_is_returned_at_once_with_a_five_minute_pause() {
+    let server = MockServer::start().await;
+    app_token(&server, "t").await;
+    Mock::given(method("GET"))
+        .and(path(format!("{LIST}slow")))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(item("slow"))
+                .set_delay(Duration::from_secs(2)),
+        )
+        .mount(&server)
+        .await;
+    let mut config = config(&server);
+    config.call_timeout = Duration::from_millis(200);
+    let started = std::time::Instant::now();
+    let err = ConcurClient::new(config)
+        .unwrap()
+        .get("slow", soon())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ConcurError::Timeout { .. }), "{err:?}");
+    assert_eq!(err.pause(), Some(CONCUR_PAUSE));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "no retry waited"
+    );
+    assert_eq!(
+        requests_to(&server, &format!("{LIST}slow")).await.len(),
+        1,
+        "a timeout is never retried within the call (max_attempts = 3)"
+    );
+}
+
+#[tokio::test]
+async fn a_broken_connection_is_still_retried() {
+    let server = MockServer::start().await;
+    app_token(&server, "t").await;
+    // The first two answers promise more body than they send: the connection breaks.
+    Mock::given(method("GET"))
+        .and(path(format!("{LIST}flaky")))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("content-length", "500")
+                .set_body_string("{"),
+        )
+        .up_to_n_times(2)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(format!("{LIST}flaky")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(item("flaky")))
+        .mount(&server)
+        .await;
+    let request = client(&server).get("flaky", soon()).await;
+    let calls = requests_to(&server, &format!("{LIST}flaky")).await.len();
+    match request {
+        Ok(request) => {
+            assert_eq!(request.id, "flaky");
+            assert_eq!(calls, 3);
+        }
+        Err(e) => panic!("expected a recovery after {calls} calls, got {e:?}"),
+    }
 }
 
 #[tokio::test]
@@ -617,7 +699,7 @@ async fn the_deadline_bounds_retries_and_slow_answers() {
     app_token(&server, "t").await;
     Mock::given(method("GET"))
         .and(path(LIST))
-        .respond_with(ResponseTemplate::new(503).set_delay(Duration::from_millis(300)))
+        .respond_with(ResponseTemplate::new(500).set_delay(Duration::from_millis(300)))
         .mount(&server)
         .await;
     let mut config = config(&server);
@@ -692,12 +774,29 @@ async fn status_updates_send_each_versions_body() {
 }
 
 #[tokio::test]
-async fn status_update_is_retried_after_a_503_and_refuses_non_partner_statuses() {
+async fn status_update_is_not_retried_after_a_503() {
+    let server = MockServer::start().await;
+    app_token(&server, "t").await;
+    Mock::given(method("PUT"))
+        .and(path(format!("{LIST}id-3")))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&server)
+        .await;
+    let err = client(&server)
+        .update_status("id-3", ConnectionStatus::Connected, soon())
+        .await
+        .unwrap_err();
+    assert_eq!(err.pause(), Some(CONCUR_PAUSE), "{err:?}");
+    assert_eq!(requests_to(&server, &format!("{LIST}id-3")).await.len(), 1);
+}
+
+#[tokio::test]
+async fn status_update_is_retried_after_a_502_and_refuses_non_partner_statuses() {
     let server = MockServer::start().await;
     app_token(&server, "t").await;
     Mock::given(method("PUT"))
         .and(path(format!("{LIST}id-2")))
-        .respond_with(ResponseTemplate::new(503))
+        .respond_with(ResponseTemplate::new(502))
         .up_to_n_times(1)
         .mount(&server)
         .await;
@@ -829,16 +928,20 @@ async fn request_token_exchange_goes_to_the_authtoken_base_with_credtype_authtok
 }
 
 #[tokio::test]
-async fn request_token_errors_are_typed_oauth_errors() {
+async fn request_token_errors_are_typed_oauth_errors_and_never_retried() {
     for (code, kind) in [
         (103, OAuthErrorKind::CodeBadOrExpired),
+        (108, OAuthErrorKind::RefreshTokenInvalid),
         (136, OAuthErrorKind::AuthTokenNotIssuedForYou),
     ] {
         let server = MockServer::start().await;
+        // Even with a geolocation in the body (Concur sends one with every 4xx), only a
+        // code 16 is followed there.
         Mock::given(method("POST"))
             .and(path(TOKEN))
             .respond_with(ResponseTemplate::new(400).set_body_json(json!({
-                "code": code, "error": "invalid_request", "error_description": "nope"
+                "code": code, "error": "invalid_request", "error_description": "nope",
+                "geolocation": server.uri()
             })))
             .expect(1)
             .mount(&server)
@@ -951,6 +1054,201 @@ fn config_debug_never_shows_the_secret() {
     assert_eq!(config.authtoken_base.host(), "glz.api.concursolutions.com");
 }
 
+// ----- code 16: the user lives elsewhere -----------------------------------------------
+
+fn user_token_body(geolocation: &str) -> serde_json::Value {
+    json!({
+        "expires_in": "3600", "scope": "app-scopes", "token_type": "Bearer",
+        "access_token": "user-access", "refresh_token": "user-refresh",
+        "id_token": id_token("user-16"), "geolocation": geolocation
+    })
+}
+
+fn lives_elsewhere(geolocation: &str) -> ResponseTemplate {
+    ResponseTemplate::new(400)
+        .insert_header("concur-correlationid", "c16")
+        .set_body_json(json!({
+            "code": 16, "error": "invalid_request", "error_description": "user lives elsewhere",
+            "geolocation": geolocation
+        }))
+}
+
+#[tokio::test]
+async fn code_16_is_followed_once_to_the_users_geolocation() {
+    let glz = MockServer::start().await;
+    let home = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(TOKEN))
+        .respond_with(lives_elsewhere(&home.uri()))
+        .expect(1)
+        .mount(&glz)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(TOKEN))
+        .and(body_string(
+            "client_id=client-1&client_secret=s3cret&grant_type=password&credtype=authtoken&username=user-16&password=req-tok",
+        ))
+        .respond_with(ResponseTemplate::new(200).set_body_json(user_token_body(&home.uri())))
+        .expect(1)
+        .mount(&home)
+        .await;
+    let mut config = config(&glz);
+    config.authtoken_base = BaseUrl::parse(&glz.uri()).unwrap();
+    let tokens = ConcurClient::new(config)
+        .unwrap()
+        .exchange_request_token("user-16", &SecretString::from("req-tok"), soon())
+        .await
+        .unwrap();
+    assert_eq!(tokens.access_token.expose_secret(), "user-access");
+    assert_eq!(tokens.geolocation.as_str(), home.uri());
+    assert_eq!(requests_to(&glz, TOKEN).await.len(), 1);
+    assert_eq!(requests_to(&home, TOKEN).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_second_code_16_is_not_followed() {
+    let glz = MockServer::start().await;
+    let second = MockServer::start().await;
+    let third = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(TOKEN))
+        .respond_with(lives_elsewhere(&second.uri()))
+        .mount(&glz)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(TOKEN))
+        .respond_with(lives_elsewhere(&third.uri()))
+        .mount(&second)
+        .await;
+    let err = client(&glz)
+        .exchange_request_token("user-16", &SecretString::from("req-tok"), soon())
+        .await
+        .unwrap_err();
+    match &err {
+        ConcurError::OAuth { error, .. } => {
+            assert_eq!(error.kind(), OAuthErrorKind::UserLivesElsewhere)
+        }
+        other => panic!("expected the second code 16, got {other:?}"),
+    }
+    assert_eq!(requests_to(&glz, TOKEN).await.len(), 1);
+    assert_eq!(requests_to(&second, TOKEN).await.len(), 1);
+    assert!(third.received_requests().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_code_16_geolocation_outside_concur_or_missing_is_not_called() {
+    for (geolocation, want) in [
+        (json!("https://evil.example.com"), "base_url"),
+        (json!(null), "oauth"),
+    ] {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path(TOKEN))
+            .respond_with(ResponseTemplate::new(400).set_body_json(json!({
+                "code": 16, "error": "invalid_request", "error_description": "user lives elsewhere",
+                "geolocation": geolocation
+            })))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let err = client(&server)
+            .exchange_request_token("u", &SecretString::from("rt"), soon())
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), want, "{err}");
+    }
+}
+
+// ----- the app token's geolocation ---------------------------------------------------
+
+#[tokio::test]
+async fn calls_with_the_app_token_go_to_its_geolocation() {
+    let configured = MockServer::start().await;
+    let geo = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(TOKEN))
+        .and(body_string_contains("grant_type=client_credentials"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "expires_in": "3600", "token_type": "Bearer", "access_token": "app-geo",
+            "geolocation": geo.uri()
+        })))
+        .expect(1)
+        .mount(&configured)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(LIST))
+        .and(header("authorization", "Bearer app-geo"))
+        .and(wiremock::matchers::query_param_is_missing("offset"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(page(
+            &["a"],
+            Some(format!("{}{LIST}?limit=1&offset=1", geo.uri())),
+        )))
+        .expect(1)
+        .mount(&geo)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(LIST))
+        .and(query_param("offset", "1"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(page(&["b"], None)))
+        .expect(1)
+        .mount(&geo)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(format!("{LIST}b")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(item("b")))
+        .expect(1)
+        .mount(&geo)
+        .await;
+    Mock::given(method("PUT"))
+        .and(path(format!("{LIST}b")))
+        .respond_with(ResponseTemplate::new(204))
+        .expect(1)
+        .mount(&geo)
+        .await;
+    let client = client(&configured);
+    assert_eq!(client.app_base(soon()).await.unwrap().as_str(), geo.uri());
+    let mut pager = client.pages(1);
+    let first = pager.next_page(soon()).await.unwrap().unwrap();
+    assert_eq!(first.next_offset.as_deref(), Some("1"));
+    let second = pager.next_page(soon()).await.unwrap().unwrap();
+    assert_eq!(second.items[0].id, "b");
+    assert_eq!(client.get("b", soon()).await.unwrap().id, "b");
+    client
+        .update_status("b", ConnectionStatus::Connected, soon())
+        .await
+        .unwrap();
+    let at_configured: Vec<String> = configured
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.url.path().to_owned())
+        .collect();
+    assert_eq!(
+        at_configured,
+        [TOKEN],
+        "only the token grant at the configured base"
+    );
+}
+
+#[tokio::test]
+async fn an_app_token_geolocation_outside_concur_is_refused() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(TOKEN))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "expires_in": "3600", "access_token": "a", "geolocation": "https://evil.example.com"
+        })))
+        .mount(&server)
+        .await;
+    let err = client(&server)
+        .list_page(10, None, soon())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), "base_url", "{err}");
+    assert!(requests_to(&server, LIST).await.is_empty());
+}
+
 // ----- the auth page's own examples --------------------------------------------------
 
 fn fixture(name: &str) -> String {
@@ -988,6 +1286,11 @@ async fn the_auth_pages_token_examples_are_read() {
     let client = client(&server);
     let app = client.app_token(soon()).await.unwrap();
     assert_eq!(app.expose_secret(), "access_token");
+    // The app token's calls would go to its geolocation (none is made here).
+    assert_eq!(
+        client.app_base(soon()).await.unwrap().as_str(),
+        "https://us.api.concursolutions.com"
+    );
 
     let user = client
         .exchange_request_token("user-1", &SecretString::from("rt"), soon())

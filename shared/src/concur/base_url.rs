@@ -119,6 +119,14 @@ impl BaseUrl {
         url
     }
 
+    /// `url` with this origin (scheme, host, port) and its own path and query.
+    pub fn rebase(&self, url: &Url) -> Url {
+        let mut rebased = self.0.clone();
+        rebased.set_path(url.path());
+        rebased.set_query(url.query());
+        rebased
+    }
+
     /// The origin as text, without a trailing slash.
     pub fn as_str(&self) -> &str {
         self.0.as_str().trim_end_matches('/')
@@ -201,6 +209,17 @@ mod tests {
             let err = BaseUrl::parse(raw).unwrap_err().to_string();
             assert!(err.contains(why), "{raw}: {err}");
         }
+    }
+
+    #[test]
+    fn rebase_keeps_path_and_query() {
+        let base = BaseUrl::parse("https://emea.api.concursolutions.com").unwrap();
+        let url =
+            Url::parse("http://127.0.0.1:9/api/v3.2/common/connectionrequests/?limit=10").unwrap();
+        assert_eq!(
+            base.rebase(&url).as_str(),
+            "https://emea.api.concursolutions.com/api/v3.2/common/connectionrequests/?limit=10"
+        );
     }
 
     #[test]

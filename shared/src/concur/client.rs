@@ -1,8 +1,11 @@
 //! The Concur API client: app token, connection requests, user token grants.
 //!
-//! Every call has a timeout (`call_timeout`, shortened to what is left before the
-//! caller's deadline); transient failures (429, 5xx, timeouts, broken connections) are
-//! retried by [`RetryPolicy`]; a 401/403 on an API call refreshes the app token once.
+//! Every call has a timeout (`call_timeout`, 60 s by default as the HTTP status codes page
+//! promises an answer within 60 seconds, shortened to what is left before the caller's
+//! deadline). A 503 or a timeout is never retried within the call: the page asks for a
+//! five-minute pause ([`ConcurError::pause`]), which only the caller can take. Other
+//! transient failures (429, 500, 502, 504, broken connections) are retried by
+//! [`RetryPolicy`]; a 401/403 on an API call refreshes the app token once.
 
 use std::time::{Duration, SystemTime};
 
@@ -14,7 +17,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 use url::Url;
 
-use super::auth::{id_token_subject, parse_oauth_error, TokenResponse, UserTokens};
+use super::auth::{id_token_subject, parse_oauth_error, OAuthErrorKind, TokenResponse, UserTokens};
 use super::base_url::BaseUrl;
 use super::error::{CallInfo, ConcurError};
 use super::retry::{parse_retry_after, Decision, RetryPolicy};
@@ -26,6 +29,10 @@ use crate::model::{
 
 /// The largest page the API serves.
 pub const MAX_PAGE_LIMIT: u32 = 10;
+
+/// The HTTP status codes page: "The web service should return a response within 60
+/// seconds."
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Everything the client needs to know.
 #[derive(Debug, Clone)]
@@ -69,7 +76,7 @@ impl ConcurConfig {
             client_id: client_id.into(),
             client_secret,
             version: ApiVersion::V3_2,
-            call_timeout: Duration::from_secs(10),
+            call_timeout: DEFAULT_CALL_TIMEOUT,
             connect_timeout: Duration::from_secs(3),
             retry: RetryPolicy::default(),
             token_refresh_margin: Duration::from_secs(300),
@@ -93,7 +100,17 @@ pub struct Page {
 #[derive(Clone)]
 struct CachedToken {
     token: SecretString,
+    /// The token's geolocation: where calls made with it go (`None`: the configured
+    /// `api_base`, when the grant's answer named none).
+    geolocation: Option<BaseUrl>,
     refresh_at: Instant,
+}
+
+/// The app token and the base URI its calls go to.
+#[derive(Clone)]
+struct AppSession {
+    token: SecretString,
+    base: BaseUrl,
 }
 
 enum Body {
@@ -112,6 +129,8 @@ struct Call {
 }
 
 struct Response {
+    /// The URL that was called (after the app token's geolocation was applied).
+    url: Url,
     status: StatusCode,
     headers: HeaderMap,
     body: String,
@@ -290,6 +309,7 @@ impl ConcurClient {
             "concur call"
         );
         Ok(Response {
+            url: call.url.clone(),
             status,
             headers,
             body,
@@ -319,7 +339,8 @@ impl ConcurClient {
                     error,
                     ConcurError::RateLimited { .. } | ConcurError::Unavailable { .. }
                 );
-            if !error.is_transient() || !repeatable {
+            // A 503 or a timeout asks for a five-minute pause: never retried here.
+            if !error.is_transient() || !repeatable || error.pause().is_some() {
                 return Err(error);
             }
             let decision = self.config.retry.decide(
@@ -347,12 +368,15 @@ impl ConcurClient {
         }
     }
 
-    /// An API call with the app token: on 401/403 the token is refreshed once and the
-    /// call made again; a second refusal is returned as a clear auth error.
-    async fn api(&self, call: Call, deadline: Instant) -> Result<Response, ConcurError> {
-        let token = self.app_token(deadline).await?;
+    /// An API call with the app token, sent to the token's geolocation (the call's URL
+    /// keeps its path and query, its origin becomes the geolocation's): on 401/403 the
+    /// token is refreshed once and the call made again; a second refusal is returned as
+    /// a clear auth error.
+    async fn api(&self, mut call: Call, deadline: Instant) -> Result<Response, ConcurError> {
+        let session = self.app_session(deadline).await?;
+        call.url = session.base.rebase(&call.url);
         let first = self
-            .send(&call, Some(&token), deadline, api_status_error)
+            .send(&call, Some(&session.token), deadline, api_status_error)
             .await;
         let response = match first {
             Err(ConcurError::Unauthorized { .. } | ConcurError::Forbidden { .. }) => {
@@ -360,9 +384,10 @@ impl ConcurClient {
                     op = call.op,
                     "Concur refused the app token, refreshing it once"
                 );
-                self.invalidate_app_token(&token).await;
-                let fresh = self.app_token(deadline).await?;
-                self.send(&call, Some(&fresh), deadline, api_status_error)
+                self.invalidate_app_token(&session.token).await;
+                let fresh = self.app_session(deadline).await?;
+                call.url = fresh.base.rebase(&call.url);
+                self.send(&call, Some(&fresh.token), deadline, api_status_error)
                     .await?
             }
             other => other?,
@@ -410,10 +435,23 @@ impl ConcurClient {
 
     /// The app token (client-credentials grant), from the cache while it is fresh.
     pub async fn app_token(&self, deadline: Instant) -> Result<SecretString, ConcurError> {
+        Ok(self.app_session(deadline).await?.token)
+    }
+
+    /// Where calls made with the app token go: the `geolocation` of the grant's answer
+    /// (auth page, "Base URIs for All Other Calls"), or the configured `api_base` when
+    /// the answer named none. Obtains the token when none is cached.
+    pub async fn app_base(&self, deadline: Instant) -> Result<BaseUrl, ConcurError> {
+        Ok(self.app_session(deadline).await?.base)
+    }
+
+    /// The app token and its base URI, from the cache while the token is fresh. A
+    /// geolocation that is not a Concur (or loopback) origin is refused, never called.
+    async fn app_session(&self, deadline: Instant) -> Result<AppSession, ConcurError> {
         let mut cached = self.app_token.lock().await;
         if let Some(token) = cached.as_ref() {
             if Instant::now() < token.refresh_at {
-                return Ok(token.token.clone());
+                return Ok(self.session_of(token));
             }
         }
         let (response, _) = self
@@ -424,15 +462,39 @@ impl ConcurClient {
                 deadline,
             )
             .await?;
+        let geolocation = match response.geolocation.as_deref().map(str::trim) {
+            Some(geolocation) if !geolocation.is_empty() => Some(BaseUrl::parse(geolocation)?),
+            _ => None,
+        };
         let lifetime = response.lifetime();
         let margin = self.config.token_refresh_margin.min(lifetime / 2);
-        let token = SecretString::from(response.access_token);
-        *cached = Some(CachedToken {
-            token: token.clone(),
+        let token = CachedToken {
+            token: SecretString::from(response.access_token),
+            geolocation,
             refresh_at: Instant::now() + (lifetime - margin),
-        });
-        debug!(lifetime_s = lifetime.as_secs(), "app token obtained");
-        Ok(token)
+        };
+        debug!(
+            lifetime_s = lifetime.as_secs(),
+            geolocation = token
+                .geolocation
+                .as_ref()
+                .map(|g| g.host())
+                .unwrap_or_default(),
+            "app token obtained"
+        );
+        let session = self.session_of(&token);
+        *cached = Some(token);
+        Ok(session)
+    }
+
+    fn session_of(&self, token: &CachedToken) -> AppSession {
+        AppSession {
+            token: token.token.clone(),
+            base: token
+                .geolocation
+                .clone()
+                .unwrap_or_else(|| self.config.api_base.clone()),
+        }
     }
 
     /// Forget the cached app token if it is still `rejected` (another task may already
@@ -491,25 +553,49 @@ impl ConcurClient {
 
     /// Exchange a connection request's token for the user's tokens: password grant with
     /// `credtype=authtoken`, against the GLZ base URI. `user_id` is the request's `userId`.
+    ///
+    /// An OAuth error code 16 ("user lives elsewhere") names the user's `geolocation`:
+    /// the grant is made once more there (a refusal proves the grant was not processed,
+    /// so the single-use token is still unspent). A geolocation that is not a Concur (or
+    /// loopback) origin is refused; a second code 16 is returned, never followed. Every
+    /// other refusal (103, 108, 136, ...) is final for this token and returned at once.
     pub async fn exchange_request_token(
         &self,
         user_id: &str,
         request_token: &SecretString,
         deadline: Instant,
     ) -> Result<UserTokens, ConcurError> {
-        let (response, info) = self
-            .token_call(
-                &self.config.authtoken_base,
-                &[
-                    ("grant_type", "password"),
-                    ("credtype", "authtoken"),
-                    ("username", user_id),
-                    ("password", request_token.expose_secret()),
-                ],
-                false,
-                deadline,
-            )
-            .await?;
+        let grant = [
+            ("grant_type", "password"),
+            ("credtype", "authtoken"),
+            ("username", user_id),
+            ("password", request_token.expose_secret()),
+        ];
+        let first = self
+            .token_call(&self.config.authtoken_base, &grant, false, deadline)
+            .await;
+        let (response, info) = match first {
+            Err(ConcurError::OAuth { info, error })
+                if error.kind() == OAuthErrorKind::UserLivesElsewhere =>
+            {
+                let geolocation = error
+                    .geolocation
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|g| !g.is_empty());
+                let Some(geolocation) = geolocation else {
+                    return Err(ConcurError::OAuth { info, error });
+                };
+                let base = BaseUrl::parse(geolocation)?;
+                warn!(
+                    geolocation = %base.host(),
+                    correlation_id = info.correlation_id.as_deref().unwrap_or(""),
+                    "the user lives elsewhere (OAuth code 16); exchanging once more there"
+                );
+                self.token_call(&base, &grant, false, deadline).await?
+            }
+            other => other?,
+        };
         self.user_tokens(response, info, None, None, Some(user_id))
     }
 
@@ -585,16 +671,18 @@ impl ConcurClient {
     }
 
     /// The offset of a `NextPage` URI. Only the offset is taken: the URI's host is never
-    /// followed (it may name another host than the one called; that is logged).
+    /// followed. It may name another host than the one called (the app token's
+    /// geolocation, or the configured base): that is logged.
     fn next_offset(&self, response: &Response, next_page: &str) -> Result<String, ConcurError> {
         let url = Url::parse(next_page)
-            .or_else(|_| self.config.api_base.join("/").join(next_page))
+            .or_else(|_| response.url.join(next_page))
             .map_err(|e| response.malformed(format!("NextPage is not a URL: {e}")))?;
         if let Some(host) = url.host_str() {
-            if !host.eq_ignore_ascii_case(&self.config.api_base.host()) {
+            let called = response.url.host_str().unwrap_or_default();
+            if !host.eq_ignore_ascii_case(called) {
                 warn!(
                     next_page_host = host,
-                    api_host = %self.config.api_base.host(),
+                    api_host = called,
                     "NextPage names another host; only its offset is used"
                 );
             }

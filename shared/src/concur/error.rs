@@ -7,6 +7,11 @@ use std::time::Duration;
 use super::auth::OAuthError;
 use super::base_url::BaseUrlError;
 
+/// How long Concur asks to be left alone after a 503 or a call that got no answer in
+/// time (HTTP status codes page: "sleep for 5 minutes then retry", "wait for 5 minutes
+/// then retry the request").
+pub const CONCUR_PAUSE: Duration = Duration::from_secs(5 * 60);
+
 /// What is known of the call that failed: safe to log (no personal data, no secrets).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CallInfo {
@@ -122,6 +127,19 @@ impl ConcurError {
             self,
             Self::Unauthorized { .. } | Self::Forbidden { .. } | Self::OAuth { .. }
         )
+    }
+
+    /// How long to leave the call alone before trying it again, when the HTTP status
+    /// codes page asks for a pause: [`CONCUR_PAUSE`] after a 503 (down for maintenance)
+    /// or a timeout (no answer in time). The client never retries these within a call;
+    /// callers put the work aside for at least this long. `None` for everything else
+    /// (other 5xx, 429 and broken connections are retried by the client with backoff).
+    pub fn pause(&self) -> Option<Duration> {
+        match self {
+            Self::Unavailable { info } if info.status == Some(503) => Some(CONCUR_PAUSE),
+            Self::Timeout { .. } => Some(CONCUR_PAUSE),
+            _ => None,
+        }
     }
 
     /// The server's `Retry-After`, when it sent one.
