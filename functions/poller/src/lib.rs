@@ -17,7 +17,12 @@
 //!   request at Concur, and the next run stores what this one did not.
 //! * The worker pops requests concurrently, which shifts Concur's offsets (Scenario 2 of
 //!   the API page): a request skipped that way is still pending and the next run gets it.
+//! * A 503 or a list call without an answer in time ends the run at once (stop reason
+//!   `concur_paused`): the HTTP status codes page asks for five minutes before the next
+//!   try, so the runs of the next five minutes skip Concur (the sweep still runs). The
+//!   pause is held in memory: it survives warm invocations, not a cold start.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use aws_lambda_events::eventbridge::EventBridgeEvent;
@@ -28,7 +33,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
-use triplink_shared::concur::{ConcurClient, ConcurError, Page, MAX_PAGE_LIMIT};
+use triplink_shared::concur::{ConcurClient, ConcurError, Page, CONCUR_PAUSE, MAX_PAGE_LIMIT};
 use triplink_shared::config::{ConfigError, Env};
 use triplink_shared::store::lifecycle::{self, SweepStore, SweepSummary};
 use triplink_shared::store::{PollWrite, QuarantineWrite, RequestStore, StoreError};
@@ -153,6 +158,9 @@ pub enum StopReason {
     Deadline,
     /// Concur failed (after the client's retries).
     ConcurError,
+    /// Concur answered 503 or not in time: it asked for a five-minute pause, taken
+    /// before the next call (by this run, and by the runs that start within it).
+    ConcurPaused,
 }
 
 impl StopReason {
@@ -163,6 +171,7 @@ impl StopReason {
             Self::PageCap => "page_cap",
             Self::Deadline => "deadline",
             Self::ConcurError => "concur_error",
+            Self::ConcurPaused => "concur_paused",
         }
     }
 }
@@ -368,7 +377,11 @@ pub async fn poll<C: PendingSource, S: RequestStore>(
                     "Concur failed while paging; stopping this run"
                 );
                 summary.error = Some(format!("{}: {e}", e.kind()));
-                stop = Some(StopReason::ConcurError);
+                stop = Some(if e.pause().is_some() {
+                    StopReason::ConcurPaused
+                } else {
+                    StopReason::ConcurError
+                });
                 concur_error = Some(e);
             }
         }
@@ -388,12 +401,38 @@ pub async fn poll<C: PendingSource, S: RequestStore>(
     Ok(summary)
 }
 
+/// Until when Concur is left alone after it asked for a pause (held across warm
+/// invocations of one execution environment).
+#[derive(Debug, Default)]
+pub struct ConcurPause(Mutex<Option<Instant>>);
+
+impl ConcurPause {
+    /// Leave Concur alone for `pause` from now (a longer pause already set is kept).
+    pub fn start(&self, pause: Duration) {
+        let until = Instant::now() + pause;
+        let mut guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.is_none_or(|current| current < until) {
+            *guard = Some(until);
+        }
+    }
+
+    /// What is left of the pause, if one is running.
+    pub fn left(&self) -> Option<Duration> {
+        let guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        guard
+            .map(|until| until.saturating_duration_since(Instant::now()))
+            .filter(|left| !left.is_zero())
+    }
+}
+
 /// The poller function: its dependencies, built once per cold start.
 pub struct Poller<C, S> {
     pub concur: C,
     pub store: S,
     pub settings: PollerSettings,
     pub metrics: Metrics,
+    /// A pause Concur asked for (503, no answer in time), kept across warm invocations.
+    pub pause: ConcurPause,
 }
 
 /// The Lambda deadline as a tokio instant.
@@ -408,10 +447,34 @@ impl<C: PendingSource, S: RequestStore + SweepStore> Poller<C, S> {
     pub async fn run(&self, deadline: Instant) -> Result<PollSummary, PollError> {
         let sweep = lifecycle::sweep(&self.store, Utc::now()).await;
         self.publish_sweep(&sweep);
+        if let Some(left) = self.pause.left() {
+            warn!(
+                pause_left_s = left.as_secs(),
+                "Concur asked for a pause (503 or no answer in time); not polling this run"
+            );
+            let summary = PollSummary {
+                stop_reason: StopReason::ConcurPaused,
+                ..PollSummary::default()
+            };
+            self.publish(&summary, 0);
+            return Ok(summary);
+        }
         let result = poll(&self.concur, &self.store, &self.settings, deadline).await;
+        let pause = match &result {
+            Ok(summary) if summary.stop_reason == StopReason::ConcurPaused => Some(CONCUR_PAUSE),
+            Err(PollError::Concur(e)) => e.pause(),
+            _ => None,
+        };
+        if let Some(pause) = pause {
+            self.pause.start(pause);
+        }
         match &result {
             Ok(summary) => {
-                if summary.stop_reason == StopReason::ConcurError || summary.failed > 0 {
+                if matches!(
+                    summary.stop_reason,
+                    StopReason::ConcurError | StopReason::ConcurPaused
+                ) || summary.failed > 0
+                {
                     warn!(summary = ?summary, "poll run finished with errors");
                 } else {
                     info!(
@@ -533,6 +596,7 @@ mod tests {
             StopReason::PageCap,
             StopReason::Deadline,
             StopReason::ConcurError,
+            StopReason::ConcurPaused,
         ] {
             assert_eq!(
                 serde_json::to_value(reason).unwrap(),

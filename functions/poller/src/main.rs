@@ -26,6 +26,7 @@ async fn main() -> Result<(), Error> {
                 .unwrap_or_else(|| "TripLink".into()),
             "poller",
         ),
+        pause: Default::default(),
     };
     let poller = &poller;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<_>| async move {

@@ -278,13 +278,13 @@ fn fault_after(sandbox: &Sandbox, after_pages: u32, rules: Vec<&'static str>) ->
 }
 
 #[tokio::test]
-async fn a_503_and_a_429_in_the_middle_of_paging_are_retried() {
+async fn a_500_and_a_429_in_the_middle_of_paging_are_retried() {
     let sandbox = sandbox(35, |_| {}).await;
     let store = store().await;
     let source = fault_after(
         &sandbox,
         1,
-        vec!["list:503:next=1", "list:429:retry-after=1:next=1"],
+        vec!["list:500:next=1", "list:429:retry-after=1:next=1"],
     );
     let summary = poll(&source, &store, &settings(), far()).await.unwrap();
     assert_eq!(
@@ -299,7 +299,7 @@ async fn a_503_and_a_429_in_the_middle_of_paging_are_retried() {
 async fn concur_failing_mid_run_keeps_the_progress_and_the_next_run_finishes() {
     let sandbox = sandbox(35, |_| {}).await;
     let store = store().await;
-    let source = fault_after(&sandbox, 2, vec!["list:503"]);
+    let source = fault_after(&sandbox, 2, vec!["list:500"]);
     let broken = poll(&source, &store, &settings(), far()).await.unwrap();
     assert_eq!(
         (broken.pages, broken.new, broken.stop_reason),
@@ -334,6 +334,98 @@ async fn concur_failing_mid_run_keeps_the_progress_and_the_next_run_finishes() {
         "{resumed:?}"
     );
     assert_each_stored_once(&testing::scan_requests(&store).await, 35);
+}
+
+/// How many calls each fault rule in force fired on.
+async fn fault_hits(sandbox: &Sandbox) -> Vec<u64> {
+    let faults: serde_json::Value = reqwest::get(sandbox.url("/_sandbox/faults"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    faults["rules"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{faults}"))
+        .iter()
+        .map(|r| r["hits"].as_u64().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_503_mid_run_stops_paging_after_one_call() {
+    let sandbox = sandbox(35, |_| {}).await;
+    let store = store().await;
+    let source = fault_after(&sandbox, 2, vec!["list:503"]);
+    let summary = poll(&source, &store, &settings(), far()).await.unwrap();
+    assert_eq!(
+        (summary.pages, summary.new, summary.stop_reason),
+        (2, 20, StopReason::ConcurPaused),
+        "{summary:?}"
+    );
+    assert_eq!(
+        serde_json::to_value(summary.stop_reason).unwrap(),
+        "concur_paused"
+    );
+    assert_eq!(fault_hits(&sandbox).await, [1], "the 503 was not retried");
+}
+
+#[tokio::test]
+async fn a_list_without_an_answer_in_time_stops_paging_after_one_call() {
+    let sandbox = sandbox(35, |_| {}).await;
+    let store = store().await;
+    let mut config = client(&sandbox).config().clone();
+    config.call_timeout = Duration::from_millis(300);
+    let source = FaultAfter {
+        inner: ConcurClient::new(config).unwrap(),
+        admin: sandbox.url("/_sandbox/faults"),
+        after_pages: 1,
+        rules: vec!["list:latency=1500"],
+        pages: AtomicU32::new(0),
+    };
+    let summary = poll(&source, &store, &settings(), far()).await.unwrap();
+    assert_eq!(
+        (summary.pages, summary.new, summary.stop_reason),
+        (1, 10, StopReason::ConcurPaused),
+        "{summary:?}"
+    );
+    assert!(
+        summary.error.as_deref().unwrap().starts_with("timeout"),
+        "{summary:?}"
+    );
+    assert_eq!(
+        fault_hits(&sandbox).await,
+        [1],
+        "the timeout was not retried"
+    );
+}
+
+#[tokio::test]
+async fn after_a_503_the_next_runs_leave_concur_alone_for_five_minutes() {
+    use triplink_shared::telemetry::Metrics;
+    let sandbox = sandbox(12, |_| {}).await;
+    admin(&sandbox, "/_sandbox/faults", json!({"rules": ["list:503"]})).await;
+    let poller = poller::Poller {
+        concur: client(&sandbox),
+        store: store().await,
+        settings: settings(),
+        metrics: Metrics::disabled("poller"),
+        pause: Default::default(),
+    };
+    let err = poller.run(far()).await.unwrap_err();
+    assert!(err.to_string().contains("no page could be read"), "{err}");
+    assert_eq!(fault_hits(&sandbox).await, [1]);
+    let left = poller.pause.left().unwrap();
+    assert!(left > Duration::from_secs(295), "{left:?}");
+
+    // The schedule fires again a minute later: Concur is not called.
+    let skipped = poller.run(far()).await.unwrap();
+    assert_eq!(
+        (skipped.pages, skipped.stop_reason),
+        (0, StopReason::ConcurPaused)
+    );
+    assert_eq!(fault_hits(&sandbox).await, [1], "no call during the pause");
+    assert!(testing::scan_requests(&poller.store).await.is_empty());
 }
 
 #[tokio::test]
@@ -425,6 +517,7 @@ async fn the_handler_runs_on_a_scheduled_event_and_returns_the_summary() {
         store: store().await,
         settings: settings(),
         metrics: Metrics::new("TripLink", "poller"),
+        pause: Default::default(),
     };
     let event: EventBridgeEvent<serde_json::Value> = serde_json::from_value(json!({
         "version": "0", "id": "89d1a02d-5ec7-412e-82f5-13505f849b41",
@@ -601,6 +694,7 @@ async fn a_run_on_an_empty_table_and_an_empty_queue_does_nothing_and_succeeds() 
         store: store().await,
         settings: settings(),
         metrics: Metrics::disabled("poller"),
+        pause: Default::default(),
     };
     let summary = poller.run(far()).await.unwrap();
     assert_eq!(

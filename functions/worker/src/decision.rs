@@ -26,9 +26,17 @@
 //! | the exchange got no answer (timeout, broken connection, 5xx, deadline): the token may be spent | `token_exchange_unanswered` |
 //! | the connection could not be stored (after retries) | `connection_store_failed` |
 //! | a fresh request token could not be read from Concur | `fresh_token_unavailable` |
-//! | the status could not be sent (after retries) | `report_failed` (5 min at least after a 503) |
+//! | the status could not be sent (after retries) | `report_failed` |
 //! | the invocation's deadline came first | `deadline` |
+//!
+//! A leave caused by a Concur answer that asks for a pause (a 503, or no answer within
+//! the call timeout: [`ConcurError::pause`]) waits at least that long (five minutes)
+//! before the request is tried again, whichever call it was (the app token, the
+//! exchange, the fresh-token read or the PUT).
 
+#[cfg(doc)]
+use triplink_shared::concur::ConcurError;
+use triplink_shared::concur::CONCUR_PAUSE;
 use triplink_shared::matching::{AttentionReason, MatchOutcome};
 use triplink_shared::model::ConnectionStatus;
 use triplink_shared::store::Decision;
@@ -43,13 +51,14 @@ pub enum TechnicalFailure {
 }
 
 /// Why a request is left pending with no status sent (see the module documentation).
+/// `pause`: Concur's answer asked to be left alone ([`ConcurError::pause`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Leave {
     DirectoryUnavailable,
-    TokenExchangeUnanswered,
+    TokenExchangeUnanswered { pause: bool },
     ConnectionStoreFailed,
-    FreshTokenUnavailable,
-    ReportFailed { concur_unavailable: bool },
+    FreshTokenUnavailable { pause: bool },
+    ReportFailed { pause: bool },
     Deadline,
 }
 
@@ -57,22 +66,31 @@ impl Leave {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::DirectoryUnavailable => "directory_unavailable",
-            Self::TokenExchangeUnanswered => "token_exchange_unanswered",
+            Self::TokenExchangeUnanswered { .. } => "token_exchange_unanswered",
             Self::ConnectionStoreFailed => "connection_store_failed",
-            Self::FreshTokenUnavailable => "fresh_token_unavailable",
+            Self::FreshTokenUnavailable { .. } => "fresh_token_unavailable",
             Self::ReportFailed { .. } => "report_failed",
             Self::Deadline => "deadline",
         }
     }
 
-    /// The shortest wait before the request is tried again: the HTTP status codes page
-    /// asks for five minutes after a 503.
-    pub fn at_least(self) -> chrono::Duration {
+    /// Did Concur ask for a pause?
+    pub fn pause(self) -> bool {
         match self {
-            Self::ReportFailed {
-                concur_unavailable: true,
-            } => chrono::Duration::minutes(5),
-            _ => chrono::Duration::zero(),
+            Self::TokenExchangeUnanswered { pause }
+            | Self::FreshTokenUnavailable { pause }
+            | Self::ReportFailed { pause } => pause,
+            Self::DirectoryUnavailable | Self::ConnectionStoreFailed | Self::Deadline => false,
+        }
+    }
+
+    /// The shortest wait before the request is tried again: the HTTP status codes page
+    /// asks for five minutes after a 503 or a call that got no answer in time.
+    pub fn at_least(self) -> chrono::Duration {
+        if self.pause() {
+            chrono::Duration::from_std(CONCUR_PAUSE).unwrap_or(chrono::Duration::minutes(5))
+        } else {
+            chrono::Duration::zero()
         }
     }
 }
@@ -187,16 +205,34 @@ mod tests {
             "token_exchange_failed:oauth"
         );
         assert_eq!(metric_name(ConnectionStatus::Retry), "Retried");
+        for paused in [
+            Leave::ReportFailed { pause: true },
+            Leave::TokenExchangeUnanswered { pause: true },
+            Leave::FreshTokenUnavailable { pause: true },
+        ] {
+            assert_eq!(
+                paused.at_least(),
+                chrono::Duration::minutes(5),
+                "{paused:?}"
+            );
+        }
+        for unpaused in [
+            Leave::ReportFailed { pause: false },
+            Leave::TokenExchangeUnanswered { pause: false },
+            Leave::FreshTokenUnavailable { pause: false },
+            Leave::DirectoryUnavailable,
+            Leave::ConnectionStoreFailed,
+            Leave::Deadline,
+        ] {
+            assert_eq!(
+                unpaused.at_least(),
+                chrono::Duration::zero(),
+                "{unpaused:?}"
+            );
+        }
         assert_eq!(
-            Leave::ReportFailed {
-                concur_unavailable: true
-            }
-            .at_least(),
-            chrono::Duration::minutes(5)
-        );
-        assert_eq!(
-            Leave::DirectoryUnavailable.at_least(),
-            chrono::Duration::zero()
+            Leave::TokenExchangeUnanswered { pause: true }.as_str(),
+            "token_exchange_unanswered"
         );
     }
 }

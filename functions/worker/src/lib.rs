@@ -428,7 +428,7 @@ where
             Ok(false) => return Step::LeaseLost,
             Err(e) => {
                 warn!(request_id = %item.request_id, error = %e, "could not record the exchange start");
-                return Step::Leave(Leave::TokenExchangeUnanswered);
+                return Step::Leave(Leave::TokenExchangeUnanswered { pause: false });
             }
         }
         let tokens = match self.concur.exchange(user_id, &token, deadline).await {
@@ -443,7 +443,9 @@ where
                 );
                 // No answer that proves the grant was refused: the token may be spent.
                 if e.is_transient() || matches!(e, ConcurError::DeadlineExceeded { .. }) {
-                    return Step::Leave(Leave::TokenExchangeUnanswered);
+                    return Step::Leave(Leave::TokenExchangeUnanswered {
+                        pause: e.pause().is_some(),
+                    });
                 }
                 return Step::Decide(decision::technical(TechnicalFailure::TokenExchangeFailed(
                     e.kind(),
@@ -504,7 +506,9 @@ where
                     correlation_id = e.correlation_id().unwrap_or(""),
                     "could not read a fresh request token"
                 );
-                return Err(Step::Leave(Leave::FreshTokenUnavailable));
+                return Err(Step::Leave(Leave::FreshTokenUnavailable {
+                    pause: e.pause().is_some(),
+                }));
             }
         };
         match fresh.request_token {
@@ -518,7 +522,7 @@ where
                     Ok(false) => Err(Step::LeaseLost),
                     Err(e) => {
                         warn!(request_id = %item.request_id, error = %e, "could not store a fresh token");
-                        Err(Step::Leave(Leave::FreshTokenUnavailable))
+                        Err(Step::Leave(Leave::FreshTokenUnavailable { pause: false }))
                     }
                 }
             }
@@ -578,12 +582,18 @@ where
             self.store.park(lease, reason, Utc::now()).await?;
             return Ok(RecordOutcome::Parked { reason });
         }
-        if item.puts_sent > 0 && self.taken_already(item, deadline).await {
-            // An earlier holder's PUT was taken and only its answer was lost: sending
-            // again would only be refused.
-            return self
-                .record(item, lease, status, resent, ReportResult::AckLost)
-                .await;
+        if item.puts_sent > 0 {
+            match self.taken_already(item, deadline).await {
+                // An earlier holder's PUT was taken and only its answer was lost: sending
+                // again would only be refused.
+                Ok(true) => {
+                    return self
+                        .record(item, lease, status, resent, ReportResult::AckLost)
+                        .await
+                }
+                Ok(false) => {}
+                Err(reason) => return self.leave(item, lease, reason).await,
+            }
         }
         let Some(earlier_sends) = self.store.record_put_sent(lease, Utc::now()).await? else {
             return Ok(self.lease_lost(item, lease).await);
@@ -611,26 +621,34 @@ where
                     correlation_id = e.correlation_id().unwrap_or(""),
                     "the status could not be sent; it will be re-sent after a backoff"
                 );
-                let concur_unavailable = matches!(e, ConcurError::Unavailable { .. });
-                return self
-                    .leave(item, lease, Leave::ReportFailed { concur_unavailable })
-                    .await;
+                let pause = e.pause().is_some();
+                return self.leave(item, lease, Leave::ReportFailed { pause }).await;
             }
         };
         self.record(item, lease, status, resent, result).await
     }
 
     /// Has Concur already taken a status for this attempt (the request is no longer
-    /// outstanding)? Asked only when an earlier PUT of ours may have been taken.
-    async fn taken_already(&self, item: &RequestItem, deadline: Instant) -> bool {
+    /// outstanding)? Asked only when an earlier PUT of ours may have been taken. A
+    /// Concur that asks for a pause (503, no answer in time) is left alone: no PUT now.
+    async fn taken_already(&self, item: &RequestItem, deadline: Instant) -> Result<bool, Leave> {
         match self.concur.fetch_request(&item.request_id, deadline).await {
-            Ok(now) => !matches!(
+            Ok(now) => Ok(!matches!(
                 now.status,
                 None | Some(ConnectionStatus::Pending | ConnectionStatus::Processing)
-            ),
-            Err(ConcurError::NotFound { .. }) => true,
+            )),
+            Err(ConcurError::NotFound { .. }) => Ok(true),
+            Err(e) if e.pause().is_some() => {
+                warn!(
+                    request_id = %item.request_id,
+                    error = %e,
+                    correlation_id = e.correlation_id().unwrap_or(""),
+                    "Concur asks for a pause; the status is re-sent later"
+                );
+                Err(Leave::ReportFailed { pause: true })
+            }
             // Unknown: send, and read a 404 as the lost acknowledgement it then is.
-            Err(_) => false,
+            Err(_) => Ok(false),
         }
     }
 

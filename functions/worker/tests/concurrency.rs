@@ -74,6 +74,7 @@ async fn run_everything_at_once(env: &Env, store: &DynamoRequestStore) -> u32 {
         store,
         settings: poller::PollerSettings::default(),
         metrics: Metrics::disabled("poller"),
+        pause: Default::default(),
     };
     let polls = async {
         let mut runs = 0u32;

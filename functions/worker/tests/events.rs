@@ -96,6 +96,7 @@ async fn the_handlers_run_on_the_sample_events() {
         store: &store,
         settings: poller::PollerSettings::default(),
         metrics: Metrics::new("TripLink", "poller"),
+        pause: Default::default(),
     };
     let tick: EventBridgeEvent<serde_json::Value> =
         serde_json::from_str(&read("poller-schedule.json")).unwrap();

@@ -131,8 +131,10 @@ impl ConcurPort for FailingPut<'_> {
         deadline: Instant,
     ) -> Result<(), ConcurError> {
         if self.fail_ids.lock().unwrap().iter().any(|f| f == id) {
-            return Err(ConcurError::Timeout {
+            // A broken connection: no pause asked for.
+            return Err(ConcurError::Connection {
                 info: triplink_shared::concur::CallInfo::new("update_status"),
+                message: "connection reset (test)".into(),
             });
         }
         self.inner.report(id, status, deadline).await
@@ -176,9 +178,7 @@ async fn a_put_that_fails_releases_the_lease_and_the_same_status_is_resent() {
     assert_eq!(
         outcome,
         RecordOutcome::Released {
-            reason: Leave::ReportFailed {
-                concur_unavailable: false
-            }
+            reason: Leave::ReportFailed { pause: false }
         }
     );
     let decided = env.store.get(&item.request_id).await.unwrap().unwrap();
@@ -237,6 +237,11 @@ async fn a_503_leaves_the_request_pending_for_five_minutes_then_the_sweep_resend
     assert_eq!(released.state, RequestState::Decided);
     let five_minutes = (chrono::Utc::now() + chrono::Duration::seconds(295)).timestamp_millis();
     assert!(released.due_at.unwrap() >= five_minutes, "{released:?}");
+    assert_eq!(
+        fault_hits(&env).await,
+        [1],
+        "one PUT, no retry after the 503"
+    );
     reqwest::Client::new()
         .delete(env.sandbox.url("/_sandbox/faults"))
         .send()
@@ -273,6 +278,115 @@ async fn a_503_leaves_the_request_pending_for_five_minutes_then_the_sweep_resend
     assert_eq!(done.report_result, Some(ReportResult::Accepted));
 }
 
+/// How many calls each fault rule in force fired on.
+async fn fault_hits(env: &Env) -> Vec<u64> {
+    let faults: serde_json::Value = reqwest::get(env.sandbox.url("/_sandbox/faults"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    faults["rules"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{faults}"))
+        .iter()
+        .map(|r| r["hits"].as_u64().unwrap())
+        .collect()
+}
+
+/// A request the seed expects to be connected (so the worker exchanges its token).
+async fn a_matched_item(env: &Env) -> triplink_shared::store::layout::RequestItem {
+    testing::scan_requests(&env.store)
+        .await
+        .into_iter()
+        .find(|i| env.expected.get(&i.request_id).map(String::as_str) == Some("CRSUC"))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_503_on_the_exchange_leaves_the_request_for_five_minutes() {
+    let env = setup(20).await;
+    let item = a_matched_item(&env).await;
+    let worker = worker(&env, &env.concur, &env.members);
+    // Warm the app token, so the next token call is the grant itself.
+    env.concur.app_token(far()).await.unwrap();
+    reqwest::Client::new()
+        .post(env.sandbox.url("/_sandbox/faults"))
+        .json(&json!({"rules": ["token:503"]}))
+        .send()
+        .await
+        .unwrap();
+    let outcome = worker
+        .process(
+            &record(&item, "INSERT", 1),
+            "inv-1",
+            lambda_deadline_ms(),
+            far(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        RecordOutcome::Released {
+            reason: Leave::TokenExchangeUnanswered { pause: true }
+        }
+    );
+    assert_eq!(
+        fault_hits(&env).await,
+        [1],
+        "one grant, no retry after the 503"
+    );
+    let left = env.store.get(&item.request_id).await.unwrap().unwrap();
+    let five_minutes = (chrono::Utc::now() + chrono::Duration::seconds(295)).timestamp_millis();
+    assert!(left.due_at.unwrap() >= five_minutes, "{left:?}");
+    assert!(puts(&env.sandbox, &item.request_id).await.0.is_empty());
+    assert_eq!(
+        sweep_later(&env, 4).await.rearmed,
+        0,
+        "nothing is re-armed before five minutes"
+    );
+}
+
+#[tokio::test]
+async fn an_exchange_without_an_answer_in_time_leaves_the_request_for_five_minutes() {
+    let env = setup(20).await;
+    let item = a_matched_item(&env).await;
+    let mut config = env.concur.config().clone();
+    config.call_timeout = Duration::from_millis(300);
+    let impatient = ConcurClient::new(config).unwrap();
+    impatient.app_token(far()).await.unwrap();
+    let worker = worker(&env, &impatient, &env.members);
+    reqwest::Client::new()
+        .post(env.sandbox.url("/_sandbox/faults"))
+        .json(&json!({"rules": ["token:latency=1500"]}))
+        .send()
+        .await
+        .unwrap();
+    let outcome = worker
+        .process(
+            &record(&item, "INSERT", 1),
+            "inv-1",
+            lambda_deadline_ms(),
+            far(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        RecordOutcome::Released {
+            reason: Leave::TokenExchangeUnanswered { pause: true }
+        }
+    );
+    assert_eq!(
+        fault_hits(&env).await,
+        [1],
+        "one grant, no retry after the timeout"
+    );
+    let left = env.store.get(&item.request_id).await.unwrap().unwrap();
+    let five_minutes = (chrono::Utc::now() + chrono::Duration::seconds(295)).timestamp_millis();
+    assert!(left.due_at.unwrap() >= five_minutes, "{left:?}");
+}
+
 #[tokio::test]
 async fn a_lost_put_answer_is_not_reported_twice() {
     let env = setup(6).await;
@@ -282,7 +396,7 @@ async fn a_lost_put_answer_is_not_reported_twice() {
     // request no longer outstanding.
     reqwest::Client::new()
         .post(env.sandbox.url("/_sandbox/faults"))
-        .json(&json!({"rules": ["put:503-after:next=1"]}))
+        .json(&json!({"rules": ["put:500-after:next=1"]}))
         .send()
         .await
         .unwrap();
@@ -561,7 +675,7 @@ async fn a_grant_whose_answer_is_lost_is_not_repeated_with_the_same_token() {
     assert_eq!(
         outcome,
         RecordOutcome::Released {
-            reason: Leave::TokenExchangeUnanswered
+            reason: Leave::TokenExchangeUnanswered { pause: false }
         }
     );
     let left = env.store.get(&item.request_id).await.unwrap().unwrap();
