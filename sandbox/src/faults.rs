@@ -4,18 +4,26 @@
 //!
 //! ```text
 //! ROUTE:KIND[:OPTION]...
-//! ROUTE   = token | list | get | put | create | revoke | any
+//! ROUTE   = token | authtoken | list | get | put | create | revoke | any
 //! KIND    = latency=MS | 429 | 500 | 503 | 500-after | 503-after | drop | drop-after
-//!         | slow=MS | malformed | error200 | xml | poison
-//! OPTION  = next=N | p=PROBABILITY | retry-after=SECONDS
+//!         | slow=MS | malformed | error200 | xml | poison | elsewhere
+//! OPTION  = next=N | p=PROBABILITY | for=SECONDS | retry-after=SECONDS
 //! ```
 //!
-//! Without `next` or `p` a rule fires on every matching call. `next=N` fires on
+//! Without `next`, `p` or `for` a rule fires on every matching call. `next=N` fires on
 //! the next N matching calls, then the rule is spent. `p=0.25` fires with that
 //! probability, drawn from an RNG seeded with `--fault-seed`, so a sequential
-//! client sees the same faults on every run. `latency` rules add up and let
+//! client sees the same faults on every run. `for=S` fires on every matching call
+//! for S seconds of the sandbox clock from the first call it fired on (a maintenance
+//! window: `put:503:for=300`), then the rule is spent. `latency` rules add up and let
 //! the call go on; the first other rule that fires decides the call's fate.
+//!
+//! `authtoken` is the token route's password grants with `credtype=authtoken` (the
+//! request-token exchange); `token` rules apply to them as well. `elsewhere` answers
+//! the token endpoint's OAuth2 error code 16 ("user lives elsewhere") with the
+//! sandbox's own geolocation, without processing the grant.
 
+use chrono::{DateTime, Duration, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -26,6 +34,8 @@ use serde::Serialize;
 pub enum RouteSel {
     /// `POST /oauth2/v0/token`
     Token,
+    /// `POST /oauth2/v0/token` with `grant_type=password&credtype=authtoken`.
+    Authtoken,
     /// `GET .../connectionrequests/`
     List,
     /// `GET .../connectionrequests/{id}`
@@ -41,9 +51,17 @@ pub enum RouteSel {
 }
 
 impl RouteSel {
+    /// Does a rule on `self` apply to a call on `call`?
+    fn covers(self, call: RouteSel) -> bool {
+        self == Self::Any || self == call || (self == Self::Token && call == Self::Authtoken)
+    }
+}
+
+impl RouteSel {
     fn parse(s: &str) -> Option<Self> {
         Some(match s.to_ascii_lowercase().as_str() {
             "token" => Self::Token,
+            "authtoken" => Self::Authtoken,
             "list" => Self::List,
             "get" => Self::Get,
             "put" => Self::Put,
@@ -87,6 +105,9 @@ pub enum FaultKind {
     /// unreadable items are put before it (`ID` `poison-malformed` with an object as
     /// `lastName`, and one without an `ID`).
     Poison,
+    /// HTTP 400, OAuth2 code 16 "user lives elsewhere" with the sandbox's
+    /// geolocation (token routes only; the grant is not processed).
+    Elsewhere,
 }
 
 /// When a rule fires.
@@ -97,6 +118,12 @@ pub enum Trigger {
     /// On the next N matching calls (the number left).
     Next(u32),
     Probability(f64),
+    /// For this many seconds of the sandbox clock from the first call it fired on
+    /// (`until` is set then).
+    Window {
+        seconds: i64,
+        until: Option<DateTime<Utc>>,
+    },
 }
 
 /// One fault rule.
@@ -119,7 +146,7 @@ impl FaultRule {
         let mut parts = spec.split(':');
         let route_s = parts.next().unwrap_or_default();
         let route = RouteSel::parse(route_s).ok_or_else(|| {
-            format!("fault {spec:?}: unknown route {route_s:?} (token, list, get, put, create, revoke, any)")
+            format!("fault {spec:?}: unknown route {route_s:?} (token, authtoken, list, get, put, create, revoke, any)")
         })?;
         let kind_s = parts
             .next()
@@ -146,6 +173,17 @@ impl FaultRule {
                         return Err(format!("fault {spec:?}: p must be in [0, 1]"));
                     }
                     trigger = Trigger::Probability(p);
+                }
+                "for" => {
+                    let seconds: i64 = v
+                        .parse()
+                        .ok()
+                        .filter(|s| *s > 0)
+                        .ok_or_else(|| format!("fault {spec:?}: for must be seconds (> 0)"))?;
+                    trigger = Trigger::Window {
+                        seconds,
+                        until: None,
+                    };
                 }
                 "retry-after" => {
                     retry_after = Some(
@@ -194,6 +232,14 @@ impl FaultRule {
                 "error200" => FaultKind::Error200,
                 "xml" => FaultKind::XmlDespiteJson,
                 "poison" => FaultKind::Poison,
+                "elsewhere" if matches!(route, RouteSel::Token | RouteSel::Authtoken) => {
+                    FaultKind::Elsewhere
+                }
+                "elsewhere" => {
+                    return Err(format!(
+                        "fault {spec:?}: elsewhere applies to the token or authtoken route only"
+                    ))
+                }
                 _ => return Err(format!("fault {spec:?}: unknown kind {kind_s:?}")),
             },
         };
@@ -229,14 +275,15 @@ impl Faults {
         }
     }
 
-    /// Decides the faults for a call on `route` (consumes `next=` counts and RNG draws).
-    pub fn decide(&mut self, route: Option<RouteSel>) -> Decision {
+    /// Decides the faults for a call on `route` at `now` (sandbox clock); consumes
+    /// `next=` counts and RNG draws, opens `for=` windows.
+    pub fn decide(&mut self, route: Option<RouteSel>, now: DateTime<Utc>) -> Decision {
         let mut d = Decision::default();
         let Some(route) = route else {
             return d;
         };
         for rule in &mut self.rules {
-            if rule.route != RouteSel::Any && rule.route != route {
+            if !rule.route.covers(route) {
                 continue;
             }
             let is_latency = matches!(rule.kind, FaultKind::Latency { .. });
@@ -254,6 +301,13 @@ impl Faults {
                     }
                 }
                 Trigger::Probability(p) => self.rng.random::<f64>() < *p,
+                Trigger::Window { seconds, until } => match until {
+                    Some(until) => now < *until,
+                    None => {
+                        *until = Some(now + Duration::seconds(*seconds));
+                        true
+                    }
+                },
             };
             if !fires {
                 continue;

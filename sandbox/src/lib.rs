@@ -178,10 +178,13 @@ pub fn build_state(config: &Config, addr: SocketAddr) -> Result<SharedState, Sta
         .unwrap_or_else(|| format!("http://{addr}"))
         .trim_end_matches('/')
         .to_string();
+    // The sandbox's own loopback base unless told otherwise: a client that follows the
+    // geolocation (as the OAuth2 page says it must) keeps talking to this server even
+    // when NextPage and URI name a public host.
     let geolocation = config
         .geolocation
         .clone()
-        .unwrap_or_else(|| base_url.clone())
+        .unwrap_or_else(|| format!("http://{addr}"))
         .trim_end_matches('/')
         .to_string();
     let expired = StatusCode::from_u16(config.expired_token_status)
@@ -302,9 +305,32 @@ fn dropped() -> Response {
     r
 }
 
+/// Is this token-endpoint body a password grant with `credtype=authtoken`?
+fn is_authtoken_grant(body: &[u8]) -> bool {
+    let form: Vec<(String, String)> = serde_urlencoded::from_bytes(body).unwrap_or_default();
+    let get = |k: &str| {
+        form.iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.to_ascii_lowercase())
+    };
+    get("grant_type").as_deref() == Some("password")
+        && get("credtype").as_deref() == Some("authtoken")
+}
+
 async fn fault_layer(State(state): State<SharedState>, mut req: Request, next: Next) -> Response {
-    let route = classify(req.method(), req.uri().path());
-    let decision = state.faults().decide(route);
+    let mut route = classify(req.method(), req.uri().path());
+    if route == Some(RouteSel::Token) && req.method() == Method::POST {
+        // The exchange is told apart by its form body, which is put back as it was.
+        let (parts, body) = req.into_parts();
+        let bytes = axum::body::to_bytes(body, 64 << 10)
+            .await
+            .unwrap_or_default();
+        if is_authtoken_grant(&bytes) {
+            route = Some(RouteSel::Authtoken);
+        }
+        req = Request::from_parts(parts, Body::from(bytes));
+    }
+    let decision = state.faults().decide(route, state.now());
     if decision.latency_ms > 0 {
         tokio::time::sleep(StdDuration::from_millis(decision.latency_ms)).await;
     }
@@ -357,6 +383,7 @@ async fn fault_layer(State(state): State<SharedState>, mut req: Request, next: N
             }
             dropped()
         }
+        FaultKind::Elsewhere => oauth::user_lives_elsewhere(&state),
         FaultKind::Error200 => api::error(
             &state,
             StatusCode::OK,

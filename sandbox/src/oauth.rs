@@ -70,6 +70,13 @@ pub const UNSUPPORTED_FORMAT: OAuthError =
     e400(135, "invalid_request", "unsupported request format");
 pub const NOT_ISSUED_FOR_YOU: OAuthError =
     e400(136, "invalid_request", "Authtoken was not issued for you");
+pub const USER_LIVES_ELSEWHERE: OAuthError = e400(16, "invalid_request", "user lives elsewhere");
+
+/// The `elsewhere` fault: code 16, whose body's `geolocation` names where the user
+/// lives (here: the sandbox's own geolocation, so a client that follows it comes back).
+pub fn user_lives_elsewhere(state: &SharedState) -> Response {
+    oauth_error(state, USER_LIVES_ELSEWHERE)
+}
 
 fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
     let mut r = (status, body.to_string()).into_response();

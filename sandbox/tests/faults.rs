@@ -238,3 +238,32 @@ async fn probabilistic_faults_are_deterministic_under_a_seed() {
     assert_ne!(a, c);
     assert!(a.contains(&500) && a.contains(&200), "{a:?}");
 }
+
+#[tokio::test]
+async fn a_503_window_lasts_its_seconds_of_the_sandbox_clock() {
+    let t = start_with(Config {
+        frozen_clock: true,
+        ..Config::for_tests()
+    })
+    .await;
+    t.users(1).await;
+    let tok = t.app_token().await;
+    assert_eq!(t.set_faults(&["list:503:for=300"]).await, StatusCode::OK);
+    for _ in 0..3 {
+        let r = get_list(&t, &tok).await.unwrap();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+    t.advance(299).await;
+    assert_eq!(
+        get_list(&t, &tok).await.unwrap().status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "still inside the window"
+    );
+    t.advance(2).await;
+    assert_eq!(get_list(&t, &tok).await.unwrap().status(), StatusCode::OK);
+    let rule = &t.admin_get("/_sandbox/faults").await["rules"][0];
+    assert_eq!(rule["hits"], 4, "{rule}");
+    for bad in ["list:503:for=0", "list:503:for=soon"] {
+        assert_eq!(t.set_faults(&[bad]).await, StatusCode::BAD_REQUEST, "{bad}");
+    }
+}

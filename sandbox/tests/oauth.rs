@@ -417,3 +417,31 @@ async fn expired_token_status_can_be_403_and_user_tokens_are_refused() {
         StatusCode::OK
     );
 }
+
+#[tokio::test]
+async fn the_elsewhere_fault_answers_code_16_on_the_exchange_only() {
+    let t = start().await;
+    t.users(1).await;
+    let app = t.app_token().await;
+    let (user, rt) = request_token(&t, &app).await;
+    assert_eq!(
+        t.set_faults(&["authtoken:elsewhere:next=1"]).await,
+        StatusCode::OK
+    );
+    // The client-credentials grant is not an exchange: not affected.
+    t.app_token().await;
+    let (s, v) = exchange(&t, &user, &rt).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(v["code"], 16);
+    assert_eq!(v["error"], "invalid_request");
+    assert_eq!(v["error_description"], "user lives elsewhere");
+    assert_eq!(v["geolocation"], t.sb.local_url.as_str(), "its own base");
+    // The grant was not processed: the same token is still good.
+    let (s, v) = exchange(&t, &user, &rt).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let hits = &t.admin_get("/_sandbox/faults").await["rules"][0]["hits"];
+    assert_eq!(hits, 1);
+    for bad in ["list:elsewhere", "put:elsewhere:next=1"] {
+        assert_eq!(t.set_faults(&[bad]).await, StatusCode::BAD_REQUEST, "{bad}");
+    }
+}
