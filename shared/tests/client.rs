@@ -320,6 +320,43 @@ async fn a_timeout_is_returned_at_once_with_a_five_minute_pause() {
 }
 
 #[tokio::test]
+async fn a_wait_cut_short_by_the_callers_deadline_asks_for_no_pause() {
+    let server = MockServer::start().await;
+    app_token(&server, "t").await;
+    Mock::given(method("GET"))
+        .and(path(format!("{LIST}slow")))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(item("slow"))
+                .set_delay(Duration::from_secs(2)),
+        )
+        .mount(&server)
+        .await;
+    // The default call timeout (60 s), a deadline 500 ms away.
+    let base = BaseUrl::parse(&server.uri()).unwrap();
+    let config = ConcurConfig::new(base, "client-1", SecretString::from("s3cret"));
+    assert_eq!(config.call_timeout, Duration::from_secs(60));
+    let client = ConcurClient::new(config).unwrap();
+    client.app_token(soon()).await.unwrap();
+    let err = client
+        .get("slow", Instant::now() + Duration::from_millis(500))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ConcurError::Timeout {
+                cut_short: true,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(err.pause(), None, "Concur was not given its 60 s");
+    assert_eq!(requests_to(&server, &format!("{LIST}slow")).await.len(), 1);
+}
+
+#[tokio::test]
 async fn a_broken_connection_is_still_retried() {
     let server = MockServer::start().await;
     app_token(&server, "t").await;

@@ -265,6 +265,7 @@ impl ConcurClient {
         send: u32,
     ) -> Result<Response, ConcurError> {
         let left = deadline_left(deadline, call.op)?;
+        let cut_short = left < self.config.call_timeout;
         let mut request = self
             .http
             .request(call.method.clone(), call.url.clone())
@@ -287,7 +288,10 @@ impl ConcurClient {
         info.send = send;
         let transport = |info: &CallInfo, e: reqwest::Error| {
             if e.is_timeout() {
-                ConcurError::Timeout { info: info.clone() }
+                ConcurError::Timeout {
+                    info: info.clone(),
+                    cut_short,
+                }
             } else {
                 ConcurError::Connection {
                     info: info.clone(),

@@ -76,9 +76,10 @@ pub enum ConcurError {
     /// Another status the API does not document for this call.
     #[error("unexpected answer from Concur ({info})")]
     UnexpectedStatus { info: CallInfo },
-    /// No complete answer within the call's timeout.
-    #[error("Concur did not answer in time ({info})")]
-    Timeout { info: CallInfo },
+    /// No complete answer within the call's timeout. `cut_short`: the caller's deadline
+    /// came before the call timeout did, so Concur was not given the time it promises.
+    #[error("Concur did not answer in time ({info}){}", if *cut_short { ", cut short by the caller's deadline" } else { "" })]
+    Timeout { info: CallInfo, cut_short: bool },
     /// The connection could not be made, or broke before the answer was complete.
     #[error("connection to Concur failed ({info}): {message}")]
     Connection { info: CallInfo, message: String },
@@ -133,11 +134,13 @@ impl ConcurError {
     /// codes page asks for a pause: [`CONCUR_PAUSE`] after a 503 (down for maintenance)
     /// or a timeout (no answer in time). The client never retries these within a call;
     /// callers put the work aside for at least this long. `None` for everything else
-    /// (other 5xx, 429 and broken connections are retried by the client with backoff).
+    /// (other 5xx, 429 and broken connections are retried by the client with backoff),
+    /// and for a timeout that the caller's deadline, not the call timeout, ended.
     pub fn pause(&self) -> Option<Duration> {
         match self {
             Self::Unavailable { info } if info.status == Some(503) => Some(CONCUR_PAUSE),
-            Self::Timeout { .. } => Some(CONCUR_PAUSE),
+            // A wait the caller's deadline cut short is the caller's, not Concur's.
+            Self::Timeout { cut_short, .. } => (!cut_short).then_some(CONCUR_PAUSE),
             _ => None,
         }
     }
@@ -160,7 +163,7 @@ impl ConcurError {
             | Self::RateLimited { info, .. }
             | Self::Unavailable { info }
             | Self::UnexpectedStatus { info }
-            | Self::Timeout { info }
+            | Self::Timeout { info, .. }
             | Self::Connection { info, .. }
             | Self::Malformed { info, .. }
             | Self::ErrorBody { info, .. }
