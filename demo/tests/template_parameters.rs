@@ -117,7 +117,7 @@ fn every_value_a_parameter_allows_is_accepted_at_cold_start() {
                 .into_iter()
                 .collect();
             let what = format!("{function} with {name}={value}");
-            ConcurSettings::from_env(&env).unwrap_or_else(|e| panic!("{what}: {e}"));
+            ConcurSettings::for_functions(&env).unwrap_or_else(|e| panic!("{what}: {e}"));
             if function == "PollerFunction" {
                 PollerSettings::from_env(&env).unwrap_or_else(|e| panic!("{what}: {e}"));
             } else {

@@ -267,7 +267,43 @@ pub struct ConcurSettings {
     in_deployed_lambda: bool,
 }
 
+/// Why the connector functions refuse `CONCUR_API_VERSION` 3.0 and 3.1 (README,
+/// "Legacy versions").
+pub const LEGACY_VERSION_REFUSAL: &str = "the connector functions need Connection Requests v3.2: \
+v3.0 and v3.1 requests carry no userId, which the request-token exchange (password grant \
+with credtype=authtoken, OAuth2 page) needs as its username, and their pages describe the \
+request token as an OAuth 1 token. No matched user could be connected: every one would be \
+sent CRRET, up to 48 times. Set CONCUR_API_VERSION=3.2 (the Concur app must be on v3.2)";
+
+impl ConfigError {
+    /// The `errorType` of a cold start that fails on this error (Lambda Runtime API
+    /// `/runtime/init/error`, `Category.Reason` as AWS recommends).
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            Self::Missing(_) => "Config.Missing",
+            Self::Invalid { .. } => "Config.Invalid",
+            Self::Secret { .. } => "Config.SecretUnavailable",
+        }
+    }
+}
+
 impl ConcurSettings {
+    /// [`from_env`](Self::from_env), and what the connector functions (poller and worker)
+    /// need on top: Connection Requests v3.2 (see [`LEGACY_VERSION_REFUSAL`]).
+    pub fn for_functions(env: &impl Env) -> Result<Self, ConfigError> {
+        let settings = Self::from_env(env)?;
+        if settings.version != ApiVersion::V3_2 {
+            return Err(ConfigError::Invalid {
+                key: "CONCUR_API_VERSION",
+                value: env
+                    .get("CONCUR_API_VERSION")
+                    .unwrap_or_else(|| settings.version.to_string()),
+                reason: LEGACY_VERSION_REFUSAL.into(),
+            });
+        }
+        Ok(settings)
+    }
+
     /// `CONCUR_API_BASE_URL` (required), `CONCUR_AUTH_BASE_URL`, `CONCUR_AUTHTOKEN_BASE_URL`,
     /// `CONCUR_API_VERSION` (3.2), `CONCUR_CLIENT_ID`, `CONCUR_CLIENT_SECRET_SOURCE`
     /// (required), `CONCUR_CALL_TIMEOUT_MS` (60000), `CONCUR_MAX_ATTEMPTS` (4).
@@ -415,6 +451,48 @@ mod tests {
         assert_eq!(settings.version, ApiVersion::V3_1);
         assert_eq!(settings.max_attempts, 4);
         assert_eq!(settings.call_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn the_functions_refuse_legacy_versions_with_the_reason() {
+        for legacy in ["3.0", "3.1", "v3.1"] {
+            let vars = env(&[
+                ("CONCUR_API_BASE_URL", "https://us.api.concursolutions.com"),
+                ("CONCUR_CLIENT_SECRET_SOURCE", "ssm:/x"),
+                ("CONCUR_API_VERSION", legacy),
+            ]);
+            // The library still reads them (the client speaks every version) ...
+            assert!(ConcurSettings::from_env(&vars).is_ok());
+            // ... the functions do not run on them.
+            let err = ConcurSettings::for_functions(&vars).unwrap_err();
+            assert_eq!(err.error_type(), "Config.Invalid");
+            let message = err.to_string();
+            assert!(
+                message.starts_with(&format!("CONCUR_API_VERSION={legacy:?} is invalid")),
+                "{message}"
+            );
+            assert!(
+                message.contains("no userId") && message.contains("CONCUR_API_VERSION=3.2"),
+                "{message}"
+            );
+        }
+        for fine in [None, Some("3.2")] {
+            let mut pairs = vec![
+                ("CONCUR_API_BASE_URL", "https://us.api.concursolutions.com"),
+                ("CONCUR_CLIENT_SECRET_SOURCE", "ssm:/x"),
+            ];
+            if let Some(version) = fine {
+                pairs.push(("CONCUR_API_VERSION", version));
+            }
+            let settings = ConcurSettings::for_functions(&env(&pairs)).unwrap();
+            assert_eq!(settings.version, ApiVersion::V3_2);
+        }
+        assert_eq!(
+            ConcurSettings::for_functions(&env(&[]))
+                .unwrap_err()
+                .error_type(),
+            "Config.Missing"
+        );
     }
 
     #[test]

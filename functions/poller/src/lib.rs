@@ -34,9 +34,11 @@ use serde_json::{Map, Value};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 use triplink_shared::concur::{ConcurClient, ConcurError, Page, CONCUR_PAUSE, MAX_PAGE_LIMIT};
-use triplink_shared::config::{ConfigError, Env};
+use triplink_shared::config::{ConcurSettings, ConfigError, Env};
 use triplink_shared::store::lifecycle::{self, SweepStore, SweepSummary};
-use triplink_shared::store::{PollWrite, QuarantineWrite, RequestStore, StoreError};
+use triplink_shared::store::{
+    DynamoRequestStore, PollWrite, QuarantineWrite, RequestStore, StoreError,
+};
 use triplink_shared::telemetry::{Metrics, Unit};
 
 /// The poller's knobs, from the environment.
@@ -433,6 +435,30 @@ pub struct Poller<C, S> {
     pub metrics: Metrics,
     /// A pause Concur asked for (503, no answer in time), kept across warm invocations.
     pub pause: ConcurPause,
+}
+
+/// The poller as deployed: the Concur client and the requests table.
+pub type DeployedPoller = Poller<ConcurClient, DynamoRequestStore>;
+
+/// Build the deployed poller from the environment (once per cold start). Every setting
+/// is read and checked before anything is fetched (the AWS configuration, the secret);
+/// any error names its variable (`triplink_shared::lambda_init` reports it to Lambda).
+pub async fn from_env(env: &impl Env) -> Result<DeployedPoller, ConfigError> {
+    let concur = ConcurSettings::for_functions(env)?;
+    let settings = PollerSettings::from_env(env)?;
+    let requests_table = env.required("REQUESTS_TABLE")?;
+    let aws = aws_config::load_from_env().await;
+    Ok(Poller {
+        concur: concur.client(&aws, env).await?,
+        store: DynamoRequestStore::new(aws_sdk_dynamodb::Client::new(&aws), requests_table),
+        settings,
+        metrics: Metrics::new(
+            env.get("METRICS_NAMESPACE")
+                .unwrap_or_else(|| "TripLink".into()),
+            "poller",
+        ),
+        pause: ConcurPause::default(),
+    })
 }
 
 /// The Lambda deadline as a tokio instant.

@@ -41,15 +41,17 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 use triplink_shared::concur::retry::{Decision as RetryDecision, RetryPolicy};
 use triplink_shared::concur::{ConcurClient, ConcurError, UserTokens};
-use triplink_shared::config::{ConfigError, Env};
+use triplink_shared::config::{ConcurSettings, ConfigError, Env};
 use triplink_shared::matching::{MatchOutcome, MatchPolicy};
 use triplink_shared::members::{match_request, MemberDirectory};
 use triplink_shared::model::{ConnectionRequest, ConnectionStatus};
 use triplink_shared::store::layout::{RequestItem, RequestState, DEFAULT_RETENTION_DAYS};
 use triplink_shared::store::lifecycle::{self, ExchangePlan, ParkReason};
-use triplink_shared::store::{Claim, Decision, Lease, ReportResult, StoreError, WorkStore};
+use triplink_shared::store::{
+    Claim, Decision, DynamoRequestStore, Lease, ReportResult, StoreError, WorkStore,
+};
 use triplink_shared::telemetry::{Metrics, Unit};
-use triplink_shared::vault::{Encryptor, TokenVault, VaultError};
+use triplink_shared::vault::{Encryptor, KmsEncryptor, TokenVault, VaultError};
 
 use decision::{Leave, TechnicalFailure};
 
@@ -363,6 +365,40 @@ pub struct Worker<C, D, S, V> {
     pub vault: V,
     pub settings: WorkerSettings,
     pub metrics: Metrics,
+}
+
+/// The worker as deployed: DynamoDB tables, KMS, the Concur client and the configured
+/// member directory.
+pub type DeployedWorker =
+    Worker<ConcurClient, directory::AnyDirectory, DynamoRequestStore, TokenVault<KmsEncryptor>>;
+
+/// Build the deployed worker from the environment (once per cold start). Every setting
+/// is read and checked before anything is fetched (the AWS configuration, secrets); any
+/// error names its variable (`triplink_shared::lambda_init` reports it to Lambda).
+pub async fn from_env(env: &impl Env) -> Result<DeployedWorker, ConfigError> {
+    let concur = ConcurSettings::for_functions(env)?;
+    let settings = WorkerSettings::from_env(env)?;
+    let requests_table = env.required("REQUESTS_TABLE")?;
+    let connections_table = env.required("CONNECTIONS_TABLE")?;
+    let kms_key_id = env.required("KMS_KEY_ID")?;
+    let aws = aws_config::load_from_env().await;
+    let dynamo = aws_sdk_dynamodb::Client::new(&aws);
+    Ok(Worker {
+        concur: concur.client(&aws, env).await?,
+        directory: directory::AnyDirectory::from_env(env, &aws).await?,
+        store: DynamoRequestStore::new(dynamo.clone(), requests_table),
+        vault: TokenVault::new(
+            dynamo,
+            connections_table,
+            KmsEncryptor::new(aws_sdk_kms::Client::new(&aws), kms_key_id),
+        ),
+        settings,
+        metrics: Metrics::new(
+            env.get("METRICS_NAMESPACE")
+                .unwrap_or_else(|| "TripLink".into()),
+            "worker",
+        ),
+    })
 }
 
 /// Read a stream record's new image as a requests-table item.

@@ -1,0 +1,121 @@
+//! The worker binary's cold start, under a stub of Lambda's Runtime API: a
+//! configuration error reaches `/runtime/init/error` with its type and message, and the
+//! process ends without asking for an invocation.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+/// Run the debug `worker` binary with only `vars` (and the Runtime API's address) set,
+/// and return what the Runtime API received on `/runtime/init/error`.
+async fn cold_start(vars: &[(&str, &str)]) -> (Vec<(String, Value)>, usize) {
+    let api = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/2018-06-01/runtime/init/error"))
+        .respond_with(ResponseTemplate::new(202).set_body_string(r#"{"status":"OK"}"#))
+        .mount(&api)
+        .await;
+    let address = api.address().to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_worker"))
+        .env_clear()
+        .envs(vars.iter().copied())
+        .env("AWS_LAMBDA_RUNTIME_API", &address)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_LAMBDA_FUNCTION_NAME", "worker")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the worker binary starts");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            child.kill().ok();
+            panic!("the worker did not exit after a configuration error");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!status.success(), "a failed cold start exits with an error");
+    let received = api.received_requests().await.unwrap();
+    let reports = received
+        .iter()
+        .filter(|r| r.url.path() == "/2018-06-01/runtime/init/error")
+        .map(|r| {
+            let header = r
+                .headers
+                .get("lambda-runtime-function-error-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            (header, serde_json::from_slice(&r.body).unwrap())
+        })
+        .collect();
+    let nexts = received
+        .iter()
+        .filter(|r| r.url.path().ends_with("/invocation/next"))
+        .count();
+    (reports, nexts)
+}
+
+const DEPLOYED: [(&str, &str); 5] = [
+    ("CONCUR_API_BASE_URL", "https://us.api.concursolutions.com"),
+    (
+        "CONCUR_CLIENT_SECRET_SOURCE",
+        "secretsmanager:arn:aws:secretsmanager:us-east-1:123456789012:secret:concur",
+    ),
+    ("REQUESTS_TABLE", "requests"),
+    ("CONNECTIONS_TABLE", "connections"),
+    ("KMS_KEY_ID", "key-id"),
+];
+
+#[tokio::test]
+async fn a_legacy_api_version_is_refused_at_cold_start_through_the_runtime_api() {
+    let mut vars = DEPLOYED.to_vec();
+    vars.push(("CONCUR_API_VERSION", "3.0"));
+    let (reports, nexts) = cold_start(&vars).await;
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    let (header, body) = &reports[0];
+    assert_eq!(header, "Config.Invalid");
+    assert_eq!(body["errorType"], "Config.Invalid");
+    let message = body["errorMessage"].as_str().unwrap();
+    assert!(
+        message.starts_with(r#"CONCUR_API_VERSION="3.0" is invalid"#),
+        "{message}"
+    );
+    assert!(
+        message.contains("no userId") && message.contains("CONCUR_API_VERSION=3.2"),
+        "{message}"
+    );
+    assert_eq!(nexts, 0, "no invocation is asked for");
+}
+
+#[tokio::test]
+async fn any_configuration_error_is_reported_the_same_way() {
+    // A variable the template sets is missing.
+    let vars: Vec<_> = DEPLOYED
+        .iter()
+        .copied()
+        .filter(|(k, _)| *k != "KMS_KEY_ID")
+        .collect();
+    let (reports, _) = cold_start(&vars).await;
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_eq!(reports[0].1["errorType"], "Config.Missing");
+    assert_eq!(reports[0].1["errorMessage"], "KMS_KEY_ID is not set");
+
+    // A plain-environment secret in a deployed function.
+    let mut vars = DEPLOYED.to_vec();
+    vars.retain(|(k, _)| *k != "CONCUR_CLIENT_SECRET_SOURCE");
+    vars.push(("CONCUR_CLIENT_SECRET_SOURCE", "env:CONCUR_CLIENT_SECRET"));
+    vars.push(("CONCUR_CLIENT_SECRET", "must-not-be-echoed"));
+    let (reports, _) = cold_start(&vars).await;
+    assert_eq!(reports[0].1["errorType"], "Config.Invalid");
+    let message = reports[0].1["errorMessage"].as_str().unwrap();
+    assert!(message.contains("local runs only"), "{message}");
+    assert!(!message.contains("must-not-be-echoed"), "{message}");
+}
