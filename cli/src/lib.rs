@@ -250,7 +250,9 @@ pub async fn execute<E: Env + Send + Sync>(cli: Cli, env: E) -> Result<Finished,
                 progress: true,
             };
             let report = members::import_file(&directory, &file, &options).await?;
-            let success = report.invalid.is_empty() && report.failed.is_empty();
+            let success = report.invalid.is_empty()
+                && report.failed.is_empty()
+                && report.manifest_error.is_none();
             Ok(output::finished(&report, format, success))
         }
     }

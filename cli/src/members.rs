@@ -521,6 +521,11 @@ pub struct ImportReport {
     pub invalid_count: usize,
     /// The first invalid records (at most 20).
     pub invalid: Vec<Invalid>,
+    /// Members the table holds after the import, as written to its manifest (the
+    /// worker's health gate reads it); `None` when nothing was written.
+    pub manifest_members: Option<u64>,
+    /// Why the manifest could not be written (the import then does not succeed).
+    pub manifest_error: Option<String>,
 }
 
 pub struct ImportOptions {
@@ -571,6 +576,8 @@ pub async fn import<S: MemberSink>(
             .take(MAX_LISTED_ERRORS)
             .cloned()
             .collect(),
+        manifest_members: None,
+        manifest_error: None,
     };
     if !parsed.invalid.is_empty() || options.dry_run {
         report.skipped = parsed.valid.len();
@@ -614,14 +621,22 @@ pub async fn import_file(
         .map_err(|e| CliError(format!("cannot read {}: {e}", path.display())))?;
     let text = String::from_utf8(bytes)
         .map_err(|_| CliError(format!("{} is not UTF-8 text", path.display())))?;
-    Ok(import(
+    let mut report = import(
         directory,
         &text,
         &path.display().to_string(),
         &directory.table,
         options,
     )
-    .await)
+    .await;
+    if report.invalid_count == 0 && !options.dry_run {
+        // The manifest counts what the table holds now, whatever failed above.
+        match directory.refresh_manifest(chrono::Utc::now()).await {
+            Ok(members) => report.manifest_members = Some(members),
+            Err(e) => report.manifest_error = Some(e.to_string()),
+        }
+    }
+    Ok(report)
 }
 
 impl Render for ImportReport {
@@ -660,6 +675,14 @@ impl Render for ImportReport {
                 ),
             ),
             ("failed", self.failed.len().to_string()),
+            (
+                "directory",
+                match (&self.manifest_members, &self.manifest_error) {
+                    (Some(members), _) => format!("{members} members (manifest written)"),
+                    (None, Some(error)) => format!("manifest NOT written: {error}"),
+                    (None, None) => "manifest unchanged".to_owned(),
+                },
+            ),
         ]));
         if !self.failed.is_empty() {
             let mut table = Table::new(["line", "member id", "error"]);

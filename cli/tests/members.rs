@@ -51,6 +51,12 @@ async fn the_sandbox_members_file_imports_as_a_json_array() {
     assert!(report.failed.is_empty(), "{:?}", report.failed);
     assert_eq!(report.imported, members.len());
     assert_eq!(directory.count().await.unwrap(), members.len() as u64);
+    // The import writes the manifest the worker's health gate reads.
+    assert_eq!(report.manifest_members, Some(members.len() as u64));
+    assert_eq!(
+        directory.health().await.unwrap().members,
+        Some(members.len() as u64)
+    );
 
     let with_number = members.iter().find(|m| m.loyalty_number.is_some()).unwrap();
     let found = directory
@@ -170,6 +176,8 @@ async fn invalid_records_are_reported_by_line_and_nothing_is_imported() {
         .message
         .contains("lacks memberId, lastName, status"));
     assert_eq!(directory.count().await.unwrap(), 0, "nothing imported");
+    // A refused file writes no manifest: the directory stays not ready.
+    assert_eq!(directory.health().await.unwrap().members, None);
 
     let text = format_report(&report, OutputFormat::Table);
     assert!(

@@ -119,6 +119,8 @@ async fn run(args: Args) -> Result<bool, Error> {
     for member in &members {
         directory.put_member(member).await?;
     }
+    // What `triplink members import` writes last: the health gate's manifest.
+    directory.refresh_manifest(chrono::Utc::now()).await?;
 
     let concur = ConcurClient::new(ConcurConfig::new(
         BaseUrl::parse(&sandbox.local_url)?,
@@ -138,6 +140,7 @@ async fn run(args: Args) -> Result<bool, Error> {
         ),
         settings: WorkerSettings::default(),
         metrics: Metrics::disabled("worker"),
+        safety: Default::default(),
     };
     let mut stream = StreamDriver::attach(
         &dynamo,

@@ -401,6 +401,72 @@ async fn match_request_end_to_end_for_each_outcome() {
     }
 }
 
+#[tokio::test]
+async fn the_dynamodb_manifest_is_what_makes_the_directory_ready() {
+    use triplink_shared::members::health::readiness;
+    use triplink_shared::members::{NotReady, Readiness};
+    let directory = directory().await;
+    // Day one: an empty table has no manifest.
+    assert_eq!(
+        readiness(&directory.health().await),
+        Readiness::NotReady(NotReady::NoManifest)
+    );
+    // Members written without an import's manifest still do not make it ready.
+    for id in ["M1", "M2"] {
+        directory
+            .put_member(&member(
+                id,
+                Some(id),
+                "Smith",
+                &["s@example.com"],
+                MemberStatus::Active,
+            ))
+            .await
+            .unwrap();
+    }
+    assert!(!readiness(&directory.health().await).is_ready());
+    // The import's manifest counts member items only (not pointers, not itself).
+    let now = chrono::Utc::now();
+    assert_eq!(directory.refresh_manifest(now).await.unwrap(), 2);
+    assert_eq!(
+        readiness(&directory.health().await),
+        Readiness::Ready { members: 2 }
+    );
+    assert_eq!(directory.count().await.unwrap(), 2);
+    let health = directory.health().await.unwrap();
+    assert!(health
+        .updated_at
+        .is_some_and(|at| at.starts_with(&now.format("%Y-%m-%d").to_string())));
+    // A manifest of zero members (an empty import) is not ready.
+    directory.write_manifest(0, now).await.unwrap();
+    assert_eq!(
+        readiness(&directory.health().await),
+        Readiness::NotReady(NotReady::Empty)
+    );
+    // The reserved id cannot be overwritten by a member, and lookups never see it.
+    let error = directory
+        .put_member(&member(
+            "manifest#directory",
+            Some("X1"),
+            "Smith",
+            &[],
+            MemberStatus::Active,
+        ))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, DirectoryError::Malformed(_)), "{error}");
+    assert!(directory
+        .by_loyalty_number("manifest#directory")
+        .await
+        .unwrap()
+        .is_empty());
+    // A wrong table name is an outage, not an empty directory.
+    let wrong = DynamoMemberDirectory::new(directory.client.clone(), "no-such-table");
+    let error = wrong.health().await.unwrap_err();
+    assert!(error.is_transient(), "{error}");
+    assert!(!readiness(&Err(error)).is_ready());
+}
+
 // ---- HTTP directory ----
 
 fn http_config(server: &MockServer, timeout: Duration) -> HttpDirectoryConfig {
@@ -453,7 +519,7 @@ async fn http_queries_by_loyalty_key_and_email_key_with_the_auth_header() {
 }
 
 #[tokio::test]
-async fn http_404_is_empty_and_errors_are_classified() {
+async fn http_only_an_explicit_404_is_empty_and_errors_are_classified() {
     let server = MockServer::start().await;
     let answer = |param: &'static str, value: &'static str, response: ResponseTemplate| {
         Mock::given(method("GET"))
@@ -461,9 +527,31 @@ async fn http_404_is_empty_and_errors_are_classified() {
             .and(query_param(param, value))
             .respond_with(response)
     };
-    answer("loyaltyNumber", "L404", ResponseTemplate::new(404))
+    answer(
+        "loyaltyNumber",
+        "L404",
+        ResponseTemplate::new(404).set_body_json(json!({"error": "member_not_found"})),
+    )
+    .mount(&server)
+    .await;
+    // A 404 that does not say "member not found": a wrong path, a gateway's page.
+    answer("loyaltyNumber", "BARE404", ResponseTemplate::new(404))
         .mount(&server)
         .await;
+    answer(
+        "loyaltyNumber",
+        "HTML404",
+        ResponseTemplate::new(404).set_body_string("<html>Not Found</html>"),
+    )
+    .mount(&server)
+    .await;
+    answer(
+        "loyaltyNumber",
+        "OTHER404",
+        ResponseTemplate::new(404).set_body_json(json!({"error": "route_not_found"})),
+    )
+    .mount(&server)
+    .await;
     answer("loyaltyNumber", "L503", ResponseTemplate::new(503))
         .mount(&server)
         .await;
@@ -506,6 +594,9 @@ async fn http_404_is_empty_and_errors_are_classified() {
         .unwrap()
         .is_empty());
     for (number, transient) in [
+        ("BARE404", true),
+        ("HTML404", true),
+        ("OTHER404", true),
         ("L503", true),
         ("L429", true),
         ("SLOW", true),
@@ -526,6 +617,59 @@ async fn http_404_is_empty_and_errors_are_classified() {
             !shown.contains("secret.address") && !shown.contains(email),
             "{shown}"
         );
+    }
+}
+
+#[tokio::test]
+async fn http_health_counts_members_only_when_the_service_says_ok() {
+    use triplink_shared::members::health::readiness;
+    use triplink_shared::members::{NotReady, Readiness};
+    let cases: Vec<(ResponseTemplate, Result<Readiness, bool>)> = vec![
+        (
+            ResponseTemplate::new(200).set_body_json(json!({"status": "ok", "members": 1200})),
+            Ok(Readiness::Ready { members: 1200 }),
+        ),
+        (
+            ResponseTemplate::new(200).set_body_json(json!({"status": "ok", "members": 0})),
+            Ok(Readiness::NotReady(NotReady::Empty)),
+        ),
+        (
+            ResponseTemplate::new(404),
+            Ok(Readiness::NotReady(NotReady::NoManifest)),
+        ),
+        // Outages and nonsense: not ready, and the error says why.
+        (
+            ResponseTemplate::new(200).set_body_json(json!({"status": "degraded", "members": 5})),
+            Err(true),
+        ),
+        (ResponseTemplate::new(503), Err(true)),
+        (
+            ResponseTemplate::new(200).set_body_string("<html/>"),
+            Err(false),
+        ),
+    ];
+    for (response, expected) in cases {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path("/api/v1/health"))
+            .and(header("x-api-key", "s3cret"))
+            .respond_with(response)
+            .expect(1)
+            .mount(&server)
+            .await;
+        let directory =
+            HttpMemberDirectory::new(http_config(&server, Duration::from_secs(2))).unwrap();
+        let health = directory.health().await;
+        match expected {
+            Ok(readiness_expected) => {
+                assert_eq!(readiness(&health), readiness_expected, "{health:?}")
+            }
+            Err(transient) => {
+                let error = health.unwrap_err();
+                assert_eq!(error.is_transient(), transient, "{error}");
+                assert!(!readiness(&Err(error)).is_ready());
+            }
+        }
     }
 }
 

@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 
 use triplink_shared::matching::{email_key, loyalty_key, MatchOutcome, MatchPolicy};
-use triplink_shared::members::{match_request, DirectoryError, Member, MemberDirectory};
+use triplink_shared::members::{
+    match_request, DirectoryError, DirectoryHealth, Member, MemberDirectory,
+};
 use triplink_shared::model::{ConnectionRequest, WireConnectionRequest};
 
 /// The whole directory in memory, looked up by the same keys as the real ones.
@@ -30,6 +32,13 @@ impl MemberDirectory for InMemory {
             .filter(|m| m.emails.iter().any(|e| email_key(e) == key))
             .cloned()
             .collect())
+    }
+
+    async fn health(&self) -> Result<DirectoryHealth, DirectoryError> {
+        Ok(DirectoryHealth {
+            members: Some(self.0.len() as u64),
+            updated_at: None,
+        })
     }
 }
 

@@ -242,6 +242,10 @@ impl LocalStack {
         for member in &members {
             context!(directory.put_member(member).await, "member import")?;
         }
+        context!(
+            directory.refresh_manifest(chrono::Utc::now()).await,
+            "member manifest"
+        )?;
         let stream_arn = context!(
             dynamo
                 .describe_table()

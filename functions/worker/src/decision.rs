@@ -28,16 +28,20 @@
 //! | a fresh request token could not be read from Concur | `fresh_token_unavailable` |
 //! | the status could not be sent (after retries) | `report_failed` |
 //! | the invocation's deadline came first | `deadline` |
+//! | a `CREU*` was found but the directory is not known to be populated (`triplink_shared::members::health`) | `directory_not_ready` |
+//! | the circuit breaker is open (`crate::breaker`) | `breaker_open` (until it closes, 5 min at least) |
+//! | Concur refused the app's own credentials on the exchange (client rejected, `invalid_client`) | `app_credentials_rejected` (5 min at least) |
 //!
 //! A leave caused by a Concur answer that asks for a pause (a 503, or no answer within
 //! the call timeout: [`ConcurError::pause`]) waits at least that long (five minutes)
 //! before the request is tried again, whichever call it was (the app token, the
 //! exchange, the fresh-token read or the PUT).
 
-#[cfg(doc)]
-use triplink_shared::concur::ConcurError;
-use triplink_shared::concur::CONCUR_PAUSE;
+use triplink_shared::concur::auth::OAuthErrorKind;
+use triplink_shared::concur::{ConcurError, CONCUR_PAUSE};
 use triplink_shared::matching::{AttentionReason, MatchOutcome};
+
+use crate::breaker::Cause;
 use triplink_shared::model::ConnectionStatus;
 use triplink_shared::store::Decision;
 
@@ -60,6 +64,9 @@ pub enum Leave {
     FreshTokenUnavailable { pause: bool },
     ReportFailed { pause: bool },
     Deadline,
+    DirectoryNotReady,
+    BreakerOpen,
+    AppCredentialsRejected,
 }
 
 impl Leave {
@@ -71,6 +78,32 @@ impl Leave {
             Self::FreshTokenUnavailable { .. } => "fresh_token_unavailable",
             Self::ReportFailed { .. } => "report_failed",
             Self::Deadline => "deadline",
+            Self::DirectoryNotReady => "directory_not_ready",
+            Self::BreakerOpen => "breaker_open",
+            Self::AppCredentialsRejected => "app_credentials_rejected",
+        }
+    }
+
+    /// `otherwise`, unless the invocation's deadline (not Concur) ended the call: then
+    /// [`Leave::Deadline`], which says nothing about Concur (the circuit breaker ignores it).
+    pub fn after(error: &ConcurError, otherwise: Leave) -> Leave {
+        if error.ended_by_deadline() {
+            Self::Deadline
+        } else {
+            otherwise
+        }
+    }
+
+    /// The system-wide failure this reason is evidence of, for the circuit breaker;
+    /// `None` for reasons that say nothing new about a system (a deadline, a gate).
+    pub fn cause(self) -> Option<Cause> {
+        match self {
+            Self::DirectoryUnavailable => Some(Cause::Directory),
+            Self::TokenExchangeUnanswered { .. } => Some(Cause::TokenEndpoint),
+            Self::ConnectionStoreFailed => Some(Cause::Store),
+            Self::FreshTokenUnavailable { .. } | Self::ReportFailed { .. } => Some(Cause::Concur),
+            Self::AppCredentialsRejected => Some(Cause::AppCredentials),
+            Self::Deadline | Self::DirectoryNotReady | Self::BreakerOpen => None,
         }
     }
 
@@ -80,17 +113,21 @@ impl Leave {
             Self::TokenExchangeUnanswered { pause }
             | Self::FreshTokenUnavailable { pause }
             | Self::ReportFailed { pause } => pause,
-            Self::DirectoryUnavailable | Self::ConnectionStoreFailed | Self::Deadline => false,
+            _ => false,
         }
     }
 
     /// The shortest wait before the request is tried again: the HTTP status codes page
-    /// asks for five minutes after a 503 or a call that got no answer in time.
+    /// asks for five minutes after a 503 or a call that got no answer in time; an open
+    /// breaker or a refused app is not tried again before that either.
     pub fn at_least(self) -> chrono::Duration {
-        if self.pause() {
-            chrono::Duration::from_std(CONCUR_PAUSE).unwrap_or(chrono::Duration::minutes(5))
-        } else {
-            chrono::Duration::zero()
+        let pause =
+            chrono::Duration::from_std(CONCUR_PAUSE).unwrap_or(chrono::Duration::minutes(5));
+        match self {
+            Self::BreakerOpen => crate::breaker::COOL_DOWN,
+            Self::AppCredentialsRejected => pause,
+            _ if self.pause() => pause,
+            _ => chrono::Duration::zero(),
         }
     }
 }
@@ -119,6 +156,31 @@ pub fn for_outcome(outcome: &MatchOutcome) -> Option<Decision> {
         }
     };
     Some(Decision { status, reason })
+}
+
+/// Did Concur refuse the app itself (not the traveller's token)? Then every request
+/// would fail alike: the request is left pending (`app_credentials_rejected`), never
+/// `CRRET`. Codes 53, 59, 61 (client unknown, disabled, company not enabled), an
+/// `invalid_client` error, 62/63 (client id or secret not sent), or a 401 without a body.
+pub fn is_app_problem(error: &ConcurError) -> bool {
+    match error {
+        ConcurError::OAuth { error, .. } => {
+            error.kind() == OAuthErrorKind::ClientRejected
+                || error.error.as_deref() == Some("invalid_client")
+                || matches!(error.code, Some(62 | 63))
+        }
+        ConcurError::Unauthorized { .. } => true,
+        _ => false,
+    }
+}
+
+/// The decision recorded in dry-run mode for a match: what would be sent once the token
+/// is exchanged (no token is exchanged in a dry run).
+pub fn dry_run_match() -> Decision {
+    Decision {
+        status: ConnectionStatus::Connected,
+        reason: "matched (dry run: token not exchanged)".into(),
+    }
 }
 
 /// A matched member whose connection is stored.

@@ -8,7 +8,7 @@ use triplink_shared::config::{ConfigError, Env, SecretSource};
 use triplink_shared::matching::Member;
 use triplink_shared::members::dynamo::DynamoMemberDirectory;
 use triplink_shared::members::http::{HttpDirectoryConfig, HttpMemberDirectory};
-use triplink_shared::members::{DirectoryError, MemberDirectory};
+use triplink_shared::members::{DirectoryError, DirectoryHealth, MemberDirectory};
 
 pub enum AnyDirectory {
     Dynamo(DynamoMemberDirectory),
@@ -26,6 +26,12 @@ impl MemberDirectory for AnyDirectory {
         match self {
             Self::Dynamo(d) => d.by_email(email).await,
             Self::Http(d) => d.by_email(email).await,
+        }
+    }
+    async fn health(&self) -> Result<DirectoryHealth, DirectoryError> {
+        match self {
+            Self::Dynamo(d) => d.health().await,
+            Self::Http(d) => d.health().await,
         }
     }
 }

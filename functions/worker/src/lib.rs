@@ -22,6 +22,7 @@
 //! re-arms the attempt. Only store failures and unreadable records are batch item
 //! failures.
 
+pub mod breaker;
 pub mod decision;
 pub mod directory;
 
@@ -43,7 +44,7 @@ use triplink_shared::concur::retry::{Decision as RetryDecision, RetryPolicy};
 use triplink_shared::concur::{ConcurClient, ConcurError, UserTokens};
 use triplink_shared::config::{ConcurSettings, ConfigError, Env};
 use triplink_shared::matching::{MatchOutcome, MatchPolicy};
-use triplink_shared::members::{match_request, MemberDirectory};
+use triplink_shared::members::{match_request, HealthGate, MemberDirectory, Readiness};
 use triplink_shared::model::{ConnectionRequest, ConnectionStatus};
 use triplink_shared::store::layout::{RequestItem, RequestState, DEFAULT_RETENTION_DAYS};
 use triplink_shared::store::lifecycle::{self, ExchangePlan, ParkReason};
@@ -72,6 +73,9 @@ pub struct WorkerSettings {
     /// `WORKER_RELEASE_BACKOFF_MS`: how long a request left pending after a failure waits
     /// before the sweep re-arms it, doubled with each re-drive (default 30000).
     pub release_backoff: Duration,
+    /// `DRY_RUN`: decide, record the decision and park the request (reason `dry_run`),
+    /// but exchange no token and send no status (default false).
+    pub dry_run: bool,
 }
 
 impl Default for WorkerSettings {
@@ -87,6 +91,7 @@ impl Default for WorkerSettings {
             retention_days: DEFAULT_RETENTION_DAYS,
             policy: MatchPolicy::default(),
             release_backoff: Duration::from_secs(30),
+            dry_run: false,
         }
     }
 }
@@ -136,6 +141,7 @@ impl WorkerSettings {
                 "WORKER_RELEASE_BACKOFF_MS",
                 defaults.release_backoff.as_millis() as u64,
             )?),
+            dry_run: env.parsed("DRY_RUN", false)?,
         })
     }
 }
@@ -306,6 +312,8 @@ pub enum RecordOutcome {
     Released { reason: Leave },
     /// Left to an operator (alarm).
     Parked { reason: ParkReason },
+    /// Dry-run mode: the decision was recorded and the request parked; nothing sent.
+    DryRun { status: ConnectionStatus },
     /// Another worker took the lease over; it finishes the attempt.
     LeaseLost,
 }
@@ -324,6 +332,8 @@ pub enum RecordError {
 /// The result of deciding a claimed attempt.
 enum Step {
     Decide(Decision),
+    /// Dry-run mode: record this decision, send nothing.
+    DryRun(Decision),
     Leave(Leave),
     LeaseLost,
 }
@@ -365,6 +375,16 @@ pub struct Worker<C, D, S, V> {
     pub vault: V,
     pub settings: WorkerSettings,
     pub metrics: Metrics,
+    /// State kept across the invocations of one execution environment.
+    pub safety: Safety,
+}
+
+/// What one execution environment remembers between invocations to keep statuses safe:
+/// the directory health gate and the circuit breaker.
+#[derive(Default)]
+pub struct Safety {
+    pub health: HealthGate,
+    pub breaker: breaker::Breaker,
 }
 
 /// The worker as deployed: DynamoDB tables, KMS, the Concur client and the configured
@@ -398,6 +418,7 @@ pub async fn from_env(env: &impl Env) -> Result<DeployedWorker, ConfigError> {
                 .unwrap_or_else(|| "TripLink".into()),
             "worker",
         ),
+        safety: Safety::default(),
     })
 }
 
@@ -436,11 +457,29 @@ where
             }
         };
         if let Some(decision) = decision::for_outcome(&outcome) {
-            return Step::Decide(decision);
+            // "No such member" is evidence only from a directory known to hold members.
+            if let Readiness::NotReady(why) = self.safety.health.check(&self.directory).await {
+                warn!(
+                    request_id = %item.request_id,
+                    would_be = decision.status.as_str(),
+                    directory = why.as_str(),
+                    advice = why.advice(),
+                    "member directory not ready: no CREU status decided"
+                );
+                return Step::Leave(Leave::DirectoryNotReady);
+            }
+            return if self.settings.dry_run {
+                Step::DryRun(decision)
+            } else {
+                Step::Decide(decision)
+            };
         }
         let MatchOutcome::Matched { member_id } = outcome else {
             return Step::Leave(Leave::DirectoryUnavailable);
         };
+        if self.settings.dry_run {
+            return Step::DryRun(decision::dry_run_match());
+        }
         let Some(user_id) = request.user_id.as_deref() else {
             return Step::Decide(decision::technical(TechnicalFailure::NoUserId));
         };
@@ -479,9 +518,16 @@ where
                 );
                 // No answer that proves the grant was refused: the token may be spent.
                 if e.is_transient() || matches!(e, ConcurError::DeadlineExceeded { .. }) {
-                    return Step::Leave(Leave::TokenExchangeUnanswered {
-                        pause: e.pause().is_some(),
-                    });
+                    return Step::Leave(Leave::after(
+                        &e,
+                        Leave::TokenExchangeUnanswered {
+                            pause: e.pause().is_some(),
+                        },
+                    ));
+                }
+                // Concur refused the app, not this traveller's token: not their problem.
+                if decision::is_app_problem(&e) {
+                    return Step::Leave(Leave::AppCredentialsRejected);
                 }
                 return Step::Decide(decision::technical(TechnicalFailure::TokenExchangeFailed(
                     e.kind(),
@@ -542,9 +588,12 @@ where
                     correlation_id = e.correlation_id().unwrap_or(""),
                     "could not read a fresh request token"
                 );
-                return Err(Step::Leave(Leave::FreshTokenUnavailable {
-                    pause: e.pause().is_some(),
-                }));
+                return Err(Step::Leave(Leave::after(
+                    &e,
+                    Leave::FreshTokenUnavailable {
+                        pause: e.pause().is_some(),
+                    },
+                )));
             }
         };
         match fresh.request_token {
@@ -658,7 +707,8 @@ where
                     "the status could not be sent; it will be re-sent after a backoff"
                 );
                 let pause = e.pause().is_some();
-                return self.leave(item, lease, Leave::ReportFailed { pause }).await;
+                let reason = Leave::after(&e, Leave::ReportFailed { pause });
+                return self.leave(item, lease, reason).await;
             }
         };
         self.record(item, lease, status, resent, result).await
@@ -745,8 +795,20 @@ where
                     attempt: item.attempt,
                     owner,
                 };
+                if self.safety.breaker.open(Utc::now()).is_some() {
+                    return self.leave(&item, lease, Leave::BreakerOpen).await;
+                }
                 let decided = match self.decide(&item, lease, deadline).await {
                     Step::Decide(decided) => decided,
+                    Step::DryRun(would) => {
+                        return if self.store.record_dry_run(lease, &would, Utc::now()).await? {
+                            Ok(RecordOutcome::DryRun {
+                                status: would.status,
+                            })
+                        } else {
+                            Ok(self.lease_lost(&item, lease).await)
+                        };
+                    }
                     Step::Leave(reason) => return self.leave(&item, lease, reason).await,
                     Step::LeaseLost => return Ok(self.lease_lost(&item, lease).await),
                 };
@@ -781,8 +843,39 @@ where
             attempt: item.attempt,
             owner,
         };
+        if self.safety.breaker.open(Utc::now()).is_some() {
+            // Kept decided: the same status is sent once the breaker closes.
+            return self.leave(&item, lease, Leave::BreakerOpen).await;
+        }
         self.send_decided(&item, lease, status, resent, deadline)
             .await
+    }
+
+    /// Tell the breaker how a record ended; log and count an opening.
+    fn observe(&self, result: &Result<RecordOutcome, RecordError>) {
+        let outcome = match result {
+            Ok(RecordOutcome::Reported { .. } | RecordOutcome::DryRun { .. }) => {
+                breaker::Outcome::Success
+            }
+            Ok(RecordOutcome::Released { reason }) => match reason.cause() {
+                Some(cause) => breaker::Outcome::Systemic(cause),
+                None => breaker::Outcome::Neutral,
+            },
+            Err(RecordError::Store(_)) => breaker::Outcome::Systemic(breaker::Cause::Store),
+            _ => breaker::Outcome::Neutral,
+        };
+        if let Some(opened) = self.safety.breaker.record(Utc::now(), outcome) {
+            error!(
+                cause = opened.cause.as_str(),
+                until = %opened.until.to_rfc3339(),
+                openings = opened.openings,
+                "circuit breaker opened: requests stay pending until it closes"
+            );
+            let mut properties = Map::new();
+            properties.insert("cause".into(), json!(opened.cause.as_str()));
+            self.metrics
+                .emit(&[("BreakerOpened", 1.0, Unit::Count)], properties);
+        }
     }
 
     fn log_and_measure(
@@ -831,8 +924,22 @@ where
                     "no status sent; the request stays pending and is tried again after a backoff"
                 );
                 properties.insert("reason".into(), json!(reason.as_str()));
+                let mut metrics = vec![("Released", 1.0, Unit::Count)];
+                if *reason == Leave::DirectoryNotReady {
+                    // Alarm `directory-not-ready`: no CREU* is decided until it is.
+                    metrics.push(("DirectoryNotReady", 1.0, Unit::Count));
+                }
+                self.metrics.emit(&metrics, properties);
+            }
+            Ok(RecordOutcome::DryRun { status }) => {
+                info!(
+                    request_id,
+                    would_send = status.as_str(),
+                    "dry run: decision recorded, nothing sent"
+                );
+                properties.insert("would_send".into(), json!(status.as_str()));
                 self.metrics
-                    .emit(&[("Released", 1.0, Unit::Count)], properties);
+                    .emit(&[("DryRunDecided", 1.0, Unit::Count)], properties);
             }
             Ok(RecordOutcome::Parked { reason }) => {
                 properties.insert("reason".into(), json!(reason.as_str()));
@@ -903,6 +1010,7 @@ where
                         self.process(record, owner, lease_until_ms, deadline).await
                     };
                     self.log_and_measure(record, &request_id, started, &result);
+                    self.observe(&result);
                     if result.is_err() {
                         // Later records of this request are retried from here anyway.
                         return record.change.sequence_number.clone();

@@ -65,6 +65,7 @@ async fn run_everything_at_once(env: &Env, store: &DynamoRequestStore) -> u32 {
                     vault: &env.vault,
                     settings: worker_settings.clone(),
                     metrics: Metrics::disabled("worker"),
+                    safety: Default::default(),
                 },
             )
         })

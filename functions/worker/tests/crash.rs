@@ -154,6 +154,14 @@ impl WorkStore for CrashStore<'_> {
     ) -> Result<bool, StoreError> {
         WorkStore::park(self.inner, lease, reason, now).await
     }
+    async fn record_dry_run(
+        &self,
+        lease: Lease<'_>,
+        decision: &Decision,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.inner.record_dry_run(lease, decision, now).await
+    }
 }
 
 struct CrashConcur<'a> {
@@ -250,6 +258,7 @@ async fn run_with_a_crash_at(point: Point) {
         },
         settings: settings(),
         metrics: triplink_shared::telemetry::Metrics::disabled("worker"),
+        safety: Default::default(),
     };
     let batch = records(&testing::scan_requests(&env.store).await);
     // Invocation 1 has 5 s left: its leases end 2 s after that.

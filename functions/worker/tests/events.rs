@@ -107,9 +107,26 @@ async fn the_handlers_run_on_the_sample_events() {
     assert_eq!(summary.stop_reason, poller::StopReason::Drained);
 
     // The worker on its stream events; the sample items are stored as the poller would.
+    // The directory holds one member, none of the sample travellers, and its manifest.
+    let directory = DynamoMemberDirectory::new(dynamo.clone(), members);
+    directory
+        .put_member(&triplink_shared::members::Member {
+            member_id: "M-OTHER".into(),
+            loyalty_number: Some("999000999".into()),
+            first_name: None,
+            last_name: "Nobody".into(),
+            emails: vec!["nobody@mail.example".into()],
+            status: triplink_shared::members::MemberStatus::Active,
+        })
+        .await
+        .unwrap();
+    directory
+        .refresh_manifest(chrono::Utc::now())
+        .await
+        .unwrap();
     let worker = Worker {
         concur: &concur,
-        directory: DynamoMemberDirectory::new(dynamo.clone(), members),
+        directory,
         store: &store,
         vault: TokenVault::new(
             dynamo.clone(),
@@ -121,6 +138,7 @@ async fn the_handlers_run_on_the_sample_events() {
             ..WorkerSettings::default()
         },
         metrics: Metrics::new("TripLink", "worker"),
+        safety: Default::default(),
     };
     for file in [
         "worker-insert.json",
@@ -146,7 +164,7 @@ async fn the_handlers_run_on_the_sample_events() {
             let after: RequestItem = store.get(&item.request_id).await.unwrap().unwrap();
             assert_eq!(after.state, RequestState::Reported, "{file}");
             assert_eq!(after.attempt, item.attempt, "{file}");
-            // No such member in an empty directory: loyalty account not found.
+            // No such member in a populated directory: loyalty account not found.
             assert_eq!(
                 after.history.last().unwrap().status.as_str(),
                 "CREU1",

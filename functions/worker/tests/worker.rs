@@ -608,6 +608,7 @@ async fn one_record_the_store_cannot_serve_fails_only_from_its_sequence_number()
         vault: &env.vault,
         settings: settings(),
         metrics: triplink_shared::telemetry::Metrics::disabled("worker"),
+        safety: Default::default(),
     };
     let batch = records(&all);
     let response = worker_through_proxy

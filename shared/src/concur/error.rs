@@ -130,6 +130,18 @@ impl ConcurError {
         )
     }
 
+    /// The caller's deadline, not Concur, ended the call: says nothing about Concur.
+    pub fn ended_by_deadline(&self) -> bool {
+        matches!(
+            self,
+            Self::DeadlineExceeded { .. }
+                | Self::Timeout {
+                    cut_short: true,
+                    ..
+                }
+        )
+    }
+
     /// How long to leave the call alone before trying it again, when the HTTP status
     /// codes page asks for a pause: [`CONCUR_PAUSE`] after a 503 (down for maintenance)
     /// or a timeout (no answer in time). The client never retries these within a call;

@@ -13,7 +13,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, Select, TransactWrite
 use aws_sdk_dynamodb::Client;
 use serde::{Deserialize, Serialize};
 
-use super::{without_values, DirectoryError, MemberDirectory};
+use super::{without_values, DirectoryError, DirectoryHealth, MemberDirectory};
 use crate::matching::{email_key, loyalty_key, Member, MemberStatus};
 use crate::store::layout::members as attr;
 
@@ -140,11 +140,15 @@ impl DynamoMemberDirectory {
     /// in one transaction. A member id starting with `email#`, or a member with more than
     /// 99 distinct addresses, is refused.
     pub async fn put_member(&self, member: &Member) -> Result<(), DirectoryError> {
-        if member.member_id.is_empty() || member.member_id.starts_with(attr::EMAIL_POINTER_PREFIX) {
+        if member.member_id.is_empty()
+            || member.member_id.starts_with(attr::EMAIL_POINTER_PREFIX)
+            || member.member_id.starts_with(attr::MANIFEST_PREFIX)
+        {
             return Err(DirectoryError::Malformed(format!(
-                "member id {:?} is empty or starts with {:?}",
+                "member id {:?} is empty or starts with {:?} or {:?} (reserved)",
                 member.member_id,
-                attr::EMAIL_POINTER_PREFIX
+                attr::EMAIL_POINTER_PREFIX,
+                attr::MANIFEST_PREFIX
             )));
         }
         let new_keys = email_keys(&member.emails);
@@ -204,7 +208,38 @@ impl DynamoMemberDirectory {
         Ok(())
     }
 
-    /// How many members (not pointer items) the table holds.
+    /// Write the manifest the health gate reads: the table holds `members` members.
+    pub async fn write_manifest(
+        &self,
+        members: u64,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), DirectoryError> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .item(attr::MEMBER_ID, s(attr::MANIFEST_ID))
+            .item(attr::MEMBER_COUNT, AttributeValue::N(members.to_string()))
+            .item(
+                attr::UPDATED_AT,
+                s(now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+            )
+            .send()
+            .await
+            .map_err(|e| unavailable("PutItem", e))?;
+        Ok(())
+    }
+
+    /// Count the members and write the count as the manifest (after an import).
+    pub async fn refresh_manifest(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<u64, DirectoryError> {
+        let members = self.count().await?;
+        self.write_manifest(members, now).await?;
+        Ok(members)
+    }
+
+    /// How many members (not pointer items, not the manifest) the table holds.
     pub async fn count(&self) -> Result<u64, DirectoryError> {
         let mut total = 0u64;
         let mut start: Option<HashMap<String, AttributeValue>> = None;
@@ -214,8 +249,12 @@ impl DynamoMemberDirectory {
                 .scan()
                 .table_name(&self.table)
                 .select(Select::Count)
-                .filter_expression("attribute_not_exists(#owner)")
+                .filter_expression(
+                    "attribute_not_exists(#owner) AND NOT begins_with(#id, :reserved)",
+                )
                 .expression_attribute_names("#owner", attr::OWNER_MEMBER_ID)
+                .expression_attribute_names("#id", attr::MEMBER_ID)
+                .expression_attribute_values(":reserved", s(attr::MANIFEST_PREFIX))
                 .set_exclusive_start_key(start)
                 .send()
                 .await
@@ -309,5 +348,41 @@ impl MemberDirectory for DynamoMemberDirectory {
             }
         }
         Ok(members)
+    }
+
+    async fn health(&self) -> Result<DirectoryHealth, DirectoryError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(attr::MEMBER_ID, s(attr::MANIFEST_ID))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable("GetItem", e))?;
+        let Some(item) = output.item else {
+            return Ok(DirectoryHealth {
+                members: None,
+                updated_at: None,
+            });
+        };
+        let members = match item.get(attr::MEMBER_COUNT) {
+            Some(AttributeValue::N(n)) => n.parse::<u64>().map_err(|_| {
+                DirectoryError::Malformed("manifest member_count is not a count".into())
+            })?,
+            _ => {
+                return Err(DirectoryError::Malformed(
+                    "manifest without member_count".into(),
+                ))
+            }
+        };
+        let updated_at = match item.get(attr::UPDATED_AT) {
+            Some(AttributeValue::S(at)) => Some(at.clone()),
+            _ => None,
+        };
+        Ok(DirectoryHealth {
+            members: Some(members),
+            updated_at,
+        })
     }
 }

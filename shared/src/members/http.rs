@@ -29,11 +29,23 @@
 //!   `memberId`, `lastName` and `status` (`active` | `closed` | `locked` |
 //!   `unverified`) are required; `loyaltyNumber` and `firstName` may be null or absent,
 //!   `emails` may be absent; other fields are ignored.
-//! * `404` → no member (same as an empty list).
-//! * `429`, any `5xx`, a timeout or a connection failure → [`DirectoryError::Unavailable`]
-//!   (the worker reports `CRRET` and Concur retries later).
+//! * `404` with the JSON body `{"error": "member_not_found"}` → no member (same as an
+//!   empty list). This is the only way a 404 means "not found": a 404 without that body
+//!   (a wrong base URL, a gateway's error page) is an outage, never a `CREU1`.
+//! * `429`, any `5xx`, a `404` without the body above, a timeout or a connection failure
+//!   → [`DirectoryError::Unavailable`] (the request stays pending; no status is sent).
 //! * Any other status (other `4xx`, redirects — they are not followed) or a body that is
-//!   not the JSON above → [`DirectoryError::Malformed`].
+//!   not the JSON above → [`DirectoryError::Malformed`] (also no status).
+//!
+//! ## Health
+//!
+//! ```text
+//! GET {base_url}/health   →   200 {"status": "ok", "members": <count of members>}
+//! ```
+//!
+//! The worker decides no `CREU*` unless this answers `ok` with a count above zero (see
+//! [`super::health`]). A `404` means the service has no health answer (not ready);
+//! anything else that is not the body above is an outage.
 //!
 //! The whole call (connect, send, read the body) is bounded by
 //! [`HttpDirectoryConfig::timeout`]. Plain `http` is accepted only for loopback
@@ -50,7 +62,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use url::{Host, Url};
 
-use super::{without_values, DirectoryError, MemberDirectory};
+use super::{without_values, DirectoryError, DirectoryHealth, MemberDirectory};
 use crate::matching::{email_key, loyalty_key, Member};
 
 /// Where and how to call the supplier's member service.
@@ -112,6 +124,20 @@ fn is_loopback(host: Option<Host<&str>>) -> bool {
 #[derive(Deserialize)]
 struct MembersBody {
     members: Vec<Member>,
+}
+
+/// The explicit "no such member" answer of a 404.
+#[derive(Deserialize)]
+struct NotFoundBody {
+    error: String,
+}
+
+const MEMBER_NOT_FOUND: &str = "member_not_found";
+
+#[derive(Deserialize)]
+struct HealthBody {
+    status: String,
+    members: u64,
 }
 
 fn config_error(message: String) -> DirectoryError {
@@ -203,7 +229,15 @@ impl HttpMemberDirectory {
         })?;
         let status = response.status();
         if status == StatusCode::NOT_FOUND {
-            return Ok(Vec::new());
+            // "Not found" only when the service says so; a bare 404 is an outage.
+            let body = response.bytes().await.unwrap_or_default();
+            return match serde_json::from_slice::<NotFoundBody>(&body) {
+                Ok(b) if b.error == MEMBER_NOT_FOUND => Ok(Vec::new()),
+                _ => Err(DirectoryError::Unavailable(format!(
+                    "member service ({parameter}) answered HTTP 404 without \
+                     {{\"error\": \"{MEMBER_NOT_FOUND}\"}} (wrong URL?)"
+                ))),
+            };
         }
         if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
             return Err(DirectoryError::Unavailable(format!(
@@ -232,6 +266,57 @@ impl HttpMemberDirectory {
     }
 }
 
+impl HttpMemberDirectory {
+    /// `GET {base}/health` (see the module documentation).
+    async fn read_health(&self) -> Result<DirectoryHealth, DirectoryError> {
+        let mut url = self.members_url.clone();
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments.pop().push("health");
+        }
+        let mut request = self
+            .http
+            .get(url)
+            .header(ACCEPT, HeaderValue::from_static("application/json"));
+        if let Some((name, value)) = &self.auth {
+            request = request.header(name.clone(), value.clone());
+        }
+        let response = request.send().await.map_err(|e| {
+            DirectoryError::Unavailable(format!("member service health: {}", e.without_url()))
+        })?;
+        let status = response.status();
+        if status == StatusCode::NOT_FOUND {
+            return Ok(DirectoryHealth {
+                members: None,
+                updated_at: None,
+            });
+        }
+        if status != StatusCode::OK {
+            return Err(DirectoryError::Unavailable(format!(
+                "member service health answered HTTP {status}"
+            )));
+        }
+        let body = response.bytes().await.map_err(|e| {
+            DirectoryError::Unavailable(format!("member service health body: {}", e.without_url()))
+        })?;
+        let health: HealthBody = serde_json::from_slice(&body).map_err(|e| {
+            DirectoryError::Malformed(format!(
+                "member service health body: {}",
+                without_values(&e.to_string())
+            ))
+        })?;
+        if health.status != "ok" {
+            return Err(DirectoryError::Unavailable(format!(
+                "member service health status is not ok ({} characters)",
+                health.status.len()
+            )));
+        }
+        Ok(DirectoryHealth {
+            members: Some(health.members),
+            updated_at: None,
+        })
+    }
+}
+
 impl MemberDirectory for HttpMemberDirectory {
     async fn by_loyalty_number(&self, loyalty_number: &str) -> Result<Vec<Member>, DirectoryError> {
         self.lookup("loyaltyNumber", &loyalty_key(loyalty_number))
@@ -240,5 +325,9 @@ impl MemberDirectory for HttpMemberDirectory {
 
     async fn by_email(&self, email: &str) -> Result<Vec<Member>, DirectoryError> {
         self.lookup("email", &email_key(email)).await
+    }
+
+    async fn health(&self) -> Result<DirectoryHealth, DirectoryError> {
+        self.read_health().await
     }
 }

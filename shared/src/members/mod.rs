@@ -7,6 +7,7 @@
 //! [`crate::matching`].
 
 pub mod dynamo;
+pub mod health;
 pub mod http;
 
 use std::future::Future;
@@ -18,6 +19,7 @@ use crate::matching::{decide, identity, Identity};
 pub use crate::matching::{AttentionReason, MatchOutcome, MatchPolicy, Member, MemberStatus};
 use crate::model::ConnectionRequest;
 pub use dynamo::DynamoMemberDirectory;
+pub use health::{DirectoryHealth, HealthGate, NotReady, Readiness};
 pub use http::{HttpDirectoryConfig, HttpMemberDirectory};
 
 /// A failed lookup. Neither variant carries personal data.
@@ -102,6 +104,10 @@ pub trait MemberDirectory: Send + Sync {
         &self,
         email: &str,
     ) -> impl Future<Output = Result<Vec<Member>, DirectoryError>> + Send;
+
+    /// What the directory says about itself: how many members its manifest counts
+    /// (see [`health`] for why no `CREU*` is decided without it).
+    fn health(&self) -> impl Future<Output = Result<DirectoryHealth, DirectoryError>> + Send;
 }
 
 impl<T: MemberDirectory> MemberDirectory for &T {
@@ -118,6 +124,10 @@ impl<T: MemberDirectory> MemberDirectory for &T {
     ) -> impl Future<Output = Result<Vec<Member>, DirectoryError>> + Send {
         (**self).by_email(email)
     }
+
+    fn health(&self) -> impl Future<Output = Result<DirectoryHealth, DirectoryError>> + Send {
+        (**self).health()
+    }
 }
 
 impl<T: MemberDirectory> MemberDirectory for Arc<T> {
@@ -133,6 +143,10 @@ impl<T: MemberDirectory> MemberDirectory for Arc<T> {
         email: &str,
     ) -> impl Future<Output = Result<Vec<Member>, DirectoryError>> + Send {
         (**self).by_email(email)
+    }
+
+    fn health(&self) -> impl Future<Output = Result<DirectoryHealth, DirectoryError>> + Send {
+        (**self).health()
     }
 }
 

@@ -714,6 +714,34 @@ impl WorkStore for DynamoRequestStore {
         )
         .await
     }
+
+    async fn record_dry_run(
+        &self,
+        lease: Lease<'_>,
+        decision: &Decision,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.leased_write(
+            &lease,
+            &[RequestState::Working],
+            "SET #dry_status = :status, #dry_reason = :dry_reason, #parked = :now, \
+             #parked_reason = :reason, #updated = :now REMOVE #due, #until",
+            None,
+            &[
+                ("#dry_status", attr::DRY_RUN_STATUS),
+                ("#dry_reason", attr::DRY_RUN_REASON),
+                ("#parked", attr::PARKED_AT),
+                ("#parked_reason", attr::PARKED_REASON),
+            ],
+            vec![
+                (":status", s(decision.status.as_str())),
+                (":dry_reason", s(decision.reason.clone())),
+                (":now", s(timestamp(now))),
+                (":reason", s(ParkReason::DryRun.as_str())),
+            ],
+        )
+        .await
+    }
 }
 
 impl DynamoRequestStore {

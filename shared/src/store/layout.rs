@@ -30,6 +30,10 @@
 //!   `email#<email_key>#<owner member id>`, `email_key` (S, the address normalised by
 //!   [`email_key`]: trimmed, lower-cased) and `owner_member_id` (S). Member ids must not
 //!   start with `email#`.
+//! * **The manifest item**, `member_id` = `manifest#directory`: `member_count` (N, the
+//!   member items the table held after the last import) and `updated_at` (S). Written by
+//!   `triplink members import`; read by the worker's health gate
+//!   ([`crate::members::health`]). Member ids must not start with `manifest#`.
 //! * GSI `by-loyalty-number`: hash `loyalty_number` (S); holds member items only.
 //! * GSI `by-email`: hash `email_key` (S); holds pointer items only. A lookup reads the
 //!   pointers, then the owners' member items, and keeps an owner only if its `emails`
@@ -79,6 +83,8 @@ pub mod attr {
     pub const PARKED_AT: &str = "parked_at";
     pub const PARKED_REASON: &str = "parked_reason";
     pub const QUARANTINE_REASON: &str = "quarantine_reason";
+    pub const DRY_RUN_STATUS: &str = "dry_run_status";
+    pub const DRY_RUN_REASON: &str = "dry_run_reason";
 
     /// Personal data and secrets: removed when an attempt is reported.
     pub const PERSONAL: [&str; 8] = [
@@ -110,6 +116,14 @@ pub mod members {
     /// The `member_id` of an e-mail pointer item is this prefix, the e-mail key, `#` and
     /// the owner's member id.
     pub const EMAIL_POINTER_PREFIX: &str = "email#";
+    /// Reserved `member_id` prefix of bookkeeping items.
+    pub const MANIFEST_PREFIX: &str = "manifest#";
+    /// The `member_id` of the manifest item.
+    pub const MANIFEST_ID: &str = "manifest#directory";
+    /// On the manifest item: how many member items the table holds.
+    pub const MEMBER_COUNT: &str = "member_count";
+    /// On the manifest item: when it was written (RFC 3339).
+    pub const UPDATED_AT: &str = "updated_at";
 }
 
 /// The requests table's sparse index of items that the sweep must look at: hash
@@ -232,6 +246,12 @@ pub struct RequestItem {
     /// Why a quarantined item could not be read (no input quoted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quarantine_reason: Option<String>,
+    /// In dry-run mode: the status the worker would have sent (nothing was sent, no
+    /// token exchanged), and why. The item is parked with reason `dry_run`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dry_run_status: Option<ConnectionStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dry_run_reason: Option<String>,
 }
 
 /// Timestamps are stored as RFC 3339 UTC with milliseconds.
@@ -286,6 +306,8 @@ impl RequestItem {
             parked_at: None,
             parked_reason: None,
             quarantine_reason: None,
+            dry_run_status: None,
+            dry_run_reason: None,
         }
     }
 

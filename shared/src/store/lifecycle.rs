@@ -223,6 +223,9 @@ pub enum ParkReason {
     RedrivesExhausted,
     /// The decision is older than [`RESEND_WINDOW`] and was never acknowledged.
     DecisionTooOld,
+    /// Dry-run mode: the decision was recorded, not sent (`triplink dry-run` lists them;
+    /// `triplink retry --parked` hands them to the live worker).
+    DryRun,
 }
 
 impl ParkReason {
@@ -230,6 +233,7 @@ impl ParkReason {
         match self {
             Self::RedrivesExhausted => "redrives_exhausted",
             Self::DecisionTooOld => "decision_too_old",
+            Self::DryRun => "dry_run",
         }
     }
 }

@@ -206,6 +206,16 @@ pub trait WorkStore: Send + Sync {
         reason: lifecycle::ParkReason,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Dry-run mode: record the decision the worker would send (`dry_run_status`,
+    /// `dry_run_reason`) and park the attempt with reason `dry_run`, in one write. The
+    /// state stays `working`, so nothing is ever sent from it. `Ok(false)`: lease lost.
+    fn record_dry_run(
+        &self,
+        lease: Lease<'_>,
+        decision: &Decision,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }
 
 impl<T: RequestStore> RequestStore for &T {
@@ -298,5 +308,13 @@ impl<T: WorkStore> WorkStore for &T {
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
         T::park(self, lease, reason, now)
+    }
+    fn record_dry_run(
+        &self,
+        lease: Lease<'_>,
+        decision: &Decision,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        T::record_dry_run(self, lease, decision, now)
     }
 }

@@ -82,6 +82,7 @@ pub async fn setup(users: usize) -> Env {
     for member in &seeded {
         members.put_member(member).await.unwrap();
     }
+    members.refresh_manifest(chrono::Utc::now()).await.unwrap();
     let expectations: Vec<Value> = serde_json::from_str(
         &std::fs::read_to_string(dir.path().join("members.expected.json")).unwrap(),
     )
@@ -135,6 +136,7 @@ pub fn worker<C: ConcurPort, D: MemberDirectory>(
         vault: &env.vault,
         settings: settings(),
         metrics: Metrics::new("TripLink", "worker"),
+        safety: Default::default(),
     }
 }
 
