@@ -12,8 +12,9 @@
 //!    * Candidates, but none with the same last name (see *Names* below) →
 //!      [`MatchOutcome::NameMismatch`] (`CREU2`, account does not match).
 //!    * More than one distinct member (by `memberId`) with the same last name →
-//!      [`MatchOutcome::NeedsAttention`] with [`AttentionReason::Ambiguous`] (`CREU3`):
-//!      the connector never guesses between two accounts.
+//!      [`MatchOutcome::DuplicateLoyaltyNumber`]: **no status**; the request is parked
+//!      for an operator (see *Ambiguity* below). The connector never guesses between
+//!      two accounts.
 //!    * Exactly one: `active` → [`MatchOutcome::Matched`] (`CRSUC` once the request token
 //!      is exchanged); `closed`, `locked` or `unverified` →
 //!      [`MatchOutcome::NeedsAttention`] with that reason and the member id (`CREU3`).
@@ -21,7 +22,8 @@
 //!    *verified* addresses (`email1`..`email5`). The candidates are the members holding any
 //!    of them, compared by [`email_key`] (trimmed, lower-cased), whichever of the member's
 //!    addresses it is. Then the same steps as above: none → `NotFound`, none with the same
-//!    last name → `NameMismatch`, several → `Ambiguous`, one → by its status.
+//!    last name → `NameMismatch`, several → [`MatchOutcome::NeedsAttention`] with
+//!    [`AttentionReason::Ambiguous`] (`CREU3`, see *Ambiguity*), one → by its status.
 //! 3. **Neither a loyalty number nor an e-mail address** → `NotFound` (`CREU1`).
 //! 4. **A request without a last name** (or one that normalises to nothing, such as `"."`)
 //!    matches no candidate: `NameMismatch` when there are candidates, `NotFound` when
@@ -36,6 +38,30 @@
 //!    middle names cause false failures. With [`MatchPolicy::compare_first_name`] the
 //!    first names must also be equal after normalisation (a missing first name on either
 //!    side then fails the comparison). Middle names are never compared.
+//!
+//! ## Ambiguity: two members fit
+//!
+//! The reference page gives the error statuses these meanings: `CREU1` "loyalty account
+//! not found", `CREU2` "loyalty account does not match", `CREU3` "loyalty account needs
+//! attention"; each e-mails the traveller "to check the loyalty account information they
+//! supplied" and spends one of four attempts. When two members fit:
+//!
+//! * `CREU2` would be false: the details the traveller gave *do* match (twice).
+//! * **Through a verified e-mail address** (no loyalty number given): two members of the
+//!   same family commonly share an address and a last name. Nothing is wrong with
+//!   either account, but the information given does not single one out: the traveller
+//!   must act (give the loyalty number). That is what "needs attention" says: `CREU3`
+//!   with reason `needs_attention:ambiguous`.
+//! * **Through a loyalty number**: a loyalty number names one account, so two member
+//!   records carrying it (with the same last name) are a defect of the supplier's data
+//!   that the traveller cannot fix. Any status would be a guess and would spend an
+//!   attempt on the supplier's error, so none is sent: the worker parks the request
+//!   (reason `duplicate_loyalty_number`, alarm `requests-parked`); once the directory
+//!   is fixed, `triplink retry` hands it back to the worker.
+//! * Two fitting members of which only one is active are still ambiguous (the connector
+//!   does not prefer one account over another by status).
+//! * Candidates with another last name never make a request ambiguous: one fitting
+//!   member among several candidates is a match by its status.
 //!
 //! ## Names
 //!
@@ -232,11 +258,14 @@ pub enum MatchOutcome {
     NotFound,
     /// Members found, none with the same last name: `CREU2`.
     NameMismatch,
-    /// A member that cannot be linked, or several that fit: `CREU3`.
+    /// A member that cannot be linked, or several that fit by e-mail: `CREU3`.
     NeedsAttention {
         member_id: Option<String>,
         reason: AttentionReason,
     },
+    /// Several members carry the request's loyalty number and last name: the
+    /// supplier's data is at fault; no status (see *Ambiguity*).
+    DuplicateLoyaltyNumber { members: usize },
 }
 
 /// Tunable parts of the rules.
@@ -341,9 +370,14 @@ pub fn decide(
                 reason,
             }
         }
-        _ => MatchOutcome::NeedsAttention {
-            member_id: None,
-            reason: AttentionReason::Ambiguous,
+        several => match identity(request) {
+            Identity::Loyalty(_) => MatchOutcome::DuplicateLoyaltyNumber {
+                members: several.len(),
+            },
+            _ => MatchOutcome::NeedsAttention {
+                member_id: None,
+                reason: AttentionReason::Ambiguous,
+            },
         },
     }
 }
@@ -750,9 +784,19 @@ mod tests {
             member("M1", Some("42"), None, "Smith", &[], Active),
             member("M2", Some("4-2"), None, "SMITH", &[], Active),
         ];
+        // Two records of one loyalty number: the supplier's data, not the traveller's.
         assert_eq!(
             decide(&request, &members, &[], &MatchPolicy::default()),
-            attention(None, AttentionReason::Ambiguous)
+            MatchOutcome::DuplicateLoyaltyNumber { members: 2 }
+        );
+        // Still a duplicate when only one of them is active.
+        let mixed = [
+            member("M1", Some("42"), None, "Smith", &[], Active),
+            member("M2", Some("42"), None, "Smith", &[], Closed),
+        ];
+        assert_eq!(
+            decide(&request, &mixed, &[], &MatchPolicy::default()),
+            MatchOutcome::DuplicateLoyaltyNumber { members: 2 }
         );
         // Only one of the two has the name: no ambiguity.
         let members = [

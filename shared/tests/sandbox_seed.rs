@@ -48,6 +48,7 @@ fn code(outcome: &MatchOutcome) -> &'static str {
         MatchOutcome::NotFound => "CREU1",
         MatchOutcome::NameMismatch => "CREU2",
         MatchOutcome::NeedsAttention { .. } => "CREU3",
+        MatchOutcome::DuplicateLoyaltyNumber { .. } => "parked",
     }
 }
 

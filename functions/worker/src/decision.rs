@@ -136,7 +136,8 @@ impl Leave {
 /// for a match (which must first be connected).
 pub fn for_outcome(outcome: &MatchOutcome) -> Option<Decision> {
     let (status, reason) = match outcome {
-        MatchOutcome::Matched { .. } => return None,
+        // A match is connected first; a duplicate is parked by the worker (no status).
+        MatchOutcome::Matched { .. } | MatchOutcome::DuplicateLoyaltyNumber { .. } => return None,
         MatchOutcome::NotFound => (ConnectionStatus::AccountNotFound, "not_found".to_owned()),
         MatchOutcome::NameMismatch => (
             ConnectionStatus::AccountMismatch,

@@ -334,6 +334,8 @@ enum Step {
     Decide(Decision),
     /// Dry-run mode: record this decision, send nothing.
     DryRun(Decision),
+    /// Leave the attempt to an operator, no status.
+    Park(ParkReason),
     Leave(Leave),
     LeaseLost,
 }
@@ -456,6 +458,14 @@ where
                 return Step::Leave(Leave::DirectoryUnavailable);
             }
         };
+        if let MatchOutcome::DuplicateLoyaltyNumber { members } = outcome {
+            error!(
+                request_id = %item.request_id,
+                members,
+                "several members carry this loyalty number and last name: parked until the directory is fixed"
+            );
+            return Step::Park(ParkReason::DuplicateLoyaltyNumber);
+        }
         if let Some(decision) = decision::for_outcome(&outcome) {
             // "No such member" is evidence only from a directory known to hold members.
             if let Readiness::NotReady(why) = self.safety.health.check(&self.directory).await {
@@ -800,6 +810,13 @@ where
                 }
                 let decided = match self.decide(&item, lease, deadline).await {
                     Step::Decide(decided) => decided,
+                    Step::Park(reason) => {
+                        return if self.store.park(lease, reason, Utc::now()).await? {
+                            Ok(RecordOutcome::Parked { reason })
+                        } else {
+                            Ok(self.lease_lost(&item, lease).await)
+                        };
+                    }
                     Step::DryRun(would) => {
                         return if self.store.record_dry_run(lease, &would, Utc::now()).await? {
                             Ok(RecordOutcome::DryRun {

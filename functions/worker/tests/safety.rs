@@ -277,3 +277,92 @@ async fn dry_run_records_every_decision_and_sends_nothing() {
         .await;
     assert_eq!(statuses_sent(&env).await, Vec::<String>::new());
 }
+
+/// A second member record fitting a request that matched one member.
+async fn twin_of(env: &Env, item: &RequestItem, by_loyalty: bool) {
+    let twin = triplink_shared::members::Member {
+        member_id: format!("TWIN-{}", item.request_id),
+        loyalty_number: if by_loyalty {
+            item.loyalty_number.clone()
+        } else {
+            None
+        },
+        first_name: None,
+        last_name: item.last_name.clone().unwrap_or_default(),
+        emails: if by_loyalty {
+            Vec::new()
+        } else {
+            item.emails.clone()
+        },
+        status: triplink_shared::members::MemberStatus::Active,
+    };
+    env.members.put_member(&twin).await.unwrap();
+}
+
+#[tokio::test]
+async fn two_members_fitting_one_request() {
+    let env = setup(40).await;
+    let items = testing::scan_requests(&env.store).await;
+    let matched = |with_number: bool| {
+        items
+            .iter()
+            .find(|i| {
+                env.expected[&i.request_id] == "CRSUC"
+                    && i.loyalty_number.is_some() == with_number
+                    && (with_number || !i.emails.is_empty())
+            })
+            .cloned()
+            .expect("a seeded match of this kind")
+    };
+    let (by_number, by_email) = (matched(true), matched(false));
+    twin_of(&env, &by_number, true).await;
+    twin_of(&env, &by_email, false).await;
+    let worker = worker(&env, &env.concur, &env.members);
+
+    // One loyalty number, two records: the supplier's data is wrong; no status, parked.
+    let outcome = worker
+        .process(
+            &record(&by_number, "INSERT", 1),
+            "inv-1",
+            lambda_deadline_ms(),
+            far(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        RecordOutcome::Parked {
+            reason: triplink_shared::store::lifecycle::ParkReason::DuplicateLoyaltyNumber
+        }
+    );
+    assert_eq!(
+        puts(&env.sandbox, &by_number.request_id).await.0,
+        Vec::<String>::new()
+    );
+    let parked = env.store.get(&by_number.request_id).await.unwrap().unwrap();
+    assert_eq!(
+        parked.parked_reason.as_deref(),
+        Some("duplicate_loyalty_number")
+    );
+
+    // One verified address shared by two members of one name: the traveller must
+    // single one out (give the loyalty number): CREU3, "needs attention".
+    let outcome = worker
+        .process(
+            &record(&by_email, "INSERT", 2),
+            "inv-1",
+            lambda_deadline_ms(),
+            far(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, RecordOutcome::Reported { status, .. } if status.as_str() == "CREU3"),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        puts(&env.sandbox, &by_email.request_id).await.0,
+        vec!["CREU3".to_owned()]
+    );
+    assert_eq!(env.vault_count().await, 0, "no token exchanged for either");
+}

@@ -226,6 +226,9 @@ pub enum ParkReason {
     /// Dry-run mode: the decision was recorded, not sent (`triplink dry-run` lists them;
     /// `triplink retry --parked` hands them to the live worker).
     DryRun,
+    /// Several members carry the request's loyalty number and last name: the
+    /// supplier's data must be fixed first (`triplink_shared::matching`, *Ambiguity*).
+    DuplicateLoyaltyNumber,
 }
 
 impl ParkReason {
@@ -234,6 +237,7 @@ impl ParkReason {
             Self::RedrivesExhausted => "redrives_exhausted",
             Self::DecisionTooOld => "decision_too_old",
             Self::DryRun => "dry_run",
+            Self::DuplicateLoyaltyNumber => "duplicate_loyalty_number",
         }
     }
 }
