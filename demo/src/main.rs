@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use triplink_shared::concur::{BaseUrl, ConcurClient, ConcurConfig};
 use triplink_shared::matching::Member;
 use triplink_shared::members::dynamo::DynamoMemberDirectory;
+use triplink_shared::members::MemberDirectory;
 use triplink_shared::store::{lifecycle, tables, DynamoRequestStore};
 use triplink_shared::telemetry::Metrics;
 use triplink_shared::testing;
@@ -44,6 +45,10 @@ struct Args {
     /// Poll/deliver rounds at most before giving up.
     #[arg(long, default_value_t = 20)]
     max_rounds: usize,
+    /// A first deploy gone wrong: the members table is left empty (no import, no
+    /// manifest). Succeeds only if no status at all reaches Concur and the worker says why.
+    #[arg(long)]
+    empty_directory: bool,
 }
 
 macro_rules! step {
@@ -114,13 +119,20 @@ async fn run(args: Args) -> Result<bool, Error> {
     }
 
     let members: Vec<Member> = serde_json::from_str(&std::fs::read_to_string(&members_file)?)?;
-    step!("importing {} supplier members", members.len());
     let directory = DynamoMemberDirectory::new(dynamo.clone(), members_table);
-    for member in &members {
-        directory.put_member(member).await?;
+    if args.empty_directory {
+        step!(
+            "NOT importing the {} supplier members (--empty-directory)",
+            members.len()
+        );
+    } else {
+        step!("importing {} supplier members", members.len());
+        for member in &members {
+            directory.put_member(member).await?;
+        }
+        // What `triplink members import` writes last: the health gate's manifest.
+        directory.refresh_manifest(chrono::Utc::now()).await?;
     }
-    // What `triplink members import` writes last: the health gate's manifest.
-    directory.refresh_manifest(chrono::Utc::now()).await?;
 
     let concur = ConcurClient::new(ConcurConfig::new(
         BaseUrl::parse(&sandbox.local_url)?,
@@ -139,7 +151,7 @@ async fn run(args: Args) -> Result<bool, Error> {
             KmsEncryptor::new(aws_sdk_kms::Client::new(&aws), key),
         ),
         settings: WorkerSettings::default(),
-        metrics: Metrics::disabled("worker"),
+        metrics: Metrics::tallied("worker"),
         safety: Default::default(),
     };
     let mut stream = StreamDriver::attach(
@@ -151,6 +163,13 @@ async fn run(args: Args) -> Result<bool, Error> {
     stream.batch_size = args.batch_size;
     let poll_settings = PollerSettings::default();
     let mut invocation = 0u64;
+    if args.empty_directory {
+        let ok =
+            empty_directory_run(&sandbox, &concur, &store, &worker, &mut stream, started).await;
+        sandbox.shutdown().await?;
+        std::fs::remove_dir_all(&work_dir).ok();
+        return ok;
+    }
 
     let mut dead_letters = Vec::new();
     let mut rounds = 0;
@@ -261,5 +280,90 @@ async fn run(args: Args) -> Result<bool, Error> {
     println!("{summary}");
     sandbox.shutdown().await?;
     std::fs::remove_dir_all(&work_dir).ok();
+    Ok(ok)
+}
+
+/// `--empty-directory`: two poll-and-deliver rounds with nothing imported. Every request
+/// would be `CREU1` ("not found"); the health gate must hold them all back.
+async fn empty_directory_run<C, V>(
+    sandbox: &concur_sandbox::Sandbox,
+    concur: &ConcurClient,
+    store: &DynamoRequestStore,
+    worker: &Worker<C, DynamoMemberDirectory, &DynamoRequestStore, V>,
+    stream: &mut StreamDriver,
+    started: std::time::Instant,
+) -> Result<bool, Error>
+where
+    C: worker::ConcurPort,
+    V: worker::ConnectionSink,
+{
+    let mut invocation = 0u64;
+    for round in 1..=2 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let sweep = lifecycle::sweep(store, chrono::Utc::now() + chrono::Duration::hours(1)).await;
+        let summary = poll(concur, store, &PollerSettings::default(), deadline).await?;
+        let delivery = stream
+            .deliver(|batch| {
+                invocation += 1;
+                let id = format!("demo-invocation-{invocation}");
+                async move {
+                    let deadline_ms = chrono::Utc::now().timestamp_millis() + 60_000;
+                    worker.process_batch(&batch, &id, deadline_ms).await
+                }
+            })
+            .await?;
+        println!(
+            "    [round {round}] sweep re-armed {}, poller saw {} ({} new), worker got {} records",
+            sweep.rearmed,
+            summary.seen,
+            summary.new,
+            delivery.read - delivery.filtered_out
+        );
+    }
+    let verify = admin(
+        &reqwest::Client::new(),
+        sandbox.url("/_sandbox/verify"),
+        None,
+    )
+    .await?;
+    let results = verify["requests"].as_array().cloned().unwrap_or_default();
+    let sent: usize = results
+        .iter()
+        .map(|r| r["reported"].as_array().map_or(0, Vec::len))
+        .sum();
+    let health = worker.directory.health().await;
+    let readiness = triplink_shared::members::health::readiness(&health);
+    let reason = match &readiness {
+        triplink_shared::members::Readiness::NotReady(why) => {
+            println!(
+                "    member directory: NOT READY ({}): {}",
+                why.as_str(),
+                why.advice()
+            );
+            why.as_str()
+        }
+        triplink_shared::members::Readiness::Ready { .. } => "ready",
+    };
+    let totals = worker.metrics.totals();
+    let not_ready = totals.get("DirectoryNotReady").copied().unwrap_or(0.0);
+    let pending = triplink_shared::testing::scan_requests(store)
+        .await
+        .iter()
+        .filter(|i| i.state != triplink_shared::store::layout::RequestState::Reported)
+        .count();
+    let ok = sent == 0 && not_ready > 0.0 && pending == results.len() && !readiness.is_ready();
+    println!(
+        "{}",
+        json!({
+            "scenario": "empty_directory",
+            "requests": results.len(),
+            "statuses_sent": sent,
+            "left_pending": pending,
+            "directory": reason,
+            "DirectoryNotReady": not_ready,
+            "ok": ok,
+            "seconds": started.elapsed().as_secs_f64(),
+        })
+    );
     Ok(ok)
 }

@@ -47,6 +47,8 @@ pub struct Metrics {
     namespace: String,
     service: String,
     enabled: bool,
+    /// Totals per metric name, when kept ([`Metrics::tallied`]).
+    tally: Option<std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, f64>>>>,
 }
 
 impl Metrics {
@@ -56,7 +58,24 @@ impl Metrics {
             namespace: namespace.into(),
             service: service.into(),
             enabled: true,
+            tally: None,
         }
+    }
+
+    /// Metrics that are not printed but added up per name (local tools that show them).
+    pub fn tallied(service: impl Into<String>) -> Self {
+        Self {
+            tally: Some(Default::default()),
+            ..Self::disabled(service)
+        }
+    }
+
+    /// The totals so far of a [`Metrics::tallied`] instance (empty otherwise).
+    pub fn totals(&self) -> std::collections::BTreeMap<String, f64> {
+        self.tally
+            .as_ref()
+            .map(|t| t.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .unwrap_or_default()
     }
 
     /// Metrics that are computed but not printed (local tools that own stdout).
@@ -100,6 +119,12 @@ impl Metrics {
 
     /// Print one EMF line to stdout.
     pub fn emit(&self, values: &[(&str, f64, Unit)], properties: Map<String, Value>) {
+        if let Some(tally) = &self.tally {
+            let mut tally = tally.lock().unwrap_or_else(|p| p.into_inner());
+            for (name, value, _) in values {
+                *tally.entry((*name).to_owned()).or_default() += value;
+            }
+        }
         if !self.enabled {
             return;
         }
@@ -112,6 +137,24 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tallied_metrics_add_up_per_name() {
+        let metrics = Metrics::tallied("worker");
+        let clone = metrics.clone();
+        metrics.emit(&[("Released", 1.0, Unit::Count)], Map::new());
+        clone.emit(
+            &[
+                ("Released", 1.0, Unit::Count),
+                ("DirectoryNotReady", 1.0, Unit::Count),
+            ],
+            Map::new(),
+        );
+        let totals = metrics.totals();
+        assert_eq!(totals.get("Released"), Some(&2.0));
+        assert_eq!(totals.get("DirectoryNotReady"), Some(&1.0));
+        assert!(Metrics::disabled("worker").totals().is_empty());
+    }
 
     #[test]
     fn emf_documents_declare_every_metric() {
