@@ -128,3 +128,71 @@ fn every_value_a_parameter_allows_is_accepted_at_cold_start() {
     }
     assert!(checked >= 2 * cases.len(), "{checked}");
 }
+
+/// A deploy with the template's defaults reaches no traveller: the poller's schedule
+/// is disabled, the worker is live only once `DryRun=false` (the default) is kept
+/// explicitly, and the alarms that say why nothing happens exist.
+#[test]
+fn the_default_deploy_is_safe_until_enabled() {
+    let template = Template::load(&workspace_root().join("template.yaml")).unwrap();
+    let settings = StackSettings {
+        stack_name: "triplink".into(),
+        region: "us-east-1".into(),
+        account_id: "123456789012".into(),
+    };
+    let overrides = [("ConcurClientId".to_owned(), "client-id".to_owned())];
+    let stack = template
+        .stack(settings.clone(), &overrides, resources())
+        .unwrap();
+    let poller = stack.function("PollerFunction").unwrap();
+    let states: Vec<String> = poller
+        .events
+        .values()
+        .filter(|e| e.kind == "Schedule" || e.kind == "ScheduleV2")
+        .map(|e| {
+            e.properties["State"]
+                .as_str()
+                .unwrap_or("ENABLED")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(states, ["DISABLED"], "the schedule starts disabled");
+
+    // DryRun reaches the worker as DRY_RUN, and the parser reads it.
+    for (value, dry_run) in [("true", true), ("false", false)] {
+        let overrides = [
+            ("ConcurClientId".to_owned(), "client-id".to_owned()),
+            ("DryRun".to_owned(), value.to_owned()),
+        ];
+        let stack = template
+            .stack(settings.clone(), &overrides, resources())
+            .unwrap();
+        let env: HashMap<String, String> = stack
+            .function("WorkerFunction")
+            .unwrap()
+            .environment
+            .into_iter()
+            .collect();
+        assert_eq!(WorkerSettings::from_env(&env).unwrap().dry_run, dry_run);
+    }
+
+    // Every metric the safety guards emit has an alarm.
+    let alarmed: Vec<String> = template.root()["Resources"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter(|r| r["Type"] == "AWS::CloudWatch::Alarm")
+        .filter_map(|r| r["Properties"]["MetricName"].as_str().map(str::to_owned))
+        .collect();
+    for metric in [
+        "DirectoryNotReady",
+        "BreakerOpened",
+        "Retried",
+        "WorkerErrors",
+    ] {
+        assert!(
+            alarmed.iter().any(|m| m == metric),
+            "no alarm on {metric}: {alarmed:?}"
+        );
+    }
+}
