@@ -116,6 +116,74 @@ async fn new_unchanged_token_refresh_and_requeue() {
     );
 }
 
+/// Personal data never stays for ever: an unfinished request expires UNSEEN days
+/// after the poller last saw it, moved on at most once a day; a reported one keeps its
+/// own retention.
+#[tokio::test]
+async fn every_unfinished_item_has_a_ttl_backstop_moved_on_while_seen() {
+    let store = store().await.with_unseen_retention_days(10);
+    let day = chrono::Duration::days(1);
+    let t0 = Utc::now();
+    let expires = |at: chrono::DateTime<Utc>| layout::expiry(at, 10);
+    store
+        .record_polled(&polled("b", "t1"), t0, t0)
+        .await
+        .unwrap();
+    let item = store.get("b").await.unwrap().unwrap();
+    assert_eq!(item.expires_at, Some(expires(t0)));
+    let updated = item.updated_at.clone();
+
+    // Seen again within the day: no write at all.
+    let t1 = t0 + chrono::Duration::hours(20);
+    assert_eq!(
+        store
+            .record_polled(&polled("b", "t1"), t1, t1)
+            .await
+            .unwrap(),
+        PollWrite::Unchanged
+    );
+    let item = store.get("b").await.unwrap().unwrap();
+    assert_eq!(
+        (item.expires_at, &item.updated_at),
+        (Some(expires(t0)), &updated)
+    );
+
+    // Seen two days later: the backstop moves on, the attempt is untouched.
+    let t2 = t0 + day * 2;
+    store
+        .record_polled(&polled("b", "t1"), t2, t2)
+        .await
+        .unwrap();
+    let item = store.get("b").await.unwrap().unwrap();
+    assert_eq!(item.expires_at, Some(expires(t2)));
+    assert_eq!((item.state, item.attempt), (RequestState::Received, 1));
+    // A new token moves it too.
+    let t3 = t0 + day * 4;
+    store
+        .record_polled(&polled("b", "t2"), t3, t3)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get("b").await.unwrap().unwrap().expires_at,
+        Some(expires(t3))
+    );
+
+    // Reported: its retention stands; seeing a stale page changes nothing.
+    mark_reported(&store, "b").await;
+    let mut reported = store.get("b").await.unwrap().unwrap();
+    reported.expires_at = Some(layout::expiry(t0, 30));
+    testing::put_request(&store, &reported).await;
+    let stale = t0 - chrono::Duration::seconds(1);
+    store
+        .record_polled(&polled("b", "t3"), stale, t0 + day * 6)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get("b").await.unwrap().unwrap().expires_at,
+        Some(layout::expiry(t0, 30))
+    );
+}
+
 #[tokio::test]
 async fn concurrent_pollers_store_a_request_exactly_once() {
     let store = Arc::new(store().await);

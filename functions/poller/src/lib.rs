@@ -53,6 +53,9 @@ pub struct PollerSettings {
     pub deadline_margin: Duration,
     /// `POLL_WRITE_CONCURRENCY`: store writes in flight at once (default 10).
     pub write_concurrency: usize,
+    /// `UNSEEN_RETENTION_DAYS`: an unfinished request (with its personal data) expires
+    /// this long after the poller last saw it in Concur's queue (default 30, at least 2).
+    pub unseen_retention_days: i64,
 }
 
 impl Default for PollerSettings {
@@ -62,6 +65,7 @@ impl Default for PollerSettings {
             max_pages: 50,
             deadline_margin: Duration::from_secs(5),
             write_concurrency: 10,
+            unseen_retention_days: triplink_shared::store::layout::DEFAULT_UNSEEN_RETENTION_DAYS,
         }
     }
 }
@@ -77,6 +81,8 @@ impl PollerSettings {
                 defaults.deadline_margin.as_millis() as u64,
             )?),
             write_concurrency: env.parsed("POLL_WRITE_CONCURRENCY", defaults.write_concurrency)?,
+            unseen_retention_days: env
+                .parsed("UNSEEN_RETENTION_DAYS", defaults.unseen_retention_days)?,
         };
         let invalid = |key: &'static str, value: String, reason: &str| ConfigError::Invalid {
             key,
@@ -88,6 +94,13 @@ impl PollerSettings {
                 "POLL_PAGE_LIMIT",
                 settings.page_limit.to_string(),
                 "must be 1 to 10 (Concur serves at most 10 per page)",
+            ));
+        }
+        if settings.unseen_retention_days < 2 {
+            return Err(invalid(
+                "UNSEEN_RETENTION_DAYS",
+                settings.unseen_retention_days.to_string(),
+                "must be at least 2 (the backstop moves on once a day)",
             ));
         }
         if settings.max_pages == 0 {
@@ -450,7 +463,8 @@ pub async fn from_env(env: &impl Env) -> Result<DeployedPoller, ConfigError> {
     let aws = aws_config::load_from_env().await;
     Ok(Poller {
         concur: concur.client(&aws, env).await?,
-        store: DynamoRequestStore::new(aws_sdk_dynamodb::Client::new(&aws), requests_table),
+        store: DynamoRequestStore::new(aws_sdk_dynamodb::Client::new(&aws), requests_table)
+            .with_unseen_retention_days(settings.unseen_retention_days),
         settings,
         metrics: Metrics::new(
             env.get("METRICS_NAMESPACE")

@@ -27,6 +27,7 @@ pub struct DynamoRequestStore {
     client: Client,
     table: String,
     retention_days: i64,
+    unseen_days: i64,
 }
 
 /// A write that failed either on its condition or for another reason.
@@ -212,7 +213,15 @@ impl DynamoRequestStore {
             client,
             table: table.into(),
             retention_days: super::layout::DEFAULT_RETENTION_DAYS,
+            unseen_days: super::layout::DEFAULT_UNSEEN_RETENTION_DAYS,
         }
+    }
+
+    /// The TTL backstop of a request not yet reported: it expires this long after the
+    /// poller last saw it in Concur's queue (`UNSEEN_RETENTION_DAYS`).
+    pub fn with_unseen_retention_days(mut self, days: i64) -> Self {
+        self.unseen_days = days;
+        self
     }
 
     /// How long quarantined items are kept (`FINISHED_RETENTION_DAYS`).
@@ -302,18 +311,48 @@ impl DynamoRequestStore {
         id: &str,
         token: &str,
         read: &RequestItem,
+        backstop: i64,
         now: DateTime<Utc>,
     ) -> Result<(), WriteError> {
         let update = expressions(
             self.update(id),
-            "SET #token = :token, #updated = :now, #polled = if_not_exists(#polled, :zero) + :one",
+            "SET #token = :token, #updated = :now, #polled = if_not_exists(#polled, :zero) + :one, \
+             #expires = :expires",
             "#attempt = :attempt AND (#state = :received OR #state = :working OR #state = :decided)",
-            &[("#polled", attr::TIMES_POLLED)],
+            &[("#polled", attr::TIMES_POLLED), ("#expires", attr::EXPIRES_AT)],
             vec![
+                (":expires", n(backstop)),
                 (":token", s(token)),
                 (":now", s(timestamp(now))),
                 (":zero", n(0)),
                 (":one", n(1)),
+                (":attempt", n(read.attempt)),
+                (":received", state(RequestState::Received)),
+                (":working", state(RequestState::Working)),
+                (":decided", state(RequestState::Decided)),
+            ],
+        );
+        write("UpdateItem", update.send().await)
+    }
+}
+
+impl DynamoRequestStore {
+    /// Move the TTL backstop of an unfinished attempt to `backstop` (never of a
+    /// reported or quarantined one, whose TTL is their retention).
+    async fn extend_backstop(
+        &self,
+        read: &RequestItem,
+        backstop: i64,
+        now: DateTime<Utc>,
+    ) -> Result<(), WriteError> {
+        let update = expressions(
+            self.update(&read.request_id),
+            "SET #expires = :expires, #updated = :now",
+            "#attempt = :attempt AND (#state = :received OR #state = :working OR #state = :decided)",
+            &[("#expires", attr::EXPIRES_AT)],
+            vec![
+                (":expires", n(backstop)),
+                (":now", s(timestamp(now))),
                 (":attempt", n(read.attempt)),
                 (":received", state(RequestState::Received)),
                 (":working", state(RequestState::Working)),
@@ -331,7 +370,9 @@ impl RequestStore for DynamoRequestStore {
         fetched_at: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<PollWrite, StoreError> {
-        let fresh = RequestItem::received(request, now);
+        let mut fresh = RequestItem::received(request, now);
+        let backstop = expiry(now, self.unseen_days);
+        fresh.expires_at = Some(backstop);
         for round in 1..=MAX_ROUNDS {
             match self.put_if_absent(&fresh).await {
                 Ok(()) => return Ok(PollWrite::New),
@@ -343,7 +384,16 @@ impl RequestStore for DynamoRequestStore {
                 continue;
             };
             let outcome = match plan_poll_write(&existing, request, fetched_at) {
-                PollPlan::Unchanged => return Ok(PollWrite::Unchanged),
+                PollPlan::Unchanged => {
+                    // Seen again: push the backstop on, at most once a day per item.
+                    if lifecycle::backstop_due(&existing, backstop) {
+                        match self.extend_backstop(&existing, backstop, now).await {
+                            Ok(()) | Err(WriteError::ConditionFailed) => {}
+                            Err(WriteError::Other(e)) => return Err(e),
+                        }
+                    }
+                    return Ok(PollWrite::Unchanged);
+                }
                 PollPlan::Requeue => {
                     let mut next = fresh.clone();
                     next.attempt = existing.attempt + 1;
@@ -364,7 +414,7 @@ impl RequestStore for DynamoRequestStore {
                 }
                 PollPlan::RefreshToken => {
                     let token = request.request_token_secret().unwrap_or_default();
-                    self.refresh_token(&request.id, token, &existing, now)
+                    self.refresh_token(&request.id, token, &existing, backstop, now)
                         .await
                         .map(|()| PollWrite::TokenRefreshed)
                 }

@@ -5,6 +5,10 @@
 //! * Key: `request_id` (S, hash) — Concur's `ID`. No sort key.
 //! * Stream: `NEW_AND_OLD_IMAGES`; the worker acts on records whose new image has
 //!   `state = received`.
+//! * TTL backstop: an attempt not yet reported expires `UNSEEN_RETENTION_DAYS` (default
+//!   30) after the poller last saw it in Concur's queue (moved on at most once a day,
+//!   [`super::lifecycle::backstop_due`]), so names, e-mails and loyalty numbers of a
+//!   request Concur stopped offering never stay for ever.
 //! * TTL attribute: `expires_at` (epoch seconds), set when an attempt is reported. At the
 //!   same moment the personal data and the request token are removed from the item, so
 //!   only ids, states and the attempt history stay until the TTL deletes the item. The
@@ -136,6 +140,9 @@ pub const TTL_ATTRIBUTE: &str = attr::EXPIRES_AT;
 
 /// How long a finished request's (personal-data-free) record is kept by default.
 pub const DEFAULT_RETENTION_DAYS: i64 = 30;
+
+/// How long an unfinished request is kept after the poller last saw it, by default.
+pub const DEFAULT_UNSEEN_RETENTION_DAYS: i64 = 30;
 
 /// Where one attempt stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

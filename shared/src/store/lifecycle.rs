@@ -136,6 +136,17 @@ pub fn plan_poll_write(
     }
 }
 
+/// Should a poll that found `existing` unchanged move its TTL backstop on to `backstop`
+/// (epoch s)? Only for an unfinished attempt, and only when it would move by more than a
+/// day (one write per item per day, not one per poll).
+pub fn backstop_due(existing: &RequestItem, backstop: i64) -> bool {
+    let unfinished = matches!(
+        existing.state,
+        RequestState::Received | RequestState::Working | RequestState::Decided
+    );
+    unfinished && existing.expires_at.is_none_or(|at| at < backstop - 86_400)
+}
+
 /// What a claimer of a matched request does about the request token (invariant 5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExchangePlan {
