@@ -55,7 +55,8 @@ build: venv
 	$(SAM_ENV) CARGO_TARGET_DIR=$(LAMBDA_TARGET_DIR) sam build --template-file template.yaml
 	file .aws-sam/build/*/bootstrap
 
-# Optional security scan of the template (not in `make test`); skipped checks are justified in the template.
+# Security scan of the template (part of `make test`; offline with --skip-download); each skipped
+# check is justified in the template beside its resource (Metadata.checkov.skip).
 CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-$(shell cat deploy/requirements-checkov.txt | cksum | cut -d' ' -f1)
 $(CHECKOV_STAMP): deploy/requirements-checkov.txt
@@ -73,7 +74,7 @@ template-checkov: $(CHECKOV_STAMP)
 e2e: venv
 	cargo test --workspace --locked --test lambda_e2e -- --ignored --nocapture --test-threads=1
 
-test: fmt-check clippy cargo-test conformance template-lint e2e
+test: fmt-check clippy cargo-test conformance template-lint template-checkov e2e
 
 # Benchmarks that print figures (loopback only): the poller's overlap of writes and fetches.
 bench: venv
