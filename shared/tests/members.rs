@@ -370,7 +370,7 @@ async fn match_request_end_to_end_for_each_outcome() {
         ),
         (
             request(Some("1006"), Some("Twin"), &[]),
-            attention(None, AttentionReason::Ambiguous),
+            MatchOutcome::DuplicateLoyaltyNumber { members: 2 },
         ),
         (
             request(
