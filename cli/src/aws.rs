@@ -49,7 +49,8 @@ pub async fn sdk_config(
     endpoint: Option<&str>,
     region: Option<&str>,
 ) -> Result<SdkConfig, CliError> {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(triplink_shared::http::SdkHttpClient::shared());
     let endpoint = endpoint.map(str::trim).filter(|e| !e.is_empty());
     if let Some(endpoint) = endpoint {
         let url = Url::parse(endpoint).map_err(|e| {

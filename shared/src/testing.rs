@@ -72,6 +72,7 @@ pub fn moto() -> &'static Moto {
 pub fn local_sdk_config(endpoint: &str) -> SdkConfig {
     SdkConfig::builder()
         .behavior_version(BehaviorVersion::latest())
+        .http_client(crate::http::SdkHttpClient::shared())
         .region(Region::new("us-east-1"))
         .endpoint_url(endpoint)
         .credentials_provider(

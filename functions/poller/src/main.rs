@@ -3,7 +3,7 @@
 
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use poller::{Poller, PollerSettings};
-use triplink_shared::config::{ConcurSettings, Env, ProcessEnv};
+use triplink_shared::config::{lambda_sdk_config, ConcurSettings, Env, ProcessEnv};
 use triplink_shared::store::DynamoRequestStore;
 use triplink_shared::telemetry::{init_logging, Metrics};
 
@@ -11,7 +11,7 @@ use triplink_shared::telemetry::{init_logging, Metrics};
 async fn main() -> Result<(), Error> {
     init_logging();
     let env = ProcessEnv;
-    let aws = aws_config::load_from_env().await;
+    let aws = lambda_sdk_config(&env)?;
     let concur = ConcurSettings::from_env(&env)?.client(&aws, &env).await?;
     let store = DynamoRequestStore::new(
         aws_sdk_dynamodb::Client::new(&aws),

@@ -3,7 +3,7 @@
 //! `worker::Worker::handle`.
 
 use lambda_runtime::{service_fn, Error, LambdaEvent};
-use triplink_shared::config::{ConcurSettings, Env, ProcessEnv};
+use triplink_shared::config::{lambda_sdk_config, ConcurSettings, Env, ProcessEnv};
 use triplink_shared::store::DynamoRequestStore;
 use triplink_shared::telemetry::{init_logging, Metrics};
 use triplink_shared::vault::{KmsEncryptor, TokenVault};
@@ -14,7 +14,7 @@ use worker::{Worker, WorkerSettings};
 async fn main() -> Result<(), Error> {
     init_logging();
     let env = ProcessEnv;
-    let aws = aws_config::load_from_env().await;
+    let aws = lambda_sdk_config(&env)?;
     let dynamo = aws_sdk_dynamodb::Client::new(&aws);
     let worker = Worker {
         concur: ConcurSettings::from_env(&env)?.client(&aws, &env).await?,
