@@ -87,6 +87,14 @@ pub fn local_sdk_config(endpoint: &str) -> SdkConfig {
         .build()
 }
 
+/// A plain HTTP client for tests and local tools, on the shared stack ([`crate::http`]):
+/// reqwest's own default needs a process-wide rustls provider, which nothing installs.
+pub fn http_client() -> reqwest::Client {
+    crate::http::client_builder()
+        .and_then(|b| b.build().map_err(|e| e.to_string()))
+        .unwrap_or_else(|e| panic!("HTTP client: {e}"))
+}
+
 /// A DynamoDB client for the shared moto server.
 pub fn dynamodb() -> aws_sdk_dynamodb::Client {
     aws_sdk_dynamodb::Client::new(&local_sdk_config(&moto().endpoint))

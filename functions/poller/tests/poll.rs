@@ -62,7 +62,7 @@ fn settings() -> PollerSettings {
 }
 
 async fn admin(sandbox: &Sandbox, path: &str, body: serde_json::Value) {
-    let response = reqwest::Client::new()
+    let response = triplink_shared::testing::http_client()
         .post(sandbox.url(path))
         .json(&body)
         .send()
@@ -254,7 +254,7 @@ impl PendingSource for FaultAfter {
         deadline: Instant,
     ) -> Result<Page, ConcurError> {
         if self.pages.load(Ordering::SeqCst) == self.after_pages {
-            reqwest::Client::new()
+            triplink_shared::testing::http_client()
                 .post(&self.admin)
                 .json(&json!({ "rules": self.rules }))
                 .send()
@@ -320,7 +320,7 @@ async fn concur_failing_mid_run_keeps_the_progress_and_the_next_run_finishes() {
     let err = poll(&source, &store, &settings(), far()).await.unwrap_err();
     assert!(err.to_string().contains("no page could be read"), "{err}");
 
-    reqwest::Client::new()
+    triplink_shared::testing::http_client()
         .delete(sandbox.url("/_sandbox/faults"))
         .send()
         .await

@@ -220,7 +220,7 @@ async fn a_503_leaves_the_request_pending_for_five_minutes_then_the_sweep_resend
     let env = setup(6).await;
     let item = testing::scan_requests(&env.store).await.remove(0);
     let worker = worker(&env, &env.concur, &env.members);
-    reqwest::Client::new()
+    triplink_shared::testing::http_client()
         .post(env.sandbox.url("/_sandbox/faults"))
         .json(&json!({"rules": ["put:503:next=5"]}))
         .send()
@@ -237,7 +237,7 @@ async fn a_503_leaves_the_request_pending_for_five_minutes_then_the_sweep_resend
     assert_eq!(released.state, RequestState::Decided);
     let five_minutes = (chrono::Utc::now() + chrono::Duration::seconds(295)).timestamp_millis();
     assert!(released.due_at.unwrap() >= five_minutes, "{released:?}");
-    reqwest::Client::new()
+    triplink_shared::testing::http_client()
         .delete(env.sandbox.url("/_sandbox/faults"))
         .send()
         .await
@@ -280,7 +280,7 @@ async fn a_lost_put_answer_is_not_reported_twice() {
     let worker = worker(&env, &env.concur, &env.members);
     // Concur takes the PUT, then the answer is lost: the client's retry finds the
     // request no longer outstanding.
-    reqwest::Client::new()
+    triplink_shared::testing::http_client()
         .post(env.sandbox.url("/_sandbox/faults"))
         .json(&json!({"rules": ["put:503-after:next=1"]}))
         .send()
@@ -441,7 +441,7 @@ async fn the_http_directory_down_sends_nothing_and_leaves_the_requests_pending()
 async fn an_expired_request_token_means_crret() {
     let env = setup(20).await;
     // A day and an hour later, the tokens issued by the poll have expired.
-    reqwest::Client::new()
+    triplink_shared::testing::http_client()
         .post(env.sandbox.url("/_sandbox/clock/advance"))
         .json(&json!({"seconds": 25 * 3600}))
         .send()
@@ -543,7 +543,7 @@ async fn a_grant_whose_answer_is_lost_is_not_repeated_with_the_same_token() {
     let worker = worker(&env, &env.concur, &env.members);
     // Warm the app token, so the next token call is the grant itself.
     env.concur.app_token(far()).await.unwrap();
-    reqwest::Client::new()
+    triplink_shared::testing::http_client()
         .post(env.sandbox.url("/_sandbox/faults"))
         .json(&json!({"rules": ["token:drop-after:next=1"]}))
         .send()
