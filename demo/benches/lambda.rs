@@ -254,7 +254,8 @@ async fn drain(stack: &LocalStack) -> Vec<Invocation> {
             _ => String::new(),
         };
         runs.push(invocation);
-        if stop != "page_cap" || runs.len() >= 100 {
+        // Each run reads from offset 0 again: more runs would only re-read the same pages.
+        if stop != "page_cap" || runs.len() >= 3 {
             return runs;
         }
     }
@@ -643,6 +644,9 @@ async fn main() {
         &[
             ("WorkerBatchSize", &BIG_BATCH.to_string()),
             ("WorkerTimeoutSeconds", "900"),
+            // One poller run reads the whole queue (each run starts again at offset 0).
+            ("PollMaxPages", "1000"),
+            ("PollerTimeoutSeconds", "900"),
         ],
         &bins,
     )
