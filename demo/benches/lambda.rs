@@ -203,14 +203,9 @@ async fn invoke(function: &LambdaFunction, event: &Value) -> Invocation {
     invocation
 }
 
-async fn admin(
-    stack: &LocalStack,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> Value {
-    let mut request = triplink_shared::testing::http_client()
-        .request(method, format!("{}{path}", stack.sandbox.local_url));
+async fn admin(base: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+    let mut request =
+        triplink_shared::testing::http_client().request(method, format!("{base}{path}"));
     if let Some(body) = body {
         request = request.json(&body);
     }
@@ -223,9 +218,9 @@ async fn admin(
         .unwrap_or_else(|e| panic!("sandbox {path}: {e}"))
 }
 
-async fn set_faults(stack: &LocalStack, rules: &[String]) {
+async fn set_faults(base: &str, rules: &[String]) {
     admin(
-        stack,
+        base,
         reqwest::Method::POST,
         "/_sandbox/faults",
         Some(json!({ "rules": rules, "replace": true })),
@@ -233,8 +228,8 @@ async fn set_faults(stack: &LocalStack, rules: &[String]) {
     .await;
 }
 
-async fn fault_hits(stack: &LocalStack) -> u64 {
-    admin(stack, reqwest::Method::GET, "/_sandbox/faults", None).await["rules"]
+async fn fault_hits(base: &str) -> u64 {
+    admin(base, reqwest::Method::GET, "/_sandbox/faults", None).await["rules"]
         .as_array()
         .map(|rules| rules.iter().filter_map(|r| r["hits"].as_u64()).sum())
         .unwrap_or(0)
@@ -242,10 +237,10 @@ async fn fault_hits(stack: &LocalStack) -> u64 {
 
 /// Invoke the poller until a run reads Concur's queue to its end (the poller never pops:
 /// the queue stays until the worker reports); the invocations.
-async fn drain(stack: &LocalStack) -> Vec<Invocation> {
+async fn drain(poller: &LambdaFunction, event: &Value) -> Vec<Invocation> {
     let mut runs = Vec::new();
     loop {
-        let invocation = invoke(&stack.poller, &stack.schedule_event()).await;
+        let invocation = invoke(poller, event).await;
         let stop = match &invocation.outcome {
             Outcome::Success(body) => serde_json::from_slice::<Value>(body)
                 .ok()
@@ -268,7 +263,13 @@ async fn work(stack: &mut LocalStack) -> Vec<Invocation> {
     stack.start_traffic().await.unwrap();
     let until = Instant::now() + Duration::from_secs(900);
     loop {
-        let summary = admin(stack, reqwest::Method::GET, "/_sandbox/summary", None).await;
+        let summary = admin(
+            &stack.sandbox.local_url,
+            reqwest::Method::GET,
+            "/_sandbox/summary",
+            None,
+        )
+        .await;
         let queued =
             summary["pending"].as_u64().unwrap_or(0) + summary["in_flight"].as_u64().unwrap_or(0);
         let stats = stack.mapping_stats();
@@ -486,6 +487,7 @@ async fn main() {
         "",
         None,
     );
+    let poller_config = small.poller.config().clone();
     drop(small);
 
     // The worker, one record per invocation: the first after init, then warm ones. The
@@ -501,7 +503,7 @@ async fn main() {
         &bins,
     )
     .await;
-    drain(&single).await;
+    drain(&single.poller, &single.schedule_event()).await;
     let poller_calls: BTreeMap<&str, u64> =
         AWS_OPS.iter().map(|op| (*op, proxy.calls(op))).collect();
     let history = work(&mut single).await;
@@ -568,7 +570,7 @@ async fn main() {
         &bins,
     )
     .await;
-    drain(&batch).await;
+    drain(&batch.poller, &batch.schedule_event()).await;
     let concurrency: usize = batch
         .worker
         .config()
@@ -577,7 +579,7 @@ async fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(8);
     set_faults(
-        &batch,
+        &batch.sandbox.local_url,
         &["token", "get", "put"]
             .iter()
             .map(|route| format!("{route}:latency={LATENCY_MS}"))
@@ -585,7 +587,7 @@ async fn main() {
     )
     .await;
     let history = work(&mut batch).await;
-    let calls = fault_hits(&batch).await;
+    let calls = fault_hits(&batch.sandbox.local_url).await;
     drop(batch);
     let wall: f64 = history.iter().filter_map(|i| i.handler.map(ms)).sum();
     let per_request = calls as f64 / BATCH as f64;
@@ -651,7 +653,7 @@ async fn main() {
         &bins,
     )
     .await;
-    drain(&big).await;
+    drain(&big.poller, &big.schedule_event()).await;
     let history = work(&mut big).await;
     drop(big);
     let worker_rss = history
@@ -671,25 +673,48 @@ async fn main() {
     );
 
     // ----- poll drain -------------------------------------------------------------------
-    let drain_stack = stack(
-        "bench-drain",
-        DRAIN,
-        &[("PollMaxPages", "1000"), ("PollerTimeoutSeconds", "900")],
-        &bins,
-    )
-    .await;
-    set_faults(&drain_stack, &[format!("list:latency={LATENCY_MS}")]).await;
+    // Its own sandbox and table, no member import (the poller needs none): the small
+    // stack's poller configuration pointed at them, one run for the whole queue.
+    let mut sandbox_config = concur_sandbox::Config::for_tests();
+    sandbox_config.users = DRAIN;
+    sandbox_config.seed = Some(SEED);
+    let sandbox = concur_sandbox::spawn(sandbox_config)
+        .await
+        .unwrap_or_else(|e| panic!("sandbox: {e}"));
+    let table = testing::unique_name("bench-drain");
+    triplink_shared::store::tables::create_requests_table(&testing::dynamodb(), &table)
+        .await
+        .unwrap_or_else(|e| panic!("requests table: {e}"));
+    let mut config = poller_config.clone();
+    config.timeout = Duration::from_secs(900);
+    for key in [
+        "CONCUR_API_BASE_URL",
+        "CONCUR_AUTH_BASE_URL",
+        "CONCUR_AUTHTOKEN_BASE_URL",
+    ] {
+        config
+            .environment
+            .insert(key.into(), sandbox.local_url.clone());
+    }
+    config.environment.insert("REQUESTS_TABLE".into(), table);
+    config
+        .environment
+        .insert("POLL_MAX_PAGES".into(), (DRAIN / PAGE).to_string());
+    config.log_dir = tempdir().unwrap_or_else(std::env::temp_dir);
+    let drain_poller = LambdaFunction::new(config);
+    set_faults(&sandbox.local_url, &[format!("list:latency={LATENCY_MS}")]).await;
     let started = Instant::now();
-    let runs = drain(&drain_stack).await;
+    let runs = drain(&drain_poller, &event).await;
     let drain_wall = ms(started.elapsed());
-    let lists = fault_hits(&drain_stack).await;
+    let lists = fault_hits(&sandbox.local_url).await;
     let poller_rss = runs
         .iter()
         .filter_map(|i| i.peak_rss_kib)
         .max()
         .unwrap_or(0) as f64
         / 1024.0;
-    drop(drain_stack);
+    drop(drain_poller);
+    drop(sandbox);
     let handler: f64 = runs.iter().filter_map(|i| i.handler.map(ms)).sum();
     let pages = DRAIN.div_ceil(PAGE) as f64;
     let ratio = handler / (pages * LATENCY_MS as f64);
