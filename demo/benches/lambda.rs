@@ -4,7 +4,7 @@
 //!
 //! * init: process start to the first Runtime API `next`, poller and worker against a
 //!   bare `lambda_runtime` echo (`bench/echo`) built in the same `cargo build --release`;
-//!   median of `INIT_RUNS` interleaved runs.
+//!   median of `INIT_RUNS` (31) interleaved runs.
 //! * size: the arm64 `bootstrap` of each function as `sam build` left it in
 //!   `.aws-sam/build` (`make bench` runs `make build` first), and its `zip -9`.
 //! * first invocation after init (connections and the Concur app token set up inside it)
@@ -34,7 +34,7 @@ use serde_json::{json, Value};
 use triplink_shared::fault_proxy::FaultProxy;
 use triplink_shared::testing;
 
-const INIT_RUNS: usize = 21;
+const INIT_RUNS: usize = 31;
 const LATENCY_MS: u64 = 20;
 const DRAIN: usize = 10_000;
 const PAGE: usize = 10;
