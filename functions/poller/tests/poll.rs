@@ -536,7 +536,9 @@ async fn a_page_read_before_our_report_does_not_requeue_the_request() {
     // A later page does not show it (popped) and nothing changes; Concur's CRSUC is final.
     let later = poll(&concur, &store, &settings(), far()).await.unwrap();
     assert_eq!((later.seen, later.requeued), (0, 0), "{later:?}");
-    let view: serde_json::Value = reqwest::get(sandbox.url(&format!("/_sandbox/requests/{id}")))
+    let view: serde_json::Value = triplink_shared::testing::http_client()
+        .get(sandbox.url(&format!("/_sandbox/requests/{id}")))
+        .send()
         .await
         .unwrap()
         .json()

@@ -590,15 +590,17 @@ async fn a_grant_whose_answer_is_lost_is_not_repeated_with_the_same_token() {
         ),
         "{outcome:?}"
     );
-    let view: serde_json::Value = reqwest::get(
-        env.sandbox
-            .url(&format!("/_sandbox/requests/{}", item.request_id)),
-    )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    let view: serde_json::Value = triplink_shared::testing::http_client()
+        .get(
+            env.sandbox
+                .url(&format!("/_sandbox/requests/{}", item.request_id)),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let tokens: Vec<u64> = view["exchange_attempts"]
         .as_array()
         .unwrap()
