@@ -18,6 +18,7 @@ help:
 	@echo "make e2e    - the release functions under a local Lambda: verdict per scenario"
 	@echo "make demo   - run the connector end to end on one machine"
 	@echo "make build  - sam build: both functions for Lambda (arm64) in .aws-sam/build"
+	@echo "make bench  - make build, then the performance figures into bench/results.md"
 
 # A project virtualenv with the pinned Python tools of requirements-dev.txt.
 $(VENV_STAMP): requirements-dev.txt
@@ -76,8 +77,12 @@ e2e: venv
 
 test: fmt-check clippy cargo-test conformance template-lint template-checkov e2e
 
-# Benchmarks that print figures (loopback only): the poller's overlap of writes and fetches.
-bench: venv
+# Benchmarks that print figures (loopback only). `make build` first: the results include
+# the arm64 bootstraps and zips of .aws-sam/build. demo/benches/lambda.rs builds the release
+# functions and a bare lambda_runtime echo, prints one table and rewrites bench/results.md
+# and bench/results.json; then the poller's overlap of writes and fetches.
+bench: venv build
+	cargo bench --locked -p demo --bench lambda
 	cargo bench --locked -p poller --bench overlap
 
 # The main job end to end on this machine: moto_server (from .venv) and the Concur

@@ -49,7 +49,8 @@ pub async fn sdk_config(
     endpoint: Option<&str>,
     region: Option<&str>,
 ) -> Result<SdkConfig, CliError> {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(triplink_shared::http::SdkHttpClient::shared());
     let endpoint = endpoint.map(str::trim).filter(|e| !e.is_empty());
     if let Some(endpoint) = endpoint {
         let url = Url::parse(endpoint).map_err(|e| {
@@ -75,7 +76,7 @@ pub async fn sdk_config(
     }
     let chain = match region.map(str::trim).filter(|r| !r.is_empty()) {
         Some(region) => RegionProviderChain::first_try(Region::new(region.to_owned())),
-        None => RegionProviderChain::default_provider(),
+        None => default_region_chain(),
     };
     let chain = if endpoint.is_some() {
         chain.or_else(LOCAL_DEFAULT_REGION)
@@ -89,6 +90,26 @@ pub async fn sdk_config(
         ));
     }
     Ok(config)
+}
+
+/// The SDK's default region chain (environment, profile, IMDS) with IMDS on the shared
+/// HTTP client: without the SDK's own client (no default features), IMDS needs it given.
+fn default_region_chain() -> RegionProviderChain {
+    let provider_config = aws_config::provider_config::ProviderConfig::default()
+        .with_http_client(triplink_shared::http::SdkHttpClient::new());
+    RegionProviderChain::first_try(
+        aws_config::environment::EnvironmentVariableRegionProvider::new(),
+    )
+    .or_else(
+        aws_config::profile::ProfileFileRegionProvider::builder()
+            .configure(&provider_config)
+            .build(),
+    )
+    .or_else(
+        aws_config::imds::region::ImdsRegionProvider::builder()
+            .configure(&provider_config)
+            .build(),
+    )
 }
 
 /// An AWS SDK error in one short line: `Code: message` for a service error; the error

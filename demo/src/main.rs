@@ -178,7 +178,7 @@ async fn run(args: Args) -> Result<bool, Error> {
         if phase == "a day later" {
             step!("advancing the sandbox clock by 24 h: CREU requests come back as new attempts");
             admin(
-                &reqwest::Client::new(),
+                &triplink_shared::testing::http_client(),
                 sandbox.url("/_sandbox/clock/advance"),
                 Some(json!({"seconds": 24 * 3600 + 60})),
             )
@@ -233,7 +233,7 @@ async fn run(args: Args) -> Result<bool, Error> {
 
     step!("checking every request against the sandbox's expectations");
     let verify = admin(
-        &reqwest::Client::new(),
+        &triplink_shared::testing::http_client(),
         sandbox.url("/_sandbox/verify"),
         None,
     )
@@ -321,7 +321,7 @@ where
         );
     }
     let verify = admin(
-        &reqwest::Client::new(),
+        &triplink_shared::testing::http_client(),
         sandbox.url("/_sandbox/verify"),
         None,
     )

@@ -72,6 +72,8 @@ async fn binary_serves_and_logs_calls() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(!addr.is_empty(), "sandbox did not start");
+    // The workspace's reqwest has no built-in crypto provider (the functions bring ring).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::new();
     let v: serde_json::Value = http
         .get(format!("http://{addr}/_sandbox/summary"))

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use aws_config::SdkConfig;
+pub use aws_config::SdkConfig;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::concur::{
@@ -113,6 +113,33 @@ pub fn in_deployed_lambda(env: &impl Env) -> bool {
             .is_some_and(|v| v.eq_ignore_ascii_case("true"))
 }
 
+/// The AWS SDK configuration of a function, from its environment alone: the region
+/// (`AWS_REGION`, else `AWS_DEFAULT_REGION`), the execution role's credentials from
+/// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN` (Lambda exports
+/// them), `AWS_ENDPOINT_URL` when set (local runs), and the shared HTTP stack
+/// ([`crate::http`]). No profile file, IMDS or STS: nothing is read or fetched at init.
+pub fn lambda_sdk_config(env: &impl Env) -> Result<SdkConfig, ConfigError> {
+    use aws_config::environment::EnvironmentVariableCredentialsProvider;
+    use aws_config::{BehaviorVersion, Region};
+    use aws_credential_types::provider::SharedCredentialsProvider;
+
+    let region = env
+        .get("AWS_REGION")
+        .or_else(|| env.get("AWS_DEFAULT_REGION"))
+        .ok_or(ConfigError::Missing("AWS_REGION"))?;
+    let mut builder = SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(region))
+        .credentials_provider(SharedCredentialsProvider::new(
+            EnvironmentVariableCredentialsProvider::new(),
+        ))
+        .http_client(crate::http::SdkHttpClient::shared());
+    if let Some(endpoint) = env.get("AWS_ENDPOINT_URL") {
+        builder = builder.endpoint_url(endpoint.trim());
+    }
+    Ok(builder.build())
+}
+
 /// Where the Concur client secret comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecretSource {
@@ -154,18 +181,24 @@ impl SecretSource {
         }
     }
 
-    /// Fetch the secret, refusing `env:`/`file:` in a deployed function.
-    pub async fn fetch_checked(
-        &self,
-        aws: &SdkConfig,
-        env: &impl Env,
-    ) -> Result<SecretString, ConfigError> {
+    /// Refuse `env:`/`file:` in a deployed function (no fetch, no network).
+    pub fn check(&self, env: &impl Env) -> Result<(), ConfigError> {
         if in_deployed_lambda(env) && self.is_local_only() {
             return Err(ConfigError::Secret {
                 source_name: self.name(),
                 message: "env: and file: sources are for local runs only".into(),
             });
         }
+        Ok(())
+    }
+
+    /// Fetch the secret, refusing `env:`/`file:` in a deployed function.
+    pub async fn fetch_checked(
+        &self,
+        aws: &SdkConfig,
+        env: &impl Env,
+    ) -> Result<SecretString, ConfigError> {
+        self.check(env)?;
         let secret = self.fetch(aws, env).await?;
         Ok(SecretString::from(secret.expose_secret().trim().to_owned()))
     }

@@ -43,7 +43,8 @@ pub async fn report_init_error(
     let Some(api) = env.get("AWS_LAMBDA_RUNTIME_API") else {
         return Ok(false);
     };
-    let http = reqwest::Client::builder()
+    // The shared stack: reqwest's own default needs a process-wide crypto provider.
+    let http = crate::http::client_builder()?
         .timeout(Duration::from_secs(5))
         .build()
         .map_err(|e| e.to_string())?;

@@ -6,6 +6,7 @@ pub mod concur;
 pub mod config;
 #[cfg(feature = "testing")]
 pub mod fault_proxy;
+pub mod http;
 pub mod lambda_init;
 pub mod matching;
 pub mod members;

@@ -72,6 +72,7 @@ pub fn moto() -> &'static Moto {
 pub fn local_sdk_config(endpoint: &str) -> SdkConfig {
     SdkConfig::builder()
         .behavior_version(BehaviorVersion::latest())
+        .http_client(crate::http::SdkHttpClient::shared())
         .region(Region::new("us-east-1"))
         .endpoint_url(endpoint)
         .credentials_provider(
@@ -84,6 +85,14 @@ pub fn local_sdk_config(endpoint: &str) -> SdkConfig {
             )),
         )
         .build()
+}
+
+/// A plain HTTP client for tests and local tools, on the shared stack ([`crate::http`]):
+/// reqwest's own default needs a process-wide rustls provider, which nothing installs.
+pub fn http_client() -> reqwest::Client {
+    crate::http::client_builder()
+        .and_then(|b| b.build().map_err(|e| e.to_string()))
+        .unwrap_or_else(|e| panic!("HTTP client: {e}"))
 }
 
 /// A DynamoDB client for the shared moto server.

@@ -27,7 +27,7 @@ async fn setup() -> (Sandbox, ConcurClient) {
 }
 
 async fn set_faults(sandbox: &Sandbox, rules: &[&str]) {
-    let response = reqwest::Client::new()
+    let response = triplink_shared::testing::http_client()
         .post(sandbox.url("/_sandbox/faults"))
         .json(&json!({ "rules": rules, "replace": true }))
         .send()
@@ -37,7 +37,9 @@ async fn set_faults(sandbox: &Sandbox, rules: &[&str]) {
 }
 
 async fn fault_hits(sandbox: &Sandbox) -> Vec<u64> {
-    let faults: Value = reqwest::get(sandbox.url("/_sandbox/faults"))
+    let faults: Value = triplink_shared::testing::http_client()
+        .get(sandbox.url("/_sandbox/faults"))
+        .send()
         .await
         .unwrap()
         .json()
@@ -53,7 +55,9 @@ async fn fault_hits(sandbox: &Sandbox) -> Vec<u64> {
 
 /// The exchanges the sandbox processed for a request (a code 16 answer is not one).
 async fn exchange_attempts(sandbox: &Sandbox, id: &str) -> usize {
-    let view: Value = reqwest::get(sandbox.url(&format!("/_sandbox/requests/{id}")))
+    let view: Value = triplink_shared::testing::http_client()
+        .get(sandbox.url(&format!("/_sandbox/requests/{id}")))
+        .send()
         .await
         .unwrap()
         .json()

@@ -97,7 +97,11 @@ impl FunctionConfig {
 
     /// The process environment of one execution environment: the variables Lambda
     /// defines for a `provided.al2023` function, then the function's own.
-    fn process_environment(&self, runtime_api: &str, log_stream: &str) -> Vec<(String, String)> {
+    pub fn process_environment(
+        &self,
+        runtime_api: &str,
+        log_stream: &str,
+    ) -> Vec<(String, String)> {
         let task_root = self
             .binary
             .parent()
@@ -208,6 +212,12 @@ pub struct Invocation {
     pub cold_start: bool,
     pub outcome: Outcome,
     pub duration: Duration,
+    /// From the runtime taking the event (`next` answered) to its answer: the handler's
+    /// time, without the environment's start. `None` when the event was never taken.
+    pub handler: Option<Duration>,
+    /// The environment process's peak resident set (`VmHWM`, KiB) after the invocation,
+    /// while it is still alive.
+    pub peak_rss_kib: Option<u64>,
     /// The fault injected into it, if any.
     pub chaos: Option<Chaos>,
 }
@@ -238,6 +248,8 @@ struct Environment {
     initialized: bool,
     dead: bool,
     refusals: u64,
+    /// When the runtime took the current invocation.
+    delivered_at: Option<Instant>,
 }
 
 impl Environment {
@@ -277,7 +289,17 @@ impl Environment {
             initialized: false,
             dead: false,
             refusals: 0,
+            delivered_at: None,
         })
+    }
+
+    /// `VmHWM` of the process, in KiB (Linux).
+    fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid?)).ok()?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
     }
 
     fn alive(&mut self) -> bool {
@@ -339,6 +361,7 @@ impl Environment {
                 event = api.event() => match event {
                     Some(RuntimeEvent::Delivered { request_id: id, deadline_ms }) if id == request_id => {
                         self.initialized = true;
+                        self.delivered_at = Some(Instant::now());
                         let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
                         deadline = Some(Instant::now() + Duration::from_millis(deadline_ms.saturating_sub(now_ms)));
                         if let Some((chaos_id, planned)) = lock(chaos).front().copied() {
@@ -521,6 +544,8 @@ impl LambdaFunction {
                 cold_start: false,
                 outcome: Outcome::Throttled,
                 duration: started.elapsed(),
+                handler: None,
+                peak_rss_kib: None,
                 chaos: None,
             });
         }
@@ -537,6 +562,8 @@ impl LambdaFunction {
                             cold_start: true,
                             outcome: Outcome::InitFailed { detail },
                             duration: started.elapsed(),
+                            handler: None,
+                            peak_rss_kib: None,
                             chaos: None,
                         })
                     }
@@ -551,15 +578,24 @@ impl LambdaFunction {
             trace_id: trace_id(),
         };
         let mut applied = None;
+        environment.delivered_at = None;
         let outcome = environment
             .invoke(queued, self.config.init_timeout, &self.chaos, &mut applied)
             .await;
+        let handler = environment.delivered_at.take().map(|at| at.elapsed());
+        let peak_rss_kib = if environment.alive() {
+            environment.peak_rss_kib()
+        } else {
+            None
+        };
         let invocation = Invocation {
             request_id,
             environment: environment.id,
             cold_start,
             outcome,
             duration: started.elapsed(),
+            handler,
+            peak_rss_kib,
             chaos: applied,
         };
         {

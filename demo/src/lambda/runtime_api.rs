@@ -347,7 +347,7 @@ mod tests {
     async fn next_response_error_and_init_error() {
         let mut api = RuntimeApi::start().await.unwrap();
         let base = format!("http://{}/2018-06-01/runtime", api.endpoint());
-        let client = reqwest::Client::new();
+        let client = triplink_shared::testing::http_client();
         api.queue(QueuedInvocation {
             request_id: "r1".into(),
             payload: Bytes::from_static(b"{\"a\":1}"),

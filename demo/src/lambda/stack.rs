@@ -421,7 +421,7 @@ impl LocalStack {
             schedule_config,
             mapping_config,
             dead_letter,
-            http: reqwest::Client::new(),
+            http: triplink_shared::testing::http_client(),
             started,
             work_dir,
         })
@@ -429,6 +429,11 @@ impl LocalStack {
 
     pub fn mapping_config(&self) -> &MappingConfig {
         &self.mapping_config
+    }
+
+    /// An event of the poller's schedule, as EventBridge would send it.
+    pub fn schedule_event(&self) -> Value {
+        self.schedule_config.event()
     }
 
     /// Where each environment's output is written.

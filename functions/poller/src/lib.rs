@@ -453,26 +453,44 @@ pub struct Poller<C, S> {
 /// The poller as deployed: the Concur client and the requests table.
 pub type DeployedPoller = Poller<ConcurClient, DynamoRequestStore>;
 
-/// Build the deployed poller from the environment (once per cold start). Every setting
-/// is read and checked before anything is fetched (the AWS configuration, the secret);
-/// any error names its variable (`triplink_shared::lambda_init` reports it to Lambda).
-pub async fn from_env(env: &impl Env) -> Result<DeployedPoller, ConfigError> {
-    let concur = ConcurSettings::for_functions(env)?;
-    let settings = PollerSettings::from_env(env)?;
-    let requests_table = env.required("REQUESTS_TABLE")?;
-    let aws = aws_config::load_from_env().await;
-    Ok(Poller {
-        concur: concur.client(&aws, env).await?,
-        store: DynamoRequestStore::new(aws_sdk_dynamodb::Client::new(&aws), requests_table)
-            .with_unseen_retention_days(settings.unseen_retention_days),
-        settings,
-        metrics: Metrics::new(
-            env.get("METRICS_NAMESPACE")
+/// The poller's configuration, read and checked at cold start with no network call
+/// (a mistake is an init error, `triplink_shared::lambda_init`); [`PollerInit::build`]
+/// fetches the client secret and completes the poller on the first invocation.
+pub struct PollerInit {
+    concur: ConcurSettings,
+    settings: PollerSettings,
+    requests_table: String,
+    namespace: String,
+    aws: triplink_shared::config::SdkConfig,
+}
+
+impl PollerInit {
+    pub fn from_env(env: &impl Env) -> Result<Self, ConfigError> {
+        Ok(Self {
+            concur: ConcurSettings::for_functions(env)?,
+            settings: PollerSettings::from_env(env)?,
+            requests_table: env.required("REQUESTS_TABLE")?,
+            namespace: env
+                .get("METRICS_NAMESPACE")
                 .unwrap_or_else(|| "TripLink".into()),
-            "poller",
-        ),
-        pause: ConcurPause::default(),
-    })
+            aws: triplink_shared::config::lambda_sdk_config(env)?,
+        })
+    }
+
+    /// The deployed poller: fetches the client secret (Secrets Manager in the cloud).
+    pub async fn build(&self, env: &impl Env) -> Result<DeployedPoller, ConfigError> {
+        Ok(Poller {
+            concur: self.concur.client(&self.aws, env).await?,
+            store: DynamoRequestStore::new(
+                aws_sdk_dynamodb::Client::new(&self.aws),
+                self.requests_table.clone(),
+            )
+            .with_unseen_retention_days(self.settings.unseen_retention_days),
+            settings: self.settings.clone(),
+            metrics: Metrics::new(self.namespace.clone(), "poller"),
+            pause: ConcurPause::default(),
+        })
+    }
 }
 
 /// The Lambda deadline as a tokio instant.

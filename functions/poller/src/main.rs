@@ -1,8 +1,13 @@
-//! Wiring only: the poller is built once per cold start (`poller::from_env`; a
-//! configuration error is reported to Lambda's `/runtime/init/error` and ends the
-//! process); each scheduled event runs `poller::Poller::handle`.
+//! Wiring only. At init (before the first Runtime API `next`) the configuration is read
+//! and checked with no network call (`poller::PollerInit`; a mistake is posted to
+//! Lambda's `/runtime/init/error` and ends the process). The client secret is fetched
+//! on the first invocation and the poller reused by every later one; if the fetch
+//! fails, that invocation fails and the next one tries again. Each scheduled event runs
+//! `poller::Poller::handle`.
 
 use lambda_runtime::{service_fn, Error, LambdaEvent};
+use poller::PollerInit;
+use tokio::sync::OnceCell;
 use triplink_shared::config::ProcessEnv;
 use triplink_shared::lambda_init;
 use triplink_shared::telemetry::init_logging;
@@ -10,10 +15,12 @@ use triplink_shared::telemetry::init_logging;
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     init_logging();
-    let poller = lambda_init::or_report(&ProcessEnv, poller::from_env(&ProcessEnv).await).await?;
-    let poller = &poller;
+    let init = lambda_init::or_report(&ProcessEnv, PollerInit::from_env(&ProcessEnv)).await?;
+    let poller = OnceCell::new();
+    let (init, poller) = (&init, &poller);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<_>| async move {
-        poller.handle(event).await
+        let poller = poller.get_or_try_init(|| init.build(&ProcessEnv)).await?;
+        poller.handle(event).await.map_err(Error::from)
     }))
     .await
 }

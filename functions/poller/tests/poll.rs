@@ -62,7 +62,7 @@ fn settings() -> PollerSettings {
 }
 
 async fn admin(sandbox: &Sandbox, path: &str, body: serde_json::Value) {
-    let response = reqwest::Client::new()
+    let response = triplink_shared::testing::http_client()
         .post(sandbox.url(path))
         .json(&body)
         .send()
@@ -254,7 +254,7 @@ impl PendingSource for FaultAfter {
         deadline: Instant,
     ) -> Result<Page, ConcurError> {
         if self.pages.load(Ordering::SeqCst) == self.after_pages {
-            reqwest::Client::new()
+            triplink_shared::testing::http_client()
                 .post(&self.admin)
                 .json(&json!({ "rules": self.rules }))
                 .send()
@@ -320,7 +320,7 @@ async fn concur_failing_mid_run_keeps_the_progress_and_the_next_run_finishes() {
     let err = poll(&source, &store, &settings(), far()).await.unwrap_err();
     assert!(err.to_string().contains("no page could be read"), "{err}");
 
-    reqwest::Client::new()
+    triplink_shared::testing::http_client()
         .delete(sandbox.url("/_sandbox/faults"))
         .send()
         .await
@@ -338,7 +338,9 @@ async fn concur_failing_mid_run_keeps_the_progress_and_the_next_run_finishes() {
 
 /// How many calls each fault rule in force fired on.
 async fn fault_hits(sandbox: &Sandbox) -> Vec<u64> {
-    let faults: serde_json::Value = reqwest::get(sandbox.url("/_sandbox/faults"))
+    let faults: serde_json::Value = triplink_shared::testing::http_client()
+        .get(sandbox.url("/_sandbox/faults"))
+        .send()
         .await
         .unwrap()
         .json()
@@ -629,7 +631,9 @@ async fn a_page_read_before_our_report_does_not_requeue_the_request() {
     // A later page does not show it (popped) and nothing changes; Concur's CRSUC is final.
     let later = poll(&concur, &store, &settings(), far()).await.unwrap();
     assert_eq!((later.seen, later.requeued), (0, 0), "{later:?}");
-    let view: serde_json::Value = reqwest::get(sandbox.url(&format!("/_sandbox/requests/{id}")))
+    let view: serde_json::Value = triplink_shared::testing::http_client()
+        .get(sandbox.url(&format!("/_sandbox/requests/{id}")))
+        .send()
         .await
         .unwrap()
         .json()

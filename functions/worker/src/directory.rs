@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use secrecy::SecretString;
 use triplink_shared::config::{ConfigError, Env, SecretSource};
 use triplink_shared::matching::Member;
 use triplink_shared::members::dynamo::DynamoMemberDirectory;
@@ -44,46 +43,61 @@ fn invalid(key: &'static str, value: String, reason: impl ToString) -> ConfigErr
     }
 }
 
-impl AnyDirectory {
+/// The directory as configured, checked with no network call; [`DirectorySpec::build`]
+/// fetches the member service's credentials, if any.
+#[derive(Debug, Clone)]
+pub enum DirectorySpec {
+    Dynamo {
+        table: String,
+    },
+    Http {
+        base_url: url::Url,
+        timeout: Duration,
+        auth: Option<(String, SecretSource)>,
+    },
+}
+
+impl DirectorySpec {
     /// `MEMBER_DIRECTORY` (`dynamodb`, default, with `MEMBERS_TABLE`; or `http` with
     /// `MEMBER_SERVICE_URL`, `MEMBER_SERVICE_TIMEOUT_MS` (default 2000),
     /// `MEMBER_SERVICE_AUTH_HEADER` (a header name) and `MEMBER_SERVICE_AUTH_SOURCE`
     /// (where its value comes from, like `CONCUR_CLIENT_SECRET_SOURCE`)).
-    pub async fn from_env(
-        env: &impl Env,
-        aws: &aws_config::SdkConfig,
-    ) -> Result<Self, ConfigError> {
+    pub fn from_env(env: &impl Env) -> Result<Self, ConfigError> {
         let kind = env
             .get("MEMBER_DIRECTORY")
             .unwrap_or_else(|| "dynamodb".into());
         match kind.trim().to_ascii_lowercase().as_str() {
-            "dynamodb" => Ok(Self::Dynamo(DynamoMemberDirectory::new(
-                aws_sdk_dynamodb::Client::new(aws),
-                env.required("MEMBERS_TABLE")?,
-            ))),
+            "dynamodb" => Ok(Self::Dynamo {
+                table: env.required("MEMBERS_TABLE")?,
+            }),
             "http" => {
                 let raw = env.required("MEMBER_SERVICE_URL")?;
                 let base_url = url::Url::parse(&raw)
                     .map_err(|e| invalid("MEMBER_SERVICE_URL", raw.clone(), e))?;
-                let auth_header = match env.get("MEMBER_SERVICE_AUTH_HEADER") {
+                let auth = match env.get("MEMBER_SERVICE_AUTH_HEADER") {
                     None => None,
                     Some(name) => {
                         let raw_source = env.required("MEMBER_SERVICE_AUTH_SOURCE")?;
                         let source: SecretSource = raw_source.parse().map_err(|e: String| {
                             invalid("MEMBER_SERVICE_AUTH_SOURCE", raw_source.clone(), e)
                         })?;
-                        let value: SecretString = source.fetch_checked(aws, env).await?;
-                        Some((name, value))
+                        source.check(env)?;
+                        Some((name, source))
                     }
                 };
-                let config = HttpDirectoryConfig {
+                let timeout = Duration::from_millis(env.parsed("MEMBER_SERVICE_TIMEOUT_MS", 2000)?);
+                // The URL's own rules (https, no query...) are checked now, not later.
+                HttpMemberDirectory::new(HttpDirectoryConfig {
+                    base_url: base_url.clone(),
+                    timeout,
+                    auth_header: None,
+                })
+                .map_err(|e| invalid("MEMBER_SERVICE_URL", raw, e))?;
+                Ok(Self::Http {
                     base_url,
-                    timeout: Duration::from_millis(env.parsed("MEMBER_SERVICE_TIMEOUT_MS", 2000)?),
-                    auth_header,
-                };
-                HttpMemberDirectory::new(config)
-                    .map(Self::Http)
-                    .map_err(|e| invalid("MEMBER_SERVICE_URL", raw, e))
+                    timeout,
+                    auth,
+                })
             }
             _ => Err(invalid(
                 "MEMBER_DIRECTORY",
@@ -91,5 +105,48 @@ impl AnyDirectory {
                 "expected dynamodb or http",
             )),
         }
+    }
+
+    /// The directory, with the member service's credentials fetched.
+    pub async fn build(
+        &self,
+        env: &impl Env,
+        aws: &aws_config::SdkConfig,
+    ) -> Result<AnyDirectory, ConfigError> {
+        match self {
+            Self::Dynamo { table } => Ok(AnyDirectory::Dynamo(DynamoMemberDirectory::new(
+                aws_sdk_dynamodb::Client::new(aws),
+                table.clone(),
+            ))),
+            Self::Http {
+                base_url,
+                timeout,
+                auth,
+            } => {
+                let auth_header = match auth {
+                    None => None,
+                    Some((name, source)) => {
+                        Some((name.clone(), source.fetch_checked(aws, env).await?))
+                    }
+                };
+                HttpMemberDirectory::new(HttpDirectoryConfig {
+                    base_url: base_url.clone(),
+                    timeout: *timeout,
+                    auth_header,
+                })
+                .map(AnyDirectory::Http)
+                .map_err(|e| invalid("MEMBER_SERVICE_AUTH_HEADER", String::new(), e))
+            }
+        }
+    }
+}
+
+impl AnyDirectory {
+    /// [`DirectorySpec::from_env`], then [`DirectorySpec::build`].
+    pub async fn from_env(
+        env: &impl Env,
+        aws: &aws_config::SdkConfig,
+    ) -> Result<Self, ConfigError> {
+        DirectorySpec::from_env(env)?.build(env, aws).await
     }
 }

@@ -394,34 +394,54 @@ pub struct Safety {
 pub type DeployedWorker =
     Worker<ConcurClient, directory::AnyDirectory, DynamoRequestStore, TokenVault<KmsEncryptor>>;
 
-/// Build the deployed worker from the environment (once per cold start). Every setting
-/// is read and checked before anything is fetched (the AWS configuration, secrets); any
-/// error names its variable (`triplink_shared::lambda_init` reports it to Lambda).
-pub async fn from_env(env: &impl Env) -> Result<DeployedWorker, ConfigError> {
-    let concur = ConcurSettings::for_functions(env)?;
-    let settings = WorkerSettings::from_env(env)?;
-    let requests_table = env.required("REQUESTS_TABLE")?;
-    let connections_table = env.required("CONNECTIONS_TABLE")?;
-    let kms_key_id = env.required("KMS_KEY_ID")?;
-    let aws = aws_config::load_from_env().await;
-    let dynamo = aws_sdk_dynamodb::Client::new(&aws);
-    Ok(Worker {
-        concur: concur.client(&aws, env).await?,
-        directory: directory::AnyDirectory::from_env(env, &aws).await?,
-        store: DynamoRequestStore::new(dynamo.clone(), requests_table),
-        vault: TokenVault::new(
-            dynamo,
-            connections_table,
-            KmsEncryptor::new(aws_sdk_kms::Client::new(&aws), kms_key_id),
-        ),
-        settings,
-        metrics: Metrics::new(
-            env.get("METRICS_NAMESPACE")
+/// The worker's configuration, read and checked at cold start with no network call
+/// (a mistake is an init error, `triplink_shared::lambda_init`); [`WorkerInit::build`]
+/// fetches the secrets and completes the worker on the first invocation.
+pub struct WorkerInit {
+    concur: ConcurSettings,
+    directory: directory::DirectorySpec,
+    settings: WorkerSettings,
+    requests_table: String,
+    connections_table: String,
+    kms_key_id: String,
+    namespace: String,
+    aws: aws_config::SdkConfig,
+}
+
+impl WorkerInit {
+    pub fn from_env(env: &impl Env) -> Result<Self, ConfigError> {
+        Ok(Self {
+            concur: ConcurSettings::for_functions(env)?,
+            directory: directory::DirectorySpec::from_env(env)?,
+            settings: WorkerSettings::from_env(env)?,
+            requests_table: env.required("REQUESTS_TABLE")?,
+            connections_table: env.required("CONNECTIONS_TABLE")?,
+            kms_key_id: env.required("KMS_KEY_ID")?,
+            namespace: env
+                .get("METRICS_NAMESPACE")
                 .unwrap_or_else(|| "TripLink".into()),
-            "worker",
-        ),
-        safety: Safety::default(),
-    })
+            aws: triplink_shared::config::lambda_sdk_config(env)?,
+        })
+    }
+
+    /// The deployed worker: fetches the client secret and the member service's
+    /// credentials (Secrets Manager in the cloud).
+    pub async fn build(&self, env: &impl Env) -> Result<DeployedWorker, ConfigError> {
+        let dynamo = aws_sdk_dynamodb::Client::new(&self.aws);
+        Ok(Worker {
+            concur: self.concur.client(&self.aws, env).await?,
+            directory: self.directory.build(env, &self.aws).await?,
+            store: DynamoRequestStore::new(dynamo.clone(), self.requests_table.clone()),
+            vault: TokenVault::new(
+                dynamo,
+                self.connections_table.clone(),
+                KmsEncryptor::new(aws_sdk_kms::Client::new(&self.aws), self.kms_key_id.clone()),
+            ),
+            settings: self.settings.clone(),
+            metrics: Metrics::new(self.namespace.clone(), "worker"),
+            safety: Safety::default(),
+        })
+    }
 }
 
 /// Read a stream record's new image as a requests-table item.

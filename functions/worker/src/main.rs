@@ -1,18 +1,25 @@
-//! Wiring only: the worker is built once per cold start (`worker::from_env`; a
-//! configuration error is reported to Lambda's `/runtime/init/error` and ends the
-//! process); each stream batch runs `worker::Worker::handle`.
+//! Wiring only. At init (before the first Runtime API `next`) the configuration is read
+//! and checked with no network call (`worker::WorkerInit`; a mistake is posted to
+//! Lambda's `/runtime/init/error` and ends the process). The secrets are fetched on the
+//! first invocation and the worker reused by every later one; if a fetch fails, that
+//! invocation fails (the stream retries the batch) and the next one tries again. Each
+//! stream batch runs `worker::Worker::handle`.
 
 use lambda_runtime::{service_fn, Error, LambdaEvent};
+use tokio::sync::OnceCell;
 use triplink_shared::config::ProcessEnv;
 use triplink_shared::lambda_init;
 use triplink_shared::telemetry::init_logging;
+use worker::WorkerInit;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     init_logging();
-    let worker = lambda_init::or_report(&ProcessEnv, worker::from_env(&ProcessEnv).await).await?;
-    let worker = &worker;
+    let init = lambda_init::or_report(&ProcessEnv, WorkerInit::from_env(&ProcessEnv)).await?;
+    let worker = OnceCell::new();
+    let (init, worker) = (&init, &worker);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<_>| async move {
+        let worker = worker.get_or_try_init(|| init.build(&ProcessEnv)).await?;
         worker.handle(event).await
     }))
     .await

@@ -25,7 +25,7 @@ use worker::Worker;
 const LIMIT: Duration = Duration::from_secs(90);
 
 async fn faults(env: &Env, rules: &[&str]) {
-    let response = reqwest::Client::new()
+    let response = triplink_shared::testing::http_client()
         .post(env.sandbox.url("/_sandbox/faults"))
         .json(&json!({ "rules": rules }))
         .send()

@@ -152,7 +152,7 @@ async fn members_without_a_manifest_connect_but_decide_no_creu() {
 async fn a_failing_concur_opens_the_breaker_and_no_status_is_spent() {
     let env = setup(30).await;
     // Decided statuses are ready; then every PUT fails with a 500 (retried, then given up).
-    reqwest::Client::new()
+    triplink_shared::testing::http_client()
         .post(env.sandbox.url("/_sandbox/faults"))
         .json(&json!({"rules": ["put:500"]}))
         .send()

@@ -220,7 +220,7 @@ async fn a_503_leaves_the_request_pending_for_five_minutes_then_the_sweep_resend
     let env = setup(6).await;
     let item = testing::scan_requests(&env.store).await.remove(0);
     let worker = worker(&env, &env.concur, &env.members);
-    reqwest::Client::new()
+    triplink_shared::testing::http_client()
         .post(env.sandbox.url("/_sandbox/faults"))
         .json(&json!({"rules": ["put:503:next=5"]}))
         .send()
@@ -242,7 +242,7 @@ async fn a_503_leaves_the_request_pending_for_five_minutes_then_the_sweep_resend
         [1],
         "one PUT, no retry after the 503"
     );
-    reqwest::Client::new()
+    triplink_shared::testing::http_client()
         .delete(env.sandbox.url("/_sandbox/faults"))
         .send()
         .await
@@ -280,7 +280,9 @@ async fn a_503_leaves_the_request_pending_for_five_minutes_then_the_sweep_resend
 
 /// How many calls each fault rule in force fired on.
 async fn fault_hits(env: &Env) -> Vec<u64> {
-    let faults: serde_json::Value = reqwest::get(env.sandbox.url("/_sandbox/faults"))
+    let faults: serde_json::Value = triplink_shared::testing::http_client()
+        .get(env.sandbox.url("/_sandbox/faults"))
+        .send()
         .await
         .unwrap()
         .json()
@@ -310,7 +312,7 @@ async fn a_503_on_the_exchange_leaves_the_request_for_five_minutes() {
     let worker = worker(&env, &env.concur, &env.members);
     // Warm the app token, so the next token call is the grant itself.
     env.concur.app_token(far()).await.unwrap();
-    reqwest::Client::new()
+    triplink_shared::testing::http_client()
         .post(env.sandbox.url("/_sandbox/faults"))
         .json(&json!({"rules": ["token:503"]}))
         .send()
@@ -356,7 +358,7 @@ async fn an_exchange_without_an_answer_in_time_leaves_the_request_for_five_minut
     let impatient = ConcurClient::new(config).unwrap();
     impatient.app_token(far()).await.unwrap();
     let worker = worker(&env, &impatient, &env.members);
-    reqwest::Client::new()
+    triplink_shared::testing::http_client()
         .post(env.sandbox.url("/_sandbox/faults"))
         .json(&json!({"rules": ["token:latency=1500"]}))
         .send()
@@ -394,7 +396,7 @@ async fn a_lost_put_answer_is_not_reported_twice() {
     let worker = worker(&env, &env.concur, &env.members);
     // Concur takes the PUT, then the answer is lost: the client's retry finds the
     // request no longer outstanding.
-    reqwest::Client::new()
+    triplink_shared::testing::http_client()
         .post(env.sandbox.url("/_sandbox/faults"))
         .json(&json!({"rules": ["put:500-after:next=1"]}))
         .send()
@@ -555,7 +557,7 @@ async fn the_http_directory_down_sends_nothing_and_leaves_the_requests_pending()
 async fn an_expired_request_token_means_crret() {
     let env = setup(20).await;
     // A day and an hour later, the tokens issued by the poll have expired.
-    reqwest::Client::new()
+    triplink_shared::testing::http_client()
         .post(env.sandbox.url("/_sandbox/clock/advance"))
         .json(&json!({"seconds": 25 * 3600}))
         .send()
@@ -658,7 +660,7 @@ async fn a_grant_whose_answer_is_lost_is_not_repeated_with_the_same_token() {
     let worker = worker(&env, &env.concur, &env.members);
     // Warm the app token, so the next token call is the grant itself.
     env.concur.app_token(far()).await.unwrap();
-    reqwest::Client::new()
+    triplink_shared::testing::http_client()
         .post(env.sandbox.url("/_sandbox/faults"))
         .json(&json!({"rules": ["token:drop-after:next=1"]}))
         .send()
@@ -705,15 +707,17 @@ async fn a_grant_whose_answer_is_lost_is_not_repeated_with_the_same_token() {
         ),
         "{outcome:?}"
     );
-    let view: serde_json::Value = reqwest::get(
-        env.sandbox
-            .url(&format!("/_sandbox/requests/{}", item.request_id)),
-    )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    let view: serde_json::Value = triplink_shared::testing::http_client()
+        .get(
+            env.sandbox
+                .url(&format!("/_sandbox/requests/{}", item.request_id)),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let tokens: Vec<u64> = view["exchange_attempts"]
         .as_array()
         .unwrap()

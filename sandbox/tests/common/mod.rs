@@ -18,6 +18,8 @@ pub async fn start() -> T {
 
 pub async fn start_with(config: Config) -> T {
     let sb = spawn(config).await.expect("sandbox starts");
+    // The workspace's reqwest has no built-in crypto provider (the functions bring ring).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let http = Client::builder().build().expect("client");
     T { sb, http }
 }

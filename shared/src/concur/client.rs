@@ -238,10 +238,10 @@ pub struct ConcurClient {
 
 impl ConcurClient {
     pub fn new(config: ConcurConfig) -> Result<Self, ConcurError> {
-        let http = reqwest::Client::builder()
+        let http = crate::http::client_builder()
+            .map_err(ConcurError::Invalid)?
             .connect_timeout(config.connect_timeout)
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("triplink-connector/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ConcurError::Invalid(format!("HTTP client: {e}")))?;
         Ok(Self {

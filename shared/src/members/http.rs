@@ -190,10 +190,10 @@ impl HttpMemberDirectory {
                 Some((name, value))
             }
         };
-        let http = reqwest::Client::builder()
+        let http = crate::http::client_builder()
+            .map_err(config_error)?
             .timeout(config.timeout)
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("triplink-connector/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| config_error(format!("HTTP client: {e}")))?;
         Ok(Self {

@@ -169,7 +169,9 @@ pub fn lambda_deadline_ms() -> i64 {
 
 /// The sandbox's view of one request: accepted and rejected PUTs.
 pub async fn puts(sandbox: &Sandbox, id: &str) -> (Vec<String>, usize) {
-    let view: Value = reqwest::get(sandbox.url(&format!("/_sandbox/requests/{id}")))
+    let view: Value = triplink_shared::testing::http_client()
+        .get(sandbox.url(&format!("/_sandbox/requests/{id}")))
+        .send()
         .await
         .unwrap()
         .json()
@@ -239,7 +241,9 @@ impl Audit {
 }
 
 pub async fn sandbox_requests(sandbox: &Sandbox) -> Vec<Value> {
-    let view: Value = reqwest::get(sandbox.url("/_sandbox/requests"))
+    let view: Value = triplink_shared::testing::http_client()
+        .get(sandbox.url("/_sandbox/requests"))
+        .send()
         .await
         .unwrap()
         .json()
