@@ -63,7 +63,7 @@ async fn cold_start(vars: &[(&str, &str)]) -> (Vec<(String, Value)>, usize) {
     (reports, nexts)
 }
 
-const DEPLOYED: [(&str, &str); 5] = [
+const DEPLOYED: [(&str, &str); 6] = [
     ("CONCUR_API_BASE_URL", "https://us.api.concursolutions.com"),
     (
         "CONCUR_CLIENT_SECRET_SOURCE",
@@ -72,6 +72,7 @@ const DEPLOYED: [(&str, &str); 5] = [
     ("REQUESTS_TABLE", "requests"),
     ("CONNECTIONS_TABLE", "connections"),
     ("KMS_KEY_ID", "key-id"),
+    ("MEMBERS_TABLE", "members"),
 ];
 
 #[tokio::test]
