@@ -6,6 +6,7 @@ use std::time::Duration;
 use chrono::Utc;
 use concur_sandbox::{spawn, Config, Sandbox};
 use secrecy::{ExposeSecret, SecretString};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::time::Instant;
 use triplink_shared::concur::{
@@ -13,14 +14,16 @@ use triplink_shared::concur::{
 };
 use triplink_shared::store::tables;
 use triplink_shared::testing;
-use triplink_shared::vault::{Encryptor, KmsEncryptor, TokenVault, VaultError};
+use triplink_shared::vault::{Encryptor, KmsEncryptor, TokenState, TokenVault, VaultError};
 
 /// KMS encryption that also remembers the last plaintext it encrypted (the newest
 /// refresh token), so a test can try that token at Concur.
+/// It can also be told to fail its next encryptions (KMS unavailable).
 #[derive(Clone)]
 struct Recording {
     inner: KmsEncryptor,
     last: Arc<Mutex<Option<String>>>,
+    fail_next: Arc<AtomicU32>,
 }
 
 impl Encryptor for Recording {
@@ -29,6 +32,13 @@ impl Encryptor for Recording {
         plaintext: &SecretString,
         member_id: &str,
     ) -> Result<Vec<u8>, VaultError> {
+        if self
+            .fail_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(VaultError::Crypto("KMS unavailable (test)".into()));
+        }
         *self.last.lock().unwrap() = Some(plaintext.expose_secret().to_owned());
         self.inner.encrypt(plaintext, member_id).await
     }
@@ -46,6 +56,13 @@ fn far() -> Instant {
 }
 
 async fn setup() -> (Sandbox, ConcurClient, TokenVault<Recording>) {
+    let aws = testing::sdk_config();
+    setup_on(aws_sdk_dynamodb::Client::new(&aws)).await
+}
+
+async fn setup_on(
+    dynamo: aws_sdk_dynamodb::Client,
+) -> (Sandbox, ConcurClient, TokenVault<Recording>) {
     let mut config = Config::for_tests();
     config.users = 2;
     let sandbox = spawn(config).await.unwrap();
@@ -56,7 +73,6 @@ async fn setup() -> (Sandbox, ConcurClient, TokenVault<Recording>) {
     ))
     .unwrap();
     let aws = testing::sdk_config();
-    let dynamo = aws_sdk_dynamodb::Client::new(&aws);
     let table = testing::unique_name("connections");
     tables::create_connections_table(&dynamo, &table)
         .await
@@ -64,6 +80,7 @@ async fn setup() -> (Sandbox, ConcurClient, TokenVault<Recording>) {
     let encryptor = Recording {
         inner: KmsEncryptor::new(aws_sdk_kms::Client::new(&aws), testing::kms_key().await),
         last: Arc::default(),
+        fail_next: Arc::default(),
     };
     (sandbox, concur, TokenVault::new(dynamo, table, encryptor))
 }
@@ -177,4 +194,140 @@ async fn revoke_ends_the_connection_at_concur_and_here() {
         vault.access_token(&concur, "M3", "x", far()).await,
         Err(VaultError::NotConnected(_))
     ));
+}
+
+#[tokio::test]
+async fn a_rotated_token_whose_encryption_fails_is_retried_not_lost() {
+    let (_sandbox, concur, vault) = setup().await;
+    let (request_id, tokens) = connect(&concur).await;
+    vault
+        .store_connection("M4", &request_id, &tokens, Utc::now())
+        .await
+        .unwrap();
+    let before = vault.get("M4").await.unwrap().unwrap();
+    // KMS fails twice after Concur rotated the token: the old one is already dead.
+    vault.encryptor().fail_next.store(2, Ordering::SeqCst);
+    vault.access_token(&concur, "M4", "a", far()).await.unwrap();
+    let after = vault.get("M4").await.unwrap().unwrap();
+    assert_eq!(after.token_version, before.token_version + 1);
+    assert!(after.refresh_expires_at.is_some());
+    // The stored token is the live one.
+    vault.access_token(&concur, "M4", "b", far()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_rotated_token_whose_write_fails_is_retried_then_alarmed() {
+    use triplink_shared::fault_proxy::{FaultProxy, Op, Rule};
+    let proxy = FaultProxy::start(&testing::moto().endpoint);
+    let config = testing::local_sdk_config(proxy.endpoint());
+    let dynamo = aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(&config)
+            .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled())
+            .build(),
+    );
+    let (_sandbox, concur, vault) = setup_on(dynamo).await;
+    let (request_id, tokens) = connect(&concur).await;
+    vault
+        .store_connection("M5", &request_id, &tokens, Utc::now())
+        .await
+        .unwrap();
+    // The rotated token's write (the only write naming the token version as a
+    // condition) fails twice: it is retried and lands.
+    let rule = proxy.add(
+        Rule::new(Op::UpdateItem)
+            .body_contains(":next")
+            .internal()
+            .next(2),
+    );
+    vault.access_token(&concur, "M5", "a", far()).await.unwrap();
+    assert_eq!(proxy.fired(rule), 2);
+    vault.access_token(&concur, "M5", "b", far()).await.unwrap();
+
+    // A write that never lands is an error (and the RotatedTokenNotStored alarm).
+    let rule = proxy.add(
+        Rule::new(Op::UpdateItem)
+            .body_contains(":next")
+            .internal()
+            .always(),
+    );
+    let result = vault.access_token(&concur, "M5", "c", far()).await;
+    assert!(
+        matches!(result, Err(VaultError::RotationNotStored(_))),
+        "{result:?}"
+    );
+    assert_eq!(
+        proxy.fired(rule),
+        u64::from(triplink_shared::vault::ROTATION_WRITE_ATTEMPTS)
+    );
+}
+
+#[tokio::test]
+async fn a_refused_refresh_token_is_marked_expired_and_never_sent_again() {
+    let (_sandbox, concur, vault) = setup().await;
+    let (request_id, tokens) = connect(&concur).await;
+    vault
+        .store_connection("M6", &request_id, &tokens, Utc::now())
+        .await
+        .unwrap();
+    // Revoked at Concur behind our back (the user disconnected the app).
+    concur
+        .revoke_connection(&tokens.geolocation, &tokens.access_token, far())
+        .await
+        .unwrap();
+    let result = vault.access_token(&concur, "M6", "a", far()).await;
+    assert!(matches!(result, Err(VaultError::Expired(_))), "{result:?}");
+    let stored = vault.get("M6").await.unwrap().unwrap();
+    assert_eq!(stored.token_state, TokenState::Expired);
+    assert!(!VaultError::Expired("M6".into()).is_transient());
+    // Not sent again: a refresh through a client with a wrong secret would fail
+    // differently; the vault answers from its own record.
+    let unreachable = ConcurClient::new(ConcurConfig::new(
+        BaseUrl::parse("http://127.0.0.1:9").unwrap(),
+        "sandbox-client",
+        SecretString::from("sandbox-secret"),
+    ))
+    .unwrap();
+    let again = vault.access_token(&unreachable, "M6", "b", far()).await;
+    assert!(matches!(again, Err(VaultError::Expired(_))), "{again:?}");
+}
+
+#[test]
+fn the_refresh_lease_outlasts_the_call_budget() {
+    use triplink_shared::vault::{refresh_lease, REFRESH_LEASE_MIN};
+    assert!(REFRESH_LEASE_MIN > triplink_shared::concur::DEFAULT_CALL_TIMEOUT);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        assert!(refresh_lease(Instant::now()) >= REFRESH_LEASE_MIN);
+        let long = Instant::now() + Duration::from_secs(600);
+        assert!(refresh_lease(long) > Duration::from_secs(600));
+    });
+}
+
+#[tokio::test]
+async fn the_stored_connection_carries_no_token_in_debug_output() {
+    let (_sandbox, concur, vault) = setup().await;
+    let (request_id, tokens) = connect(&concur).await;
+    vault
+        .store_connection("M7", &request_id, &tokens, Utc::now())
+        .await
+        .unwrap();
+    let fresh = vault.access_token(&concur, "M7", "a", far()).await.unwrap();
+    let stored = vault.get("M7").await.unwrap().unwrap();
+    for secret in [
+        tokens.refresh_token.expose_secret(),
+        tokens.access_token.expose_secret(),
+        fresh.refresh_token.expose_secret(),
+        fresh.access_token.expose_secret(),
+    ] {
+        for debug in [
+            format!("{tokens:?}"),
+            format!("{fresh:?}"),
+            format!("{stored:?}"),
+        ] {
+            assert!(!debug.contains(secret), "a token in Debug output");
+        }
+    }
 }

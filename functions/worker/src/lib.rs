@@ -243,7 +243,9 @@ impl<E: Encryptor> ConnectionSink for TokenVault<E> {
         tokens: &UserTokens,
         now: DateTime<Utc>,
     ) -> Result<(), VaultError> {
-        TokenVault::store_connection(self, member_id, request_id, tokens, now).await
+        TokenVault::store_connection(self, member_id, request_id, tokens, now)
+            .await
+            .map(|_replaced| ())
     }
     async fn connected_since(
         &self,
@@ -391,7 +393,12 @@ pub async fn from_env(env: &impl Env) -> Result<DeployedWorker, ConfigError> {
             dynamo,
             connections_table,
             KmsEncryptor::new(aws_sdk_kms::Client::new(&aws), kms_key_id),
-        ),
+        )
+        .with_metrics(Metrics::new(
+            env.get("METRICS_NAMESPACE")
+                .unwrap_or_else(|| "TripLink".into()),
+            "vault",
+        )),
         settings,
         metrics: Metrics::new(
             env.get("METRICS_NAMESPACE")

@@ -17,7 +17,9 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 use url::Url;
 
-use super::auth::{id_token_subject, parse_oauth_error, OAuthErrorKind, TokenResponse, UserTokens};
+use super::auth::{
+    id_token_subject, parse_oauth_error, OAuthErrorKind, TokenResponse, UserTokens, MAX_TOKEN_LEN,
+};
 use super::base_url::BaseUrl;
 use super::error::{CallInfo, ConcurError};
 use super::retry::{parse_retry_after, Decision, RetryPolicy};
@@ -33,6 +35,12 @@ pub const MAX_PAGE_LIMIT: u32 = 10;
 /// The HTTP status codes page: "The web service should return a response within 60
 /// seconds."
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The largest answer body read from the token endpoint (a token answer is a few KiB).
+pub const MAX_TOKEN_BODY: usize = 64 * 1024;
+
+/// The largest answer body read from an API call (a page holds at most ten requests).
+pub const MAX_API_BODY: usize = 4 * 1024 * 1024;
 
 /// Everything the client needs to know.
 #[derive(Debug, Clone)]
@@ -304,7 +312,23 @@ impl ConcurClient {
         let headers = response.headers().clone();
         info.status = Some(status.as_u16());
         info.correlation_id = correlation_id(&headers);
-        let body = response.text().await.map_err(|e| transport(&info, e))?;
+        let max_body = if call.op == "token" {
+            MAX_TOKEN_BODY
+        } else {
+            MAX_API_BODY
+        };
+        let mut response = response;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| transport(&info, e))? {
+            if bytes.len() + chunk.len() > max_body {
+                return Err(ConcurError::Malformed {
+                    info,
+                    message: format!("answer body larger than {max_body} bytes"),
+                });
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        let body = String::from_utf8_lossy(&bytes).into_owned();
         debug!(
             op = call.op,
             status = status.as_u16(),
@@ -434,6 +458,9 @@ impl ConcurClient {
         if parsed.access_token.trim().is_empty() {
             return Err(response.malformed("token response without access_token"));
         }
+        if parsed.access_token.len() > MAX_TOKEN_LEN {
+            return Err(response.malformed("access_token longer than the cap"));
+        }
         Ok((parsed, response.info))
     }
 
@@ -524,10 +551,18 @@ impl ConcurClient {
         fallback_user: Option<&str>,
     ) -> Result<UserTokens, ConcurError> {
         let expires_in = response.lifetime();
+        let refresh_expires_at = response.refresh_expires_at(chrono::Utc::now());
         let malformed = |message: &str| ConcurError::Malformed {
             info: info.clone(),
             message: message.to_owned(),
         };
+        if response
+            .refresh_token
+            .as_ref()
+            .is_some_and(|t| t.len() > MAX_TOKEN_LEN)
+        {
+            return Err(malformed("refresh_token longer than the cap"));
+        }
         let refresh_token = match response.refresh_token.filter(|t| !t.trim().is_empty()) {
             Some(token) => SecretString::from(token),
             None => fallback_refresh
@@ -547,6 +582,7 @@ impl ConcurClient {
             .or_else(|| fallback_user.map(str::to_owned));
         Ok(UserTokens {
             expires_in,
+            refresh_expires_at,
             access_token: SecretString::from(response.access_token),
             refresh_token,
             geolocation,
