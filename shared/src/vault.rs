@@ -281,6 +281,78 @@ fn is_condition_failure<E: aws_sdk_dynamodb::error::ProvideErrorMetadata, R>(
         .is_some_and(|code| code == "ConditionalCheckFailedException")
 }
 
+/// The keep-alive's knobs.
+#[derive(Debug, Clone)]
+pub struct KeepAliveSettings {
+    /// Members renewed per run at most.
+    pub batch: usize,
+    /// Renew a token refreshed longer ago than this, or expiring within it.
+    pub renew_after: chrono::Duration,
+    /// Scan pages read per run at most.
+    pub max_pages: u32,
+}
+
+impl Default for KeepAliveSettings {
+    fn default() -> Self {
+        Self {
+            batch: 25,
+            renew_after: chrono::Duration::days(30),
+            max_pages: 20,
+        }
+    }
+}
+
+/// What one keep-alive run did (counts only).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KeepAliveSummary {
+    pub due: u32,
+    pub renewed: u32,
+    /// Refused by Concur (expired or revoked): marked, never retried.
+    pub expired: u32,
+    /// Another refresh held the lease.
+    pub busy: u32,
+    pub failed: u32,
+    /// Left for the next run (the deadline came first).
+    pub not_reached: u32,
+}
+
+/// A keep-alive the poller runs after its poll (object-safe, so the poller need not
+/// name the encryptor).
+pub trait KeepAliveRun: Send + Sync {
+    fn run(
+        &self,
+        deadline: Instant,
+    ) -> std::pin::Pin<Box<dyn Future<Output = KeepAliveSummary> + Send + '_>>;
+}
+
+/// The deployed keep-alive: the vault, the Concur client and the knobs.
+pub struct KeepAlive<E> {
+    pub vault: TokenVault<E>,
+    pub concur: std::sync::Arc<ConcurClient>,
+    pub settings: KeepAliveSettings,
+    /// The lease owner written while a token is refreshed.
+    pub owner: String,
+}
+
+impl<E: Encryptor> KeepAliveRun for KeepAlive<E> {
+    fn run(
+        &self,
+        deadline: Instant,
+    ) -> std::pin::Pin<Box<dyn Future<Output = KeepAliveSummary> + Send + '_>> {
+        Box::pin(async move {
+            self.vault
+                .keep_alive(
+                    &self.concur,
+                    &self.owner,
+                    Utc::now(),
+                    &self.settings,
+                    deadline,
+                )
+                .await
+        })
+    }
+}
+
 /// How a conditional write of a rotated token ended.
 enum RotationWrite {
     Stored,
@@ -686,6 +758,101 @@ impl<E: Encryptor> TokenVault<E> {
                 Err(e)
             }
         }
+    }
+
+    /// Members whose refresh token is due for renewal at `now`: active, and refreshed
+    /// longer than `renew_after` ago (or never), or expiring within it. A scan bounded by
+    /// `batch` members and `max_pages` pages; expired connections are never due.
+    pub async fn due_for_renewal(
+        &self,
+        now: DateTime<Utc>,
+        settings: &KeepAliveSettings,
+    ) -> Result<Vec<String>, VaultError> {
+        let cutoff = timestamp(now - settings.renew_after);
+        let soon = timestamp(now + settings.renew_after);
+        let mut due = Vec::new();
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        for _ in 0..settings.max_pages.max(1) {
+            let page = self
+                .dynamo
+                .scan()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .filter_expression(
+                    "(attribute_not_exists(#state) OR #state = :active) AND \
+                     (attribute_not_exists(#refreshed) OR #refreshed < :cutoff OR #expires < :soon)",
+                )
+                .projection_expression("#id")
+                .expression_attribute_names("#id", attr::MEMBER_ID)
+                .expression_attribute_names("#state", attr::TOKEN_STATE)
+                .expression_attribute_names("#refreshed", attr::REFRESHED_AT)
+                .expression_attribute_names("#expires", attr::REFRESH_EXPIRES_AT)
+                .expression_attribute_values(":active", s(TokenState::Active.as_str()))
+                .expression_attribute_values(":cutoff", s(cutoff.clone()))
+                .expression_attribute_values(":soon", s(soon.clone()))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| sdk_error("Scan", e))?;
+            for item in page.items.unwrap_or_default() {
+                if let Some(id) = text(&item, attr::MEMBER_ID) {
+                    due.push(id);
+                    if due.len() >= settings.batch {
+                        return Ok(due);
+                    }
+                }
+            }
+            match page.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => break,
+            }
+        }
+        Ok(due)
+    }
+
+    /// Renew a bounded batch of refresh tokens due at `now` (see [`Self::due_for_renewal`]):
+    /// each is refreshed (and its rotation stored) like any other refresh. Tokens Concur
+    /// refuses (108: expired or revoked) are marked `expired` and counted, never tried
+    /// again.
+    pub async fn keep_alive(
+        &self,
+        concur: &ConcurClient,
+        owner: &str,
+        now: DateTime<Utc>,
+        settings: &KeepAliveSettings,
+        deadline: Instant,
+    ) -> KeepAliveSummary {
+        let mut summary = KeepAliveSummary::default();
+        let due = match self.due_for_renewal(now, settings).await {
+            Ok(due) => due,
+            Err(e) => {
+                warn!(error = %e, "could not list the refresh tokens due for renewal");
+                summary.failed += 1;
+                return summary;
+            }
+        };
+        summary.due = due.len() as u32;
+        for member_id in &due {
+            if Instant::now() >= deadline {
+                summary.not_reached += 1;
+                continue;
+            }
+            match self.access_token(concur, member_id, owner, deadline).await {
+                Ok(_) => summary.renewed += 1,
+                Err(VaultError::Expired(_)) => summary.expired += 1,
+                Err(VaultError::Busy(_)) => summary.busy += 1,
+                Err(VaultError::NotConnected(_)) => {}
+                Err(e) => {
+                    warn!(member_id, error = %e, "refresh token renewal failed");
+                    summary.failed += 1;
+                    // Concur asked for a pause: leave the rest for a later run.
+                    if matches!(&e, VaultError::Concur(c) if c.pause().is_some()) {
+                        break;
+                    }
+                }
+            }
+        }
+        summary
     }
 
     /// Revoke a member's connection at Concur and delete it here (a member unlinks).

@@ -65,6 +65,8 @@ async fn setup_on(
 ) -> (Sandbox, ConcurClient, TokenVault<Recording>) {
     let mut config = Config::for_tests();
     config.users = 2;
+    // The virtual clock starts now (frozen): refresh expiries are real dates.
+    config.clock_start = None;
     let sandbox = spawn(config).await.unwrap();
     let concur = ConcurClient::new(ConcurConfig::new(
         BaseUrl::parse(&sandbox.local_url).unwrap(),
@@ -330,4 +332,108 @@ async fn the_stored_connection_carries_no_token_in_debug_output() {
             assert!(!debug.contains(secret), "a token in Debug output");
         }
     }
+}
+
+async fn advance(sandbox: &Sandbox, days: i64) {
+    reqwest::Client::new()
+        .post(sandbox.url("/_sandbox/clock/advance"))
+        .json(&serde_json::json!({"seconds": days * 86_400}))
+        .send()
+        .await
+        .unwrap();
+}
+
+/// Connect both seeded users as members K1 and K2.
+async fn connect_two(concur: &ConcurClient, vault: &TokenVault<Recording>) {
+    let page = concur.list_page(10, None, far()).await.unwrap();
+    for (member, request) in ["K1", "K2"].iter().zip(&page.items) {
+        let tokens = concur
+            .exchange_request_token(
+                request.user_id.as_deref().unwrap(),
+                request.request_token.as_ref().unwrap(),
+                far(),
+            )
+            .await
+            .unwrap();
+        vault
+            .store_connection(member, &request.id, &tokens, Utc::now())
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn keep_alive_renews_tokens_due_and_marks_expired_ones_once() {
+    use triplink_shared::vault::KeepAliveSettings;
+    let (sandbox, concur, vault) = setup().await;
+    connect_two(&concur, &vault).await;
+    let settings = KeepAliveSettings::default();
+    // Freshly connected: nothing is due.
+    assert!(vault
+        .due_for_renewal(Utc::now(), &settings)
+        .await
+        .unwrap()
+        .is_empty());
+    // Four months on (Concur's clock too), both are due and renewed well before their
+    // six-month expiry.
+    advance(&sandbox, 120).await;
+    let later = Utc::now() + chrono::Duration::days(120);
+    let before: Vec<_> = [vault.get("K1").await, vault.get("K2").await]
+        .into_iter()
+        .map(|c| c.unwrap().unwrap().token_version)
+        .collect();
+    let summary = vault
+        .keep_alive(&concur, "keep-alive", later, &settings, far())
+        .await;
+    assert_eq!(
+        (summary.due, summary.renewed, summary.expired),
+        (2, 2, 0),
+        "{summary:?}"
+    );
+    for (member, version) in ["K1", "K2"].iter().zip(before) {
+        let stored = vault.get(member).await.unwrap().unwrap();
+        assert_eq!(stored.token_version, version + 1);
+        let expires =
+            chrono::DateTime::parse_from_rfc3339(stored.refresh_expires_at.as_deref().unwrap())
+                .unwrap();
+        assert!(expires > later + chrono::Duration::days(150), "{expires}");
+    }
+    // A batch of one renews one.
+    let one = KeepAliveSettings {
+        batch: 1,
+        ..settings.clone()
+    };
+    let summary = vault
+        .keep_alive(
+            &concur,
+            "keep-alive",
+            later + chrono::Duration::days(40),
+            &one,
+            far(),
+        )
+        .await;
+    assert_eq!((summary.due, summary.renewed), (1, 1), "{summary:?}");
+
+    // Seven more months without renewal: Concur refuses both (108); they are marked
+    // expired and counted once, never tried again.
+    advance(&sandbox, 220).await;
+    let much_later = later + chrono::Duration::days(220);
+    let summary = vault
+        .keep_alive(&concur, "keep-alive", much_later, &settings, far())
+        .await;
+    assert_eq!(
+        (summary.due, summary.renewed, summary.expired),
+        (2, 0, 2),
+        "{summary:?}"
+    );
+    for member in ["K1", "K2"] {
+        assert_eq!(
+            vault.get(member).await.unwrap().unwrap().token_state,
+            TokenState::Expired
+        );
+    }
+    let summary = vault
+        .keep_alive(&concur, "keep-alive", much_later, &settings, far())
+        .await;
+    assert_eq!(summary.due, 0, "{summary:?}");
 }
