@@ -157,6 +157,11 @@ impl KmsEncryptor {
             key_id: key_id.into(),
         }
     }
+
+    /// A KMS client from an AWS configuration.
+    pub fn from_sdk_config(aws: &aws_config::SdkConfig, key_id: impl Into<String>) -> Self {
+        Self::new(aws_sdk_kms::Client::new(aws), key_id)
+    }
 }
 
 const CONTEXT_KEY: &str = "triplink:member_id";
