@@ -860,20 +860,28 @@ impl<E: Encryptor> TokenVault<E> {
         summary
     }
 
-    /// Revoke a member's connection at Concur and delete it here (a member unlinks).
+    /// Revoke a member's connection at Concur (`DELETE /app-mgmt/v0/connections` with an
+    /// access token from a refresh) and delete it here: a member unlinks. A connection
+    /// Concur already refuses (108, marked `expired`) has nothing left to revoke there and
+    /// is only deleted. The entry is deleted only after Concur confirmed the revoke, so a
+    /// failed revoke can be tried again.
     pub async fn revoke(
         &self,
         concur: &ConcurClient,
         member_id: &str,
         owner: &str,
         deadline: Instant,
-    ) -> Result<(), VaultError> {
-        let tokens = self
-            .access_token(concur, member_id, owner, deadline)
-            .await?;
-        concur
-            .revoke_connection(&tokens.geolocation, &tokens.access_token, deadline)
-            .await?;
+    ) -> Result<Revoked, VaultError> {
+        let revoked = match self.access_token(concur, member_id, owner, deadline).await {
+            Ok(tokens) => {
+                concur
+                    .revoke_connection(&tokens.geolocation, &tokens.access_token, deadline)
+                    .await?;
+                Revoked::AtConcurAndHere
+            }
+            Err(VaultError::Expired(_)) => Revoked::HereOnly,
+            Err(e) => return Err(e),
+        };
         self.dynamo
             .delete_item()
             .table_name(&self.table)
@@ -881,7 +889,21 @@ impl<E: Encryptor> TokenVault<E> {
             .send()
             .await
             .map_err(|e| sdk_error("DeleteItem", e))?;
-        info!(member_id, "connection revoked");
-        Ok(())
+        info!(
+            member_id,
+            at_concur = revoked == Revoked::AtConcurAndHere,
+            "connection revoked"
+        );
+        Ok(revoked)
     }
+}
+
+/// What a revoke did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Revoked {
+    /// Revoked at Concur, then deleted from the vault.
+    AtConcurAndHere,
+    /// Concur had already refused the refresh token (expired or revoked): deleted here.
+    HereOnly,
 }
