@@ -437,3 +437,90 @@ async fn keep_alive_renews_tokens_due_and_marks_expired_ones_once() {
         .await;
     assert_eq!(summary.due, 0, "{summary:?}");
 }
+
+/// Log lines captured in memory (every level, JSON as deployed).
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn no_token_appears_in_any_log_line() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let (sandbox, concur, vault) = setup().await;
+    let mut secrets: Vec<String> = Vec::new();
+    let page = concur.list_page(10, None, far()).await.unwrap();
+    for request in &page.items {
+        secrets.push(
+            request
+                .request_token
+                .as_ref()
+                .unwrap()
+                .expose_secret()
+                .to_owned(),
+        );
+    }
+    let (request_id, tokens) = connect(&concur).await;
+    secrets.push(tokens.refresh_token.expose_secret().to_owned());
+    secrets.push(tokens.access_token.expose_secret().to_owned());
+    vault
+        .store_connection("L1", &request_id, &tokens, Utc::now())
+        .await
+        .unwrap();
+    // A refresh, a rotation write that fails once, a refused token, a keep-alive.
+    vault.encryptor().fail_next.store(1, Ordering::SeqCst);
+    let fresh = vault.access_token(&concur, "L1", "a", far()).await.unwrap();
+    secrets.push(fresh.refresh_token.expose_secret().to_owned());
+    secrets.push(fresh.access_token.expose_secret().to_owned());
+    let _ = concur
+        .refresh_user_token(&tokens.geolocation, &tokens.refresh_token, far())
+        .await;
+    let _ = vault
+        .keep_alive(
+            &concur,
+            "k",
+            Utc::now() + chrono::Duration::days(60),
+            &triplink_shared::vault::KeepAliveSettings::default(),
+            far(),
+        )
+        .await;
+    secrets.push(vault_last(&vault));
+    vault.revoke(&concur, "L1", "r", far()).await.unwrap();
+    let _ = vault.access_token(&concur, "L1", "b", far()).await;
+    // The app token too.
+    secrets.push(
+        concur
+            .app_token(far())
+            .await
+            .unwrap()
+            .expose_secret()
+            .to_owned(),
+    );
+    drop(sandbox);
+
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains("rotated refresh token"),
+        "the run was logged: {logs}"
+    );
+    for secret in &secrets {
+        assert!(secret.len() >= 16);
+        assert!(!logs.contains(secret.as_str()), "a token in the logs");
+    }
+}
