@@ -39,6 +39,9 @@ pub struct TokensReport {
     pub past_expiry: u64,
     /// A refresh holds the lease right now.
     pub refreshing_now: u64,
+    /// Connections of another Concur user that a member's new connection replaced,
+    /// waiting for the keep-alive to revoke them at Concur.
+    pub awaiting_revoke: u64,
     pub by_age: AgeCounts,
 }
 
@@ -97,10 +100,17 @@ pub async fn tokens_paged(
 }
 
 fn count(report: &mut TokensReport, item: &HashMap<String, AttributeValue>, now: DateTime<Utc>) {
-    report.total += 1;
-    if text(item, attr::TOKEN_STATE) == Some("expired") {
-        report.expired += 1;
-        return;
+    match text(item, attr::TOKEN_STATE) {
+        Some("expired") => {
+            report.total += 1;
+            report.expired += 1;
+            return;
+        }
+        Some("replaced") => {
+            report.awaiting_revoke += 1;
+            return;
+        }
+        _ => report.total += 1,
     }
     report.active += 1;
     if let Some(expires) = parse_time(text(item, attr::REFRESH_EXPIRES_AT)) {
@@ -147,6 +157,7 @@ impl Render for TokensReport {
             ),
             ("active, past expiry", self.past_expiry),
             ("being refreshed now", self.refreshing_now),
+            ("replaced, awaiting revoke", self.awaiting_revoke),
         ] {
             states.row([name.to_owned(), count.to_string()]);
         }

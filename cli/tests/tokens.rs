@@ -37,13 +37,14 @@ async fn tokens_counts_states_and_ages_without_any_value() {
     let ahead = |d: i64| timestamp(now + chrono::Duration::days(d));
     // (member, token_state, refreshed_at, refresh_expires_at)
     type Row<'a> = (&'a str, Option<&'a str>, Option<String>, Option<String>);
-    let rows: [Row; 6] = [
+    let rows: [Row; 7] = [
         ("m-1", None, Some(days(1)), Some(ahead(180))),
         ("m-2", Some("active"), Some(days(20)), Some(ahead(160))),
         ("m-3", Some("active"), Some(days(100)), Some(ahead(20))),
         ("m-4", Some("active"), Some(days(200)), Some(days(10))),
         ("m-5", Some("expired"), Some(days(190)), Some(days(5))),
         ("m-6", None, None, None),
+        ("replaced#m-1#1", Some("replaced"), Some(days(1)), None),
     ];
     let dynamo = testing::dynamodb();
     for (member, state, refreshed, expires) in rows {
@@ -72,6 +73,7 @@ async fn tokens_counts_states_and_ages_without_any_value() {
     }
     let report = tokens_paged(&dynamo, &table, now, Some(2)).await.unwrap();
     assert_eq!((report.total, report.active, report.expired), (6, 5, 1));
+    assert_eq!(report.awaiting_revoke, 1);
     assert_eq!(report.expiring_within_30_days, 1);
     assert_eq!(report.past_expiry, 1);
     let a = &report.by_age;

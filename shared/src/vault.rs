@@ -53,7 +53,13 @@ pub mod attr {
     pub const REFRESH_EXPIRES_AT: &str = "refresh_expires_at";
     /// S: [`super::TokenState`].
     pub const TOKEN_STATE: &str = "token_state";
+    /// S: on a replaced connection awaiting its revoke, the member id its token was
+    /// encrypted for (the KMS encryption context).
+    pub const CONTEXT_MEMBER_ID: &str = "context_member_id";
 }
+
+/// Key prefix of a replaced connection awaiting its revoke at Concur.
+pub const REPLACED_PREFIX: &str = "replaced#";
 
 /// The shortest refresh lease: one whole call (the client's call timeout) and room for
 /// the durable write of the rotated token after it.
@@ -76,6 +82,9 @@ pub enum TokenState {
     Active,
     /// Concur refused it (OAuth 108: expired or revoked). The member must connect again.
     Expired,
+    /// The connection of another Concur user that a new connection of the member
+    /// replaced: kept only until the keep-alive revokes it at Concur.
+    Replaced,
 }
 
 impl TokenState {
@@ -83,12 +92,14 @@ impl TokenState {
         match self {
             Self::Active => "active",
             Self::Expired => "expired",
+            Self::Replaced => "replaced",
         }
     }
 
     fn parse(value: Option<&str>) -> Self {
         match value {
             Some("expired") => Self::Expired,
+            Some("replaced") => Self::Replaced,
             _ => Self::Active,
         }
     }
@@ -319,6 +330,8 @@ pub struct KeepAliveSummary {
     pub failed: u32,
     /// Left for the next run (the deadline came first).
     pub not_reached: u32,
+    /// Replaced connections of another Concur user revoked at Concur.
+    pub replaced_revoked: u32,
 }
 
 /// A keep-alive the poller runs after its poll (object-safe, so the poller need not
@@ -431,6 +444,22 @@ impl<E: Encryptor> TokenVault<E> {
             .encryptor
             .encrypt(&tokens.refresh_token, member_id)
             .await?;
+        // The live connection of another Concur user would be orphaned at Concur: it is
+        // kept aside (before the write replaces it) for the keep-alive to revoke. The
+        // same user's older token is simply replaced (a revoke would end the new one).
+        if let Some(old) = self.get(member_id).await? {
+            let another_user = matches!(
+                (&old.concur_user_id, &tokens.user_id),
+                (Some(a), Some(b)) if a != b
+            );
+            if another_user && old.token_state == TokenState::Active {
+                self.queue_revoke(&old, now).await?;
+                info!(
+                    member_id,
+                    "the member's connection of another Concur user is replaced; its revoke is queued"
+                );
+            }
+        }
         let mut set = String::from(
             "SET #geo = :geo, #cipher = :cipher, #request = :request, #connected = :now, \
              #refreshed = :now, #expires = :expires, #state = :active",
@@ -484,6 +513,138 @@ impl<E: Encryptor> TokenVault<E> {
             );
         }
         Ok(replaced)
+    }
+
+    /// Keep a replaced connection aside, under its own key, for its revoke.
+    async fn queue_revoke(
+        &self,
+        old: &StoredConnection,
+        now: DateTime<Utc>,
+    ) -> Result<(), VaultError> {
+        let key = format!("{REPLACED_PREFIX}{}#{}", old.member_id, old.token_version);
+        let mut put = self
+            .dynamo
+            .put_item()
+            .table_name(&self.table)
+            .item(attr::MEMBER_ID, s(key))
+            .item(attr::CONTEXT_MEMBER_ID, s(old.member_id.clone()))
+            .item(attr::GEOLOCATION, s(old.geolocation.clone()))
+            .item(
+                attr::REFRESH_TOKEN_CIPHERTEXT,
+                AttributeValue::B(Blob::new(old.ciphertext.clone())),
+            )
+            .item(attr::TOKEN_STATE, s(TokenState::Replaced.as_str()))
+            .item(attr::REFRESHED_AT, s(timestamp(now)));
+        if let Some(user) = &old.concur_user_id {
+            put = put.item(attr::CONCUR_USER_ID, s(user.clone()));
+        }
+        put.send().await.map_err(|e| sdk_error("PutItem", e))?;
+        Ok(())
+    }
+
+    /// Revoke at Concur (and then delete) up to `batch` replaced connections awaiting
+    /// it. Returns (revoked, failed).
+    pub async fn revoke_replaced(
+        &self,
+        concur: &ConcurClient,
+        batch: usize,
+        deadline: Instant,
+    ) -> (u32, u32) {
+        let (mut revoked, mut failed) = (0, 0);
+        let items = match self
+            .dynamo
+            .scan()
+            .table_name(&self.table)
+            .filter_expression("#state = :replaced")
+            .expression_attribute_names("#state", attr::TOKEN_STATE)
+            .expression_attribute_values(":replaced", s(TokenState::Replaced.as_str()))
+            .send()
+            .await
+        {
+            Ok(output) => output.items.unwrap_or_default(),
+            Err(e) => {
+                warn!(error = %sdk_error("Scan", e), "could not list replaced connections");
+                return (0, 1);
+            }
+        };
+        for item in items.into_iter().take(batch) {
+            let Some(key) = text(&item, attr::MEMBER_ID) else {
+                continue;
+            };
+            let Some(context) = text(&item, attr::CONTEXT_MEMBER_ID) else {
+                continue;
+            };
+            match self
+                .revoke_one_replaced(concur, &key, &context, item, deadline)
+                .await
+            {
+                Ok(()) => revoked += 1,
+                Err(e) => {
+                    warn!(member_id = %context, error = %e, "a replaced connection could not be revoked yet");
+                    failed += 1;
+                }
+            }
+        }
+        (revoked, failed)
+    }
+
+    async fn revoke_one_replaced(
+        &self,
+        concur: &ConcurClient,
+        key: &str,
+        context: &str,
+        item: HashMap<String, AttributeValue>,
+        deadline: Instant,
+    ) -> Result<(), VaultError> {
+        let old = parse(key, item)?;
+        let refresh = self.encryptor.decrypt(&old.ciphertext, context).await?;
+        let geolocation = BaseUrl::parse(&old.geolocation).map_err(|e| VaultError::Corrupt {
+            member_id: context.to_owned(),
+            message: e.to_string(),
+        })?;
+        match concur
+            .refresh_user_token(&geolocation, &refresh, deadline)
+            .await
+        {
+            Ok(tokens) => {
+                // Keep the rotated token until Concur confirmed the revoke.
+                let ciphertext = self
+                    .encryptor
+                    .encrypt(&tokens.refresh_token, context)
+                    .await?;
+                self.dynamo
+                    .update_item()
+                    .table_name(&self.table)
+                    .key(attr::MEMBER_ID, s(key))
+                    .update_expression("SET #cipher = :cipher")
+                    .expression_attribute_names("#cipher", attr::REFRESH_TOKEN_CIPHERTEXT)
+                    .expression_attribute_values(
+                        ":cipher",
+                        AttributeValue::B(Blob::new(ciphertext)),
+                    )
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("UpdateItem", e))?;
+                concur
+                    .revoke_connection(&tokens.geolocation, &tokens.access_token, deadline)
+                    .await?;
+            }
+            // Nothing left to revoke there.
+            Err(e) if e.oauth_kind() == Some(OAuthErrorKind::RefreshTokenInvalid) => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.dynamo
+            .delete_item()
+            .table_name(&self.table)
+            .key(attr::MEMBER_ID, s(key))
+            .send()
+            .await
+            .map_err(|e| sdk_error("DeleteItem", e))?;
+        info!(
+            member_id = context,
+            "a replaced connection was revoked at Concur"
+        );
+        Ok(())
     }
 
     /// A member's stored connection (no secret in it).
@@ -852,10 +1013,15 @@ impl<E: Encryptor> TokenVault<E> {
                     summary.failed += 1;
                     // Concur asked for a pause: leave the rest for a later run.
                     if matches!(&e, VaultError::Concur(c) if c.pause().is_some()) {
-                        break;
+                        return summary;
                     }
                 }
             }
+        }
+        if Instant::now() < deadline {
+            let (revoked, failed) = self.revoke_replaced(concur, settings.batch, deadline).await;
+            summary.replaced_revoked = revoked;
+            summary.failed += failed;
         }
         summary
     }

@@ -524,3 +524,74 @@ async fn no_token_appears_in_any_log_line() {
         assert!(!logs.contains(secret.as_str()), "a token in the logs");
     }
 }
+
+/// Live refresh tokens of a Concur user at the sandbox (white box).
+fn live_refresh_tokens(sandbox: &Sandbox, user: &str) -> usize {
+    let world = sandbox.state.world();
+    world
+        .refresh_tokens
+        .values()
+        .filter(|t| t.user_id.to_string() == user && !t.revoked)
+        .count()
+}
+
+#[tokio::test]
+async fn a_connection_of_another_user_replaced_is_revoked_at_concur_by_the_keep_alive() {
+    use triplink_shared::vault::KeepAliveSettings;
+    let (sandbox, concur, vault) = setup().await;
+    let page = concur.list_page(10, None, far()).await.unwrap();
+    let mut users = Vec::new();
+    for request in &page.items[..2] {
+        let tokens = concur
+            .exchange_request_token(
+                request.user_id.as_deref().unwrap(),
+                request.request_token.as_ref().unwrap(),
+                far(),
+            )
+            .await
+            .unwrap();
+        let user = tokens.user_id.clone().unwrap();
+        // The same member connects from two Concur users, one after the other.
+        vault
+            .store_connection("R", &request.id, &tokens, Utc::now())
+            .await
+            .unwrap();
+        users.push(user);
+    }
+    assert_eq!(live_refresh_tokens(&sandbox, &users[0]), 1);
+    let stored = vault.get("R").await.unwrap().unwrap();
+    assert_eq!(stored.concur_user_id.as_deref(), Some(users[1].as_str()));
+
+    let summary = vault
+        .keep_alive(
+            &concur,
+            "k",
+            Utc::now(),
+            &KeepAliveSettings::default(),
+            far(),
+        )
+        .await;
+    assert_eq!(summary.replaced_revoked, 1, "{summary:?}");
+    assert_eq!(
+        live_refresh_tokens(&sandbox, &users[0]),
+        0,
+        "no orphan at Concur"
+    );
+    assert_eq!(
+        live_refresh_tokens(&sandbox, &users[1]),
+        1,
+        "the new one lives"
+    );
+    vault.access_token(&concur, "R", "a", far()).await.unwrap();
+    // Done once: nothing left to revoke.
+    let again = vault
+        .keep_alive(
+            &concur,
+            "k",
+            Utc::now(),
+            &KeepAliveSettings::default(),
+            far(),
+        )
+        .await;
+    assert_eq!(again.replaced_revoked, 0);
+}

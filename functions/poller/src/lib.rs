@@ -604,7 +604,7 @@ impl<C: PendingSource, S: RequestStore + SweepStore> Poller<C, S> {
             return;
         }
         let summary = keep_alive.run(deadline).await;
-        if summary.due > 0 || summary.failed > 0 {
+        if summary.due > 0 || summary.failed > 0 || summary.replaced_revoked > 0 {
             info!(
                 due = summary.due,
                 renewed = summary.renewed,
@@ -612,6 +612,7 @@ impl<C: PendingSource, S: RequestStore + SweepStore> Poller<C, S> {
                 busy = summary.busy,
                 failed = summary.failed,
                 not_reached = summary.not_reached,
+                replaced_revoked = summary.replaced_revoked,
                 "refresh token keep-alive finished"
             );
         }
