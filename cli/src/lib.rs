@@ -13,15 +13,17 @@ pub mod output;
 pub mod retry;
 pub mod show;
 pub mod status;
+pub mod tokens;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use triplink_shared::config::Env;
+use triplink_shared::config::{ConcurSettings, Env};
 use triplink_shared::members::DynamoMemberDirectory;
 use triplink_shared::store::layout::DEFAULT_RETENTION_DAYS;
 use triplink_shared::store::DynamoRequestStore;
+use triplink_shared::vault::{KmsEncryptor, TokenVault};
 
 pub use output::OutputFormat;
 
@@ -89,10 +91,19 @@ pub struct GlobalOptions {
     )]
     pub members_table: String,
 
-    /// The connections table (accepted for symmetry with the functions; no command
-    /// reads it yet).
-    #[arg(long, env = "CONNECTIONS_TABLE", global = true, value_name = "NAME")]
-    pub connections_table: Option<String>,
+    /// The connections table (the token vault): `tokens` and `connections`.
+    #[arg(
+        long,
+        env = "CONNECTIONS_TABLE",
+        default_value = "triplink-connections",
+        global = true,
+        value_name = "NAME"
+    )]
+    pub connections_table: String,
+
+    /// The KMS key of the refresh tokens (`connections revoke`).
+    #[arg(long, env = "KMS_KEY_ID", global = true, value_name = "KEY")]
+    pub kms_key_id: Option<String>,
 
     /// Output format: a human-readable table, or JSON for scripts.
     #[arg(long, value_enum, default_value_t = OutputFormat::Table, global = true)]
@@ -138,6 +149,27 @@ pub enum Command {
     Members {
         #[command(subcommand)]
         command: MembersCommand,
+    },
+    /// Count the stored refresh tokens by state and by age (counts only, never a value).
+    Tokens,
+    /// Members' Concur connections (the token vault).
+    Connections {
+        #[command(subcommand)]
+        command: ConnectionsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConnectionsCommand {
+    /// Revoke a member's connection at Concur (DELETE /app-mgmt/v0/connections with the
+    /// user's token) and delete it from the vault (the member unlinked).
+    ///
+    /// Needs the Concur settings of the functions (CONCUR_API_BASE_URL,
+    /// CONCUR_CLIENT_SECRET_SOURCE, ...) and KMS_KEY_ID. A connection Concur already
+    /// refuses (expired or revoked) is only deleted.
+    Revoke {
+        /// The member id.
+        member_id: String,
     },
 }
 
@@ -254,6 +286,33 @@ pub async fn execute<E: Env + Send + Sync>(cli: Cli, env: E) -> Result<Finished,
                 && report.failed.is_empty()
                 && report.manifest_error.is_none();
             Ok(output::finished(&report, format, success))
+        }
+        Command::Tokens => {
+            let report =
+                tokens::tokens_paged(&dynamo, &global.connections_table, chrono::Utc::now(), None)
+                    .await?;
+            Ok(output::finished(&report, format, true))
+        }
+        Command::Connections {
+            command: ConnectionsCommand::Revoke { member_id },
+        } => {
+            let key = global
+                .kms_key_id
+                .clone()
+                .ok_or_else(|| CliError::new("--kms-key-id (KMS_KEY_ID) is required"))?;
+            let concur = ConcurSettings::from_env(&env)
+                .map_err(|e| CliError(e.to_string()))?
+                .client(&aws, &env)
+                .await
+                .map_err(|e| CliError(e.to_string()))?;
+            let vault = TokenVault::new(
+                dynamo,
+                global.connections_table.clone(),
+                KmsEncryptor::from_sdk_config(&aws, key),
+            );
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
+            let report = tokens::revoke(&vault, &concur, &member_id, deadline).await?;
+            Ok(output::finished(&report, format, true))
         }
     }
 }

@@ -60,6 +60,12 @@ pub struct Config {
     #[arg(long, env = "SANDBOX_REFRESH_TOKEN_TTL", default_value_t = 15_811_200)]
     pub refresh_token_ttl: i64,
 
+    /// Every GET (list or by id) issues a new request token and invalidates the earlier
+    /// ones of that request (they are refused with code 103), as an implementation may:
+    /// request tokens are single-use and short-lived.
+    #[arg(long, env = "SANDBOX_SUPERSEDE_REQUEST_TOKENS")]
+    pub supersede_request_tokens: bool,
+
     /// HTTP status for an expired or revoked bearer token on API calls: 401, or 403
     /// as the HTTP status codes page says.
     #[arg(long, env = "SANDBOX_EXPIRED_TOKEN_STATUS", default_value_t = 401,

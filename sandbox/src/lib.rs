@@ -167,6 +167,7 @@ pub fn build_state(config: &Config, addr: SocketAddr) -> Result<SharedState, Sta
         creu_max_requeues: config.creu_max_requeues,
         crret_delay: config.crret_delay,
         crret_max_requeues: config.crret_max_requeues,
+        supersede_request_tokens: config.supersede_request_tokens,
     };
     let mut rules_f = Vec::new();
     for spec in &config.faults {

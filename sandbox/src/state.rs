@@ -30,6 +30,9 @@ pub struct Rules {
     pub crret_delay: i64,
     /// How many times CRRET may requeue a request (48); the next CRRET ends it.
     pub crret_max_requeues: u32,
+    /// A new request token invalidates the earlier ones of its request (default: they
+    /// keep working until they expire or one of them is exchanged).
+    pub supersede_request_tokens: bool,
 }
 
 impl Default for Rules {
@@ -42,6 +45,7 @@ impl Default for Rules {
             creu_max_requeues: 4,
             crret_delay: 3600,
             crret_max_requeues: 48,
+            supersede_request_tokens: false,
         }
     }
 }
@@ -395,10 +399,19 @@ impl World {
     }
 
     /// Issues a fresh request token for an outstanding request (a GET returned it).
-    /// Earlier tokens keep working until they expire or one of them is exchanged.
+    /// Earlier tokens keep working until they expire or one of them is exchanged, unless
+    /// `supersede_request_tokens` is set: then they stop working now.
     pub fn issue_request_token(&mut self, id: Uuid, now: DateTime<Utc>) -> Option<String> {
         let token = opaque_token(&mut self.rng, 32);
         let ttl = self.rules.request_token_ttl;
+        let supersede = self.rules.supersede_request_tokens;
+        if supersede && self.request(id).is_some_and(|r| r.state.outstanding()) {
+            for t in self.request_tokens.values_mut() {
+                if t.request_id == id {
+                    t.used = true;
+                }
+            }
+        }
         let r = self.request_mut(id)?;
         if !r.state.outstanding() {
             return r.current_token.clone();

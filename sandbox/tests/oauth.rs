@@ -445,3 +445,27 @@ async fn the_elsewhere_fault_answers_code_16_on_the_exchange_only() {
         assert_eq!(t.set_faults(&[bad]).await, StatusCode::BAD_REQUEST, "{bad}");
     }
 }
+
+#[tokio::test]
+async fn superseding_request_tokens_kills_the_earlier_ones_on_every_get() {
+    for supersede in [false, true] {
+        let mut config = Config::for_tests();
+        config.supersede_request_tokens = supersede;
+        let t = start_with(config).await;
+        t.users(1).await;
+        let app = t.app_token().await;
+        let (user, first) = request_token(&t, &app).await;
+        let (again, second) = request_token(&t, &app).await;
+        assert_eq!(user, again);
+        assert_ne!(first, second, "every GET issues a new token");
+        let (s, v) = exchange(&t, &user, &first).await;
+        if supersede {
+            assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+            assert_eq!(v["code"], 103);
+            let (s, v) = exchange(&t, &user, &second).await;
+            assert_eq!(s, StatusCode::OK, "the current token still works: {v}");
+        } else {
+            assert_eq!(s, StatusCode::OK, "earlier tokens keep working: {v}");
+        }
+    }
+}

@@ -424,9 +424,38 @@ impl ConcurSettings {
         if self.in_deployed_lambda && self.api_base.is_loopback() {
             tracing::warn!("CONCUR_API_BASE_URL is a loopback address in a deployed function");
         }
-        ConcurClient::new(config).map_err(|e| ConfigError::Secret {
-            source_name: "HTTP client".into(),
-            message: e.to_string(),
+        let provider = SourceSecretProvider {
+            source: self.secret_source.clone(),
+            aws: aws.clone(),
+            configured_id: self.client_id.clone(),
+        };
+        ConcurClient::new(config)
+            .map(|client| client.with_secret_provider(std::sync::Arc::new(provider)))
+            .map_err(|e| ConfigError::Secret {
+                source_name: "HTTP client".into(),
+                message: e.to_string(),
+            })
+    }
+}
+
+/// Fetches the client credentials again from their source (`env:` sources read the
+/// process environment).
+struct SourceSecretProvider {
+    source: SecretSource,
+    aws: SdkConfig,
+    configured_id: Option<String>,
+}
+
+impl crate::concur::SecretProvider for SourceSecretProvider {
+    fn fetch(&self) -> crate::concur::SecretFuture<'_> {
+        Box::pin(async move {
+            let secret = self
+                .source
+                .fetch(&self.aws, &ProcessEnv)
+                .await
+                .map_err(|e| e.to_string())?;
+            let credentials = credentials_from_secret(&secret, self.configured_id.clone())?;
+            Ok((credentials.client_id, credentials.client_secret))
         })
     }
 }

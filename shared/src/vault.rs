@@ -5,8 +5,15 @@
 //!   connections table, with the user's `geolocation` and Concur user id. It is never
 //!   logged: in memory it is a `SecretString`.
 //! * [`TokenVault::access_token`] refreshes at the user's geolocation and stores the
-//!   rotated refresh token back. Two refreshes never race: a refresh first takes a lease
-//!   with a conditional write, and only the lease holder writes the rotated token.
+//!   rotated refresh token back. The refresh grant invalidates the old refresh token, so
+//!   the rotated one is written durably before anything else can fail: a conditional
+//!   write on the old token's `token_version` (the fence), retried on failure
+//!   ([`ROTATION_WRITE_ATTEMPTS`]), with an alarm (`RotatedTokenNotStored`) if it never
+//!   lands. Two refreshes never race: a refresh first takes a lease that lasts at least
+//!   the whole call budget ([`refresh_lease`]), and the write is fenced by version.
+//! * Each connection records `refresh_expires_at` (from `refresh_expires_in`, clamped)
+//!   and a `token_state`: `active`, or `expired` after Concur refused the refresh token
+//!   (OAuth 108: expired or revoked). A refused connection is never refreshed again.
 //! * [`TokenVault::revoke`] revokes the connection at Concur
 //!   (`DELETE /app-mgmt/v0/connections` with the user's access token) and deletes it.
 
@@ -19,12 +26,15 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
-use tracing::info;
+use tracing::{error, info, warn};
 
-use crate::concur::{BaseUrl, ConcurClient, ConcurError, UserTokens};
+use crate::concur::{
+    BaseUrl, ConcurClient, ConcurError, OAuthErrorKind, UserTokens, DEFAULT_CALL_TIMEOUT,
+};
 use crate::store::dynamo::sdk_error;
 use crate::store::layout::{members, timestamp};
 use crate::store::StoreError;
+use crate::telemetry::{Metrics, Unit};
 
 /// Attribute names of the connections table.
 pub mod attr {
@@ -37,10 +47,63 @@ pub mod attr {
     pub const REFRESHED_AT: &str = "refreshed_at";
     pub const LEASE_OWNER: &str = "lease_owner";
     pub const LEASE_UNTIL: &str = "lease_until";
+    /// N: bumped by every write of a new refresh token (the fence of rotation writes).
+    pub const TOKEN_VERSION: &str = "token_version";
+    /// S (RFC 3339): when the stored refresh token expires.
+    pub const REFRESH_EXPIRES_AT: &str = "refresh_expires_at";
+    /// S: [`super::TokenState`].
+    pub const TOKEN_STATE: &str = "token_state";
+    /// S: on a replaced connection awaiting its revoke, the member id its token was
+    /// encrypted for (the KMS encryption context).
+    pub const CONTEXT_MEMBER_ID: &str = "context_member_id";
 }
 
-/// How long a refresh lease lasts: longer than one refresh call can take.
-pub const REFRESH_LEASE: Duration = Duration::from_secs(30);
+/// Key prefix of a replaced connection awaiting its revoke at Concur.
+pub const REPLACED_PREFIX: &str = "replaced#";
+
+/// The shortest refresh lease: one whole call (the client's call timeout) and room for
+/// the durable write of the rotated token after it.
+pub const REFRESH_LEASE_MIN: Duration = Duration::from_secs(DEFAULT_CALL_TIMEOUT.as_secs() + 30);
+
+/// How many times the rotated token's write is tried before the alarm.
+pub const ROTATION_WRITE_ATTEMPTS: u32 = 5;
+
+/// How long a refresh lease taken now lasts: past the caller's deadline (the refresh
+/// call cannot outlive it) plus the rotation write, and never less than
+/// [`REFRESH_LEASE_MIN`].
+pub fn refresh_lease(deadline: Instant) -> Duration {
+    let left = deadline.saturating_duration_since(Instant::now());
+    (left + Duration::from_secs(30)).max(REFRESH_LEASE_MIN)
+}
+
+/// Whether a stored refresh token can still be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenState {
+    Active,
+    /// Concur refused it (OAuth 108: expired or revoked). The member must connect again.
+    Expired,
+    /// The connection of another Concur user that a new connection of the member
+    /// replaced: kept only until the keep-alive revokes it at Concur.
+    Replaced,
+}
+
+impl TokenState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Expired => "expired",
+            Self::Replaced => "replaced",
+        }
+    }
+
+    fn parse(value: Option<&str>) -> Self {
+        match value {
+            Some("expired") => Self::Expired,
+            Some("replaced") => Self::Replaced,
+            _ => Self::Active,
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {
@@ -48,6 +111,10 @@ pub enum VaultError {
     NotConnected(String),
     #[error("another refresh of member {0}'s tokens is under way")]
     Busy(String),
+    #[error("member {0}'s refresh token was refused by Concur (expired or revoked)")]
+    Expired(String),
+    #[error("member {0}'s rotated refresh token could not be stored")]
+    RotationNotStored(String),
     #[error("encryption failed: {0}")]
     Crypto(String),
     #[error(transparent)]
@@ -65,7 +132,10 @@ impl VaultError {
             Self::Crypto(_) => true,
             Self::Store(e) => e.is_transient(),
             Self::Concur(e) => e.is_transient(),
-            Self::NotConnected(_) | Self::Corrupt { .. } => false,
+            Self::NotConnected(_)
+            | Self::Corrupt { .. }
+            | Self::Expired(_)
+            | Self::RotationNotStored(_) => false,
         }
     }
 }
@@ -97,6 +167,11 @@ impl KmsEncryptor {
             client,
             key_id: key_id.into(),
         }
+    }
+
+    /// A KMS client from an AWS configuration.
+    pub fn from_sdk_config(aws: &aws_config::SdkConfig, key_id: impl Into<String>) -> Self {
+        Self::new(aws_sdk_kms::Client::new(aws), key_id)
     }
 }
 
@@ -162,6 +237,9 @@ pub struct StoredConnection {
     pub request_id: Option<String>,
     pub connected_at: Option<String>,
     pub refreshed_at: Option<String>,
+    pub refresh_expires_at: Option<String>,
+    pub token_version: u64,
+    pub token_state: TokenState,
     ciphertext: Vec<u8>,
 }
 
@@ -191,6 +269,13 @@ fn parse(
         request_id: text(&item, attr::REQUEST_ID),
         connected_at: text(&item, attr::CONNECTED_AT),
         refreshed_at: text(&item, attr::REFRESHED_AT),
+        refresh_expires_at: text(&item, attr::REFRESH_EXPIRES_AT),
+        token_version: item
+            .get(attr::TOKEN_VERSION)
+            .and_then(|v| v.as_n().ok())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0),
+        token_state: TokenState::parse(text(&item, attr::TOKEN_STATE).as_deref()),
         ciphertext: item
             .get(attr::REFRESH_TOKEN_CIPHERTEXT)
             .and_then(|v| v.as_b().ok())
@@ -212,11 +297,112 @@ fn is_condition_failure<E: aws_sdk_dynamodb::error::ProvideErrorMetadata, R>(
         .is_some_and(|code| code == "ConditionalCheckFailedException")
 }
 
+/// The keep-alive's knobs.
+#[derive(Debug, Clone)]
+pub struct KeepAliveSettings {
+    /// Members renewed per run at most.
+    pub batch: usize,
+    /// Renew a token refreshed longer ago than this, or expiring within it.
+    pub renew_after: chrono::Duration,
+    /// Scan pages read per run at most.
+    pub max_pages: u32,
+}
+
+impl Default for KeepAliveSettings {
+    fn default() -> Self {
+        Self {
+            batch: 25,
+            renew_after: chrono::Duration::days(30),
+            max_pages: 20,
+        }
+    }
+}
+
+/// What one keep-alive run did (counts only).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KeepAliveSummary {
+    pub due: u32,
+    pub renewed: u32,
+    /// Refused by Concur (expired or revoked): marked, never retried.
+    pub expired: u32,
+    /// Another refresh held the lease.
+    pub busy: u32,
+    pub failed: u32,
+    /// Left for the next run (the deadline came first).
+    pub not_reached: u32,
+    /// Replaced connections of another Concur user revoked at Concur.
+    pub replaced_revoked: u32,
+}
+
+/// A keep-alive the poller runs after its poll (object-safe, so the poller need not
+/// name the encryptor).
+pub trait KeepAliveRun: Send + Sync {
+    fn run(
+        &self,
+        deadline: Instant,
+    ) -> std::pin::Pin<Box<dyn Future<Output = KeepAliveSummary> + Send + '_>>;
+}
+
+/// The deployed keep-alive: the vault, the Concur client and the knobs.
+pub struct KeepAlive<E> {
+    pub vault: TokenVault<E>,
+    pub concur: std::sync::Arc<ConcurClient>,
+    pub settings: KeepAliveSettings,
+    /// The lease owner written while a token is refreshed.
+    pub owner: String,
+}
+
+impl<E: Encryptor> KeepAliveRun for KeepAlive<E> {
+    fn run(
+        &self,
+        deadline: Instant,
+    ) -> std::pin::Pin<Box<dyn Future<Output = KeepAliveSummary> + Send + '_>> {
+        Box::pin(async move {
+            self.vault
+                .keep_alive(
+                    &self.concur,
+                    &self.owner,
+                    Utc::now(),
+                    &self.settings,
+                    deadline,
+                )
+                .await
+        })
+    }
+}
+
+/// How a conditional write of a rotated token ended.
+enum RotationWrite {
+    Stored,
+    /// The stored version is not the refreshed token's any more.
+    Superseded,
+}
+
+/// The condition that the stored token is still version `version` (0: written before
+/// versions existed).
+fn version_condition(version: u64) -> &'static str {
+    if version == 0 {
+        "attribute_not_exists(#version)"
+    } else {
+        "#version = :version"
+    }
+}
+
+fn version_value(version: u64) -> Option<HashMap<String, AttributeValue>> {
+    (version != 0).then(|| {
+        HashMap::from([(
+            ":version".to_owned(),
+            AttributeValue::N(version.to_string()),
+        )])
+    })
+}
+
 /// The connections table with its encryption.
 pub struct TokenVault<E> {
     dynamo: aws_sdk_dynamodb::Client,
     table: String,
     encryptor: E,
+    metrics: Metrics,
 }
 
 impl<E: Encryptor> TokenVault<E> {
@@ -225,7 +411,14 @@ impl<E: Encryptor> TokenVault<E> {
             dynamo,
             table: table.into(),
             encryptor,
+            metrics: Metrics::disabled("vault"),
         }
+    }
+
+    /// Emit the vault's alarms (`RotatedTokenNotStored`) through these metrics.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     pub fn table(&self) -> &str {
@@ -236,35 +429,221 @@ impl<E: Encryptor> TokenVault<E> {
         &self.encryptor
     }
 
-    /// Store (or replace) a member's connection after a successful token exchange.
+    /// Store (or replace) a member's connection after a successful token exchange. The
+    /// write bumps `token_version`, so a refresh of a replaced token can never write over
+    /// the new one. Returns the Concur user id of the connection it replaced, if any
+    /// (`Some(None)`: one without a user id).
     pub async fn store_connection(
         &self,
         member_id: &str,
         request_id: &str,
         tokens: &UserTokens,
         now: DateTime<Utc>,
-    ) -> Result<(), VaultError> {
+    ) -> Result<Option<Option<String>>, VaultError> {
         let ciphertext = self
             .encryptor
             .encrypt(&tokens.refresh_token, member_id)
             .await?;
+        // The live connection of another Concur user would be orphaned at Concur: it is
+        // kept aside (before the write replaces it) for the keep-alive to revoke. The
+        // same user's older token is simply replaced (a revoke would end the new one).
+        if let Some(old) = self.get(member_id).await? {
+            let another_user = matches!(
+                (&old.concur_user_id, &tokens.user_id),
+                (Some(a), Some(b)) if a != b
+            );
+            if another_user && old.token_state == TokenState::Active {
+                self.queue_revoke(&old, now).await?;
+                info!(
+                    member_id,
+                    "the member's connection of another Concur user is replaced; its revoke is queued"
+                );
+            }
+        }
+        let mut set = String::from(
+            "SET #geo = :geo, #cipher = :cipher, #request = :request, #connected = :now, \
+             #refreshed = :now, #expires = :expires, #state = :active",
+        );
+        let mut update = self
+            .dynamo
+            .update_item()
+            .table_name(&self.table)
+            .key(attr::MEMBER_ID, s(member_id))
+            .expression_attribute_names("#geo", attr::GEOLOCATION)
+            .expression_attribute_names("#cipher", attr::REFRESH_TOKEN_CIPHERTEXT)
+            .expression_attribute_names("#request", attr::REQUEST_ID)
+            .expression_attribute_names("#connected", attr::CONNECTED_AT)
+            .expression_attribute_names("#refreshed", attr::REFRESHED_AT)
+            .expression_attribute_names("#expires", attr::REFRESH_EXPIRES_AT)
+            .expression_attribute_names("#state", attr::TOKEN_STATE)
+            .expression_attribute_names("#version", attr::TOKEN_VERSION)
+            .expression_attribute_names("#owner", attr::LEASE_OWNER)
+            .expression_attribute_names("#until", attr::LEASE_UNTIL)
+            .expression_attribute_names("#user", attr::CONCUR_USER_ID)
+            .expression_attribute_values(":geo", s(tokens.geolocation.as_str()))
+            .expression_attribute_values(":cipher", AttributeValue::B(Blob::new(ciphertext)))
+            .expression_attribute_values(":request", s(request_id))
+            .expression_attribute_values(":now", s(timestamp(now)))
+            .expression_attribute_values(":expires", s(timestamp(tokens.refresh_expires_at)))
+            .expression_attribute_values(":active", s(TokenState::Active.as_str()))
+            .expression_attribute_values(":one", AttributeValue::N("1".into()))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld);
+        let mut remove = String::from(" REMOVE #owner, #until");
+        match &tokens.user_id {
+            Some(user_id) => {
+                set.push_str(", #user = :user");
+                update = update.expression_attribute_values(":user", s(user_id.clone()));
+            }
+            None => remove.push_str(", #user"),
+        }
+        let expression = format!("{set} ADD #version :one{remove}");
+        let output = update
+            .update_expression(expression)
+            .send()
+            .await
+            .map_err(|e| sdk_error("UpdateItem", e))?;
+        let replaced = output
+            .attributes
+            .filter(|old| old.contains_key(attr::REFRESH_TOKEN_CIPHERTEXT))
+            .map(|old| text(&old, attr::CONCUR_USER_ID));
+        if replaced.is_some() {
+            info!(
+                member_id,
+                "an earlier connection of the member was replaced"
+            );
+        }
+        Ok(replaced)
+    }
+
+    /// Keep a replaced connection aside, under its own key, for its revoke.
+    async fn queue_revoke(
+        &self,
+        old: &StoredConnection,
+        now: DateTime<Utc>,
+    ) -> Result<(), VaultError> {
+        let key = format!("{REPLACED_PREFIX}{}#{}", old.member_id, old.token_version);
         let mut put = self
             .dynamo
             .put_item()
             .table_name(&self.table)
-            .item(attr::MEMBER_ID, s(member_id))
-            .item(attr::GEOLOCATION, s(tokens.geolocation.as_str()))
+            .item(attr::MEMBER_ID, s(key))
+            .item(attr::CONTEXT_MEMBER_ID, s(old.member_id.clone()))
+            .item(attr::GEOLOCATION, s(old.geolocation.clone()))
             .item(
                 attr::REFRESH_TOKEN_CIPHERTEXT,
-                AttributeValue::B(Blob::new(ciphertext)),
+                AttributeValue::B(Blob::new(old.ciphertext.clone())),
             )
-            .item(attr::REQUEST_ID, s(request_id))
-            .item(attr::CONNECTED_AT, s(timestamp(now)))
+            .item(attr::TOKEN_STATE, s(TokenState::Replaced.as_str()))
             .item(attr::REFRESHED_AT, s(timestamp(now)));
-        if let Some(user_id) = &tokens.user_id {
-            put = put.item(attr::CONCUR_USER_ID, s(user_id.clone()));
+        if let Some(user) = &old.concur_user_id {
+            put = put.item(attr::CONCUR_USER_ID, s(user.clone()));
         }
         put.send().await.map_err(|e| sdk_error("PutItem", e))?;
+        Ok(())
+    }
+
+    /// Revoke at Concur (and then delete) up to `batch` replaced connections awaiting
+    /// it. Returns (revoked, failed).
+    pub async fn revoke_replaced(
+        &self,
+        concur: &ConcurClient,
+        batch: usize,
+        deadline: Instant,
+    ) -> (u32, u32) {
+        let (mut revoked, mut failed) = (0, 0);
+        let items = match self
+            .dynamo
+            .scan()
+            .table_name(&self.table)
+            .filter_expression("#state = :replaced")
+            .expression_attribute_names("#state", attr::TOKEN_STATE)
+            .expression_attribute_values(":replaced", s(TokenState::Replaced.as_str()))
+            .send()
+            .await
+        {
+            Ok(output) => output.items.unwrap_or_default(),
+            Err(e) => {
+                warn!(error = %sdk_error("Scan", e), "could not list replaced connections");
+                return (0, 1);
+            }
+        };
+        for item in items.into_iter().take(batch) {
+            let Some(key) = text(&item, attr::MEMBER_ID) else {
+                continue;
+            };
+            let Some(context) = text(&item, attr::CONTEXT_MEMBER_ID) else {
+                continue;
+            };
+            match self
+                .revoke_one_replaced(concur, &key, &context, item, deadline)
+                .await
+            {
+                Ok(()) => revoked += 1,
+                Err(e) => {
+                    warn!(member_id = %context, error = %e, "a replaced connection could not be revoked yet");
+                    failed += 1;
+                }
+            }
+        }
+        (revoked, failed)
+    }
+
+    async fn revoke_one_replaced(
+        &self,
+        concur: &ConcurClient,
+        key: &str,
+        context: &str,
+        item: HashMap<String, AttributeValue>,
+        deadline: Instant,
+    ) -> Result<(), VaultError> {
+        let old = parse(key, item)?;
+        let refresh = self.encryptor.decrypt(&old.ciphertext, context).await?;
+        let geolocation = BaseUrl::parse(&old.geolocation).map_err(|e| VaultError::Corrupt {
+            member_id: context.to_owned(),
+            message: e.to_string(),
+        })?;
+        match concur
+            .refresh_user_token(&geolocation, &refresh, deadline)
+            .await
+        {
+            Ok(tokens) => {
+                // Keep the rotated token until Concur confirmed the revoke.
+                let ciphertext = self
+                    .encryptor
+                    .encrypt(&tokens.refresh_token, context)
+                    .await?;
+                self.dynamo
+                    .update_item()
+                    .table_name(&self.table)
+                    .key(attr::MEMBER_ID, s(key))
+                    .update_expression("SET #cipher = :cipher")
+                    .expression_attribute_names("#cipher", attr::REFRESH_TOKEN_CIPHERTEXT)
+                    .expression_attribute_values(
+                        ":cipher",
+                        AttributeValue::B(Blob::new(ciphertext)),
+                    )
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("UpdateItem", e))?;
+                concur
+                    .revoke_connection(&tokens.geolocation, &tokens.access_token, deadline)
+                    .await?;
+            }
+            // Nothing left to revoke there.
+            Err(e) if e.oauth_kind() == Some(OAuthErrorKind::RefreshTokenInvalid) => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.dynamo
+            .delete_item()
+            .table_name(&self.table)
+            .key(attr::MEMBER_ID, s(key))
+            .send()
+            .await
+            .map_err(|e| sdk_error("DeleteItem", e))?;
+        info!(
+            member_id = context,
+            "a replaced connection was revoked at Concur"
+        );
         Ok(())
     }
 
@@ -286,8 +665,10 @@ impl<E: Encryptor> TokenVault<E> {
         &self,
         member_id: &str,
         owner: &str,
+        lease: Duration,
     ) -> Result<StoredConnection, VaultError> {
         let now = Utc::now().timestamp_millis();
+        let until = now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
         let result = self
             .dynamo
             .update_item()
@@ -301,10 +682,7 @@ impl<E: Encryptor> TokenVault<E> {
             .expression_attribute_names("#owner", attr::LEASE_OWNER)
             .expression_attribute_names("#until", attr::LEASE_UNTIL)
             .expression_attribute_values(":owner", s(owner))
-            .expression_attribute_values(
-                ":until",
-                AttributeValue::N((now + REFRESH_LEASE.as_millis() as i64).to_string()),
-            )
+            .expression_attribute_values(":until", AttributeValue::N(until.to_string()))
             .expression_attribute_values(":now", AttributeValue::N(now.to_string()))
             .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
             .send()
@@ -327,7 +705,10 @@ impl<E: Encryptor> TokenVault<E> {
         deadline: Instant,
     ) -> Result<StoredConnection, VaultError> {
         loop {
-            match self.take_lease(member_id, owner).await {
+            match self
+                .take_lease(member_id, owner, refresh_lease(deadline))
+                .await
+            {
                 Err(VaultError::Busy(_))
                     if Instant::now() + Duration::from_millis(100) < deadline =>
                 {
@@ -338,43 +719,160 @@ impl<E: Encryptor> TokenVault<E> {
         }
     }
 
-    async fn release(
-        &self,
-        member_id: &str,
-        owner: &str,
-        rotated: Option<(&UserTokens, Vec<u8>)>,
-    ) -> Result<(), VaultError> {
-        let mut update = self
+    /// Give the lease up without a new token (a refresh that failed before Concur
+    /// answered with one). Fenced by owner: a lease taken over is left alone.
+    async fn release(&self, member_id: &str, owner: &str) -> Result<(), VaultError> {
+        let result = self
             .dynamo
             .update_item()
             .table_name(&self.table)
             .key(attr::MEMBER_ID, s(member_id))
             .condition_expression("#owner = :owner")
+            .update_expression("REMOVE #owner, #until")
             .expression_attribute_names("#owner", attr::LEASE_OWNER)
             .expression_attribute_names("#until", attr::LEASE_UNTIL)
-            .expression_attribute_values(":owner", s(owner));
-        update = match rotated {
-            Some((tokens, ciphertext)) => update
-                .update_expression(
-                    "SET #cipher = :cipher, #geo = :geo, #refreshed = :now REMOVE #owner, #until",
-                )
-                .expression_attribute_names("#cipher", attr::REFRESH_TOKEN_CIPHERTEXT)
-                .expression_attribute_names("#geo", attr::GEOLOCATION)
-                .expression_attribute_names("#refreshed", attr::REFRESHED_AT)
-                .expression_attribute_values(":cipher", AttributeValue::B(Blob::new(ciphertext)))
-                .expression_attribute_values(":geo", s(tokens.geolocation.as_str()))
-                .expression_attribute_values(":now", s(timestamp(Utc::now()))),
-            None => update.update_expression("REMOVE #owner, #until"),
-        };
-        match update.send().await {
+            .expression_attribute_values(":owner", s(owner))
+            .send()
+            .await;
+        match result {
             Ok(_) => Ok(()),
             Err(e) if is_condition_failure(&e) => Ok(()),
             Err(e) => Err(sdk_error("UpdateItem", e).into()),
         }
     }
 
+    /// Mark a connection whose refresh token Concur refused (108), fenced by the version
+    /// that was refused (a newer token stored meanwhile is left alone).
+    async fn mark_expired(&self, member_id: &str, version: u64) -> Result<(), VaultError> {
+        let result = self
+            .dynamo
+            .update_item()
+            .table_name(&self.table)
+            .key(attr::MEMBER_ID, s(member_id))
+            .condition_expression(version_condition(version))
+            .update_expression("SET #state = :expired REMOVE #owner, #until")
+            .expression_attribute_names("#state", attr::TOKEN_STATE)
+            .expression_attribute_names("#version", attr::TOKEN_VERSION)
+            .expression_attribute_names("#owner", attr::LEASE_OWNER)
+            .expression_attribute_names("#until", attr::LEASE_UNTIL)
+            .set_expression_attribute_values(Some({
+                let mut values = version_value(version).unwrap_or_default();
+                values.insert(":expired".into(), s(TokenState::Expired.as_str()));
+                values
+            }))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failure(&e) => Ok(()),
+            Err(e) => Err(sdk_error("UpdateItem", e).into()),
+        }
+    }
+
+    /// One conditional write of a rotated token on the old token's version.
+    async fn write_rotated(
+        &self,
+        member_id: &str,
+        version: u64,
+        tokens: &UserTokens,
+    ) -> Result<RotationWrite, VaultError> {
+        let ciphertext = self
+            .encryptor
+            .encrypt(&tokens.refresh_token, member_id)
+            .await?;
+        let mut values = version_value(version).unwrap_or_default();
+        values.insert(":cipher".into(), AttributeValue::B(Blob::new(ciphertext)));
+        values.insert(":geo".into(), s(tokens.geolocation.as_str()));
+        values.insert(":now".into(), s(timestamp(Utc::now())));
+        values.insert(":expires".into(), s(timestamp(tokens.refresh_expires_at)));
+        values.insert(":active".into(), s(TokenState::Active.as_str()));
+        values.insert(":next".into(), AttributeValue::N((version + 1).to_string()));
+        let result = self
+            .dynamo
+            .update_item()
+            .table_name(&self.table)
+            .key(attr::MEMBER_ID, s(member_id))
+            .condition_expression(version_condition(version))
+            .update_expression(
+                "SET #cipher = :cipher, #geo = :geo, #refreshed = :now, #expires = :expires, \
+                 #state = :active, #version = :next REMOVE #owner, #until",
+            )
+            .expression_attribute_names("#cipher", attr::REFRESH_TOKEN_CIPHERTEXT)
+            .expression_attribute_names("#geo", attr::GEOLOCATION)
+            .expression_attribute_names("#refreshed", attr::REFRESHED_AT)
+            .expression_attribute_names("#expires", attr::REFRESH_EXPIRES_AT)
+            .expression_attribute_names("#state", attr::TOKEN_STATE)
+            .expression_attribute_names("#version", attr::TOKEN_VERSION)
+            .expression_attribute_names("#owner", attr::LEASE_OWNER)
+            .expression_attribute_names("#until", attr::LEASE_UNTIL)
+            .set_expression_attribute_values(Some(values))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(RotationWrite::Stored),
+            Err(e) if is_condition_failure(&e) => Ok(RotationWrite::Superseded),
+            Err(e) => Err(sdk_error("UpdateItem", e).into()),
+        }
+    }
+
+    /// Store a rotated refresh token durably: the old one is dead at Concur once the
+    /// grant answered, so the write is retried (encryption included) and, if it never
+    /// lands, logged as an error and counted (`RotatedTokenNotStored`, alarmed).
+    async fn store_rotated(
+        &self,
+        member_id: &str,
+        version: u64,
+        tokens: &UserTokens,
+    ) -> Result<(), VaultError> {
+        let mut wait = Duration::from_millis(100);
+        for attempt in 1..=ROTATION_WRITE_ATTEMPTS {
+            match self.write_rotated(member_id, version, tokens).await {
+                Ok(RotationWrite::Stored) => {
+                    if attempt > 1 {
+                        warn!(
+                            member_id,
+                            attempt, "rotated refresh token stored after retries"
+                        );
+                    }
+                    return Ok(());
+                }
+                Ok(RotationWrite::Superseded) => {
+                    // A newer connection was stored (or the member unlinked) meanwhile:
+                    // ours is not the member's token any more.
+                    warn!(
+                        member_id,
+                        version,
+                        "the connection changed during the refresh; rotated token not stored"
+                    );
+                    return Ok(());
+                }
+                Err(e) if attempt < ROTATION_WRITE_ATTEMPTS => {
+                    warn!(member_id, attempt, error = %e, "rotated refresh token not stored yet; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => {
+                    error!(
+                        member_id,
+                        attempts = attempt,
+                        error = %e,
+                        alarm = "RotatedTokenNotStored",
+                        "rotated refresh token could not be stored: the member must connect again"
+                    );
+                    self.metrics.emit(
+                        &[("RotatedTokenNotStored", 1.0, Unit::Count)],
+                        serde_json::Map::new(),
+                    );
+                }
+            }
+        }
+        Err(VaultError::RotationNotStored(member_id.to_owned()))
+    }
+
     /// A fresh access token for a connected member: refresh at the user's geolocation,
-    /// store the (possibly rotated) refresh token and geolocation back, under a lease.
+    /// store the rotated refresh token, geolocation and expiry back, under a lease. A
+    /// refresh token Concur refuses (108) marks the connection `expired`; an expired
+    /// connection is never sent to Concur again.
     pub async fn access_token(
         &self,
         concur: &ConcurClient,
@@ -383,6 +881,10 @@ impl<E: Encryptor> TokenVault<E> {
         deadline: Instant,
     ) -> Result<UserTokens, VaultError> {
         let stored = self.lease(member_id, owner, deadline).await?;
+        if stored.token_state == TokenState::Expired {
+            self.release(member_id, owner).await?;
+            return Err(VaultError::Expired(member_id.to_owned()));
+        }
         let refreshed = async {
             let refresh = self
                 .encryptor
@@ -393,43 +895,159 @@ impl<E: Encryptor> TokenVault<E> {
                     member_id: member_id.to_owned(),
                     message: e.to_string(),
                 })?;
-            let tokens = concur
-                .refresh_user_token(&geolocation, &refresh, deadline)
-                .await?;
-            let ciphertext = self
-                .encryptor
-                .encrypt(&tokens.refresh_token, member_id)
-                .await?;
-            Ok::<_, VaultError>((tokens, ciphertext))
+            Ok::<_, VaultError>(
+                concur
+                    .refresh_user_token(&geolocation, &refresh, deadline)
+                    .await?,
+            )
         }
         .await;
         match refreshed {
-            Ok((tokens, ciphertext)) => {
-                self.release(member_id, owner, Some((&tokens, ciphertext)))
+            // The old token is spent: nothing may fail before the new one is stored.
+            Ok(tokens) => {
+                self.store_rotated(member_id, stored.token_version, &tokens)
                     .await?;
                 Ok(tokens)
             }
+            Err(VaultError::Concur(e))
+                if e.oauth_kind() == Some(OAuthErrorKind::RefreshTokenInvalid) =>
+            {
+                warn!(
+                    member_id,
+                    "Concur refused the refresh token (expired or revoked)"
+                );
+                self.mark_expired(member_id, stored.token_version).await?;
+                Err(VaultError::Expired(member_id.to_owned()))
+            }
             Err(e) => {
-                self.release(member_id, owner, None).await?;
+                self.release(member_id, owner).await?;
                 Err(e)
             }
         }
     }
 
-    /// Revoke a member's connection at Concur and delete it here (a member unlinks).
+    /// Members whose refresh token is due for renewal at `now`: active, and refreshed
+    /// longer than `renew_after` ago (or never), or expiring within it. A scan bounded by
+    /// `batch` members and `max_pages` pages; expired connections are never due.
+    pub async fn due_for_renewal(
+        &self,
+        now: DateTime<Utc>,
+        settings: &KeepAliveSettings,
+    ) -> Result<Vec<String>, VaultError> {
+        let cutoff = timestamp(now - settings.renew_after);
+        let soon = timestamp(now + settings.renew_after);
+        let mut due = Vec::new();
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        for _ in 0..settings.max_pages.max(1) {
+            let page = self
+                .dynamo
+                .scan()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .filter_expression(
+                    "(attribute_not_exists(#state) OR #state = :active) AND \
+                     (attribute_not_exists(#refreshed) OR #refreshed < :cutoff OR #expires < :soon)",
+                )
+                .projection_expression("#id")
+                .expression_attribute_names("#id", attr::MEMBER_ID)
+                .expression_attribute_names("#state", attr::TOKEN_STATE)
+                .expression_attribute_names("#refreshed", attr::REFRESHED_AT)
+                .expression_attribute_names("#expires", attr::REFRESH_EXPIRES_AT)
+                .expression_attribute_values(":active", s(TokenState::Active.as_str()))
+                .expression_attribute_values(":cutoff", s(cutoff.clone()))
+                .expression_attribute_values(":soon", s(soon.clone()))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| sdk_error("Scan", e))?;
+            for item in page.items.unwrap_or_default() {
+                if let Some(id) = text(&item, attr::MEMBER_ID) {
+                    due.push(id);
+                    if due.len() >= settings.batch {
+                        return Ok(due);
+                    }
+                }
+            }
+            match page.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => break,
+            }
+        }
+        Ok(due)
+    }
+
+    /// Renew a bounded batch of refresh tokens due at `now` (see [`Self::due_for_renewal`]):
+    /// each is refreshed (and its rotation stored) like any other refresh. Tokens Concur
+    /// refuses (108: expired or revoked) are marked `expired` and counted, never tried
+    /// again.
+    pub async fn keep_alive(
+        &self,
+        concur: &ConcurClient,
+        owner: &str,
+        now: DateTime<Utc>,
+        settings: &KeepAliveSettings,
+        deadline: Instant,
+    ) -> KeepAliveSummary {
+        let mut summary = KeepAliveSummary::default();
+        let due = match self.due_for_renewal(now, settings).await {
+            Ok(due) => due,
+            Err(e) => {
+                warn!(error = %e, "could not list the refresh tokens due for renewal");
+                summary.failed += 1;
+                return summary;
+            }
+        };
+        summary.due = due.len() as u32;
+        for member_id in &due {
+            if Instant::now() >= deadline {
+                summary.not_reached += 1;
+                continue;
+            }
+            match self.access_token(concur, member_id, owner, deadline).await {
+                Ok(_) => summary.renewed += 1,
+                Err(VaultError::Expired(_)) => summary.expired += 1,
+                Err(VaultError::Busy(_)) => summary.busy += 1,
+                Err(VaultError::NotConnected(_)) => {}
+                Err(e) => {
+                    warn!(member_id, error = %e, "refresh token renewal failed");
+                    summary.failed += 1;
+                    // Concur asked for a pause: leave the rest for a later run.
+                    if matches!(&e, VaultError::Concur(c) if c.pause().is_some()) {
+                        return summary;
+                    }
+                }
+            }
+        }
+        if Instant::now() < deadline {
+            let (revoked, failed) = self.revoke_replaced(concur, settings.batch, deadline).await;
+            summary.replaced_revoked = revoked;
+            summary.failed += failed;
+        }
+        summary
+    }
+
+    /// Revoke a member's connection at Concur (`DELETE /app-mgmt/v0/connections` with an
+    /// access token from a refresh) and delete it here: a member unlinks. A connection
+    /// Concur already refuses (108, marked `expired`) has nothing left to revoke there and
+    /// is only deleted. The entry is deleted only after Concur confirmed the revoke, so a
+    /// failed revoke can be tried again.
     pub async fn revoke(
         &self,
         concur: &ConcurClient,
         member_id: &str,
         owner: &str,
         deadline: Instant,
-    ) -> Result<(), VaultError> {
-        let tokens = self
-            .access_token(concur, member_id, owner, deadline)
-            .await?;
-        concur
-            .revoke_connection(&tokens.geolocation, &tokens.access_token, deadline)
-            .await?;
+    ) -> Result<Revoked, VaultError> {
+        let revoked = match self.access_token(concur, member_id, owner, deadline).await {
+            Ok(tokens) => {
+                concur
+                    .revoke_connection(&tokens.geolocation, &tokens.access_token, deadline)
+                    .await?;
+                Revoked::AtConcurAndHere
+            }
+            Err(VaultError::Expired(_)) => Revoked::HereOnly,
+            Err(e) => return Err(e),
+        };
         self.dynamo
             .delete_item()
             .table_name(&self.table)
@@ -437,7 +1055,21 @@ impl<E: Encryptor> TokenVault<E> {
             .send()
             .await
             .map_err(|e| sdk_error("DeleteItem", e))?;
-        info!(member_id, "connection revoked");
-        Ok(())
+        info!(
+            member_id,
+            at_concur = revoked == Revoked::AtConcurAndHere,
+            "connection revoked"
+        );
+        Ok(revoked)
     }
+}
+
+/// What a revoke did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Revoked {
+    /// Revoked at Concur, then deleted from the vault.
+    AtConcurAndHere,
+    /// Concur had already refused the refresh token (expired or revoked): deleted here.
+    HereOnly,
 }

@@ -1399,3 +1399,82 @@ fn the_auth_pages_id_token_claims_give_the_user_id() {
         Some("76459ad3-f77b-4d98-a21a-55333c9179f0")
     );
 }
+
+#[tokio::test]
+async fn absurd_token_lifetimes_are_clamped_and_oversized_answers_refused() {
+    let server = MockServer::start().await;
+    // A huge app token lifetime: no overflow of the cache's refresh instant.
+    Mock::given(method("POST"))
+        .and(path(TOKEN))
+        .and(body_string_contains("grant_type=client_credentials"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "expires_in": "99999999999999999999999", "access_token": "app"
+        })))
+        .mount(&server)
+        .await;
+    for (refresh, expires_in, refresh_expires_in) in [
+        ("zero", json!(0), json!(0)),
+        ("negative", json!(-3600), json!(-1)),
+        ("huge", json!(u64::MAX), json!("99999999999999999999")),
+    ] {
+        Mock::given(method("POST"))
+            .and(path(TOKEN))
+            .and(body_string_contains(format!("refresh_token={refresh}")))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+                "expires_in": expires_in, "access_token": "a", "refresh_token": "next",
+                "refresh_expires_in": refresh_expires_in, "geolocation": server.uri()
+            })))
+            .mount(&server)
+            .await;
+    }
+    Mock::given(method("POST"))
+        .and(path(TOKEN))
+        .and(body_string_contains("refresh_token=oversized"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "expires_in": 3600, "access_token": "a".repeat(128 * 1024),
+            "refresh_token": "next", "geolocation": server.uri()
+        })))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(TOKEN))
+        .and(body_string_contains("refresh_token=long-refresh"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "expires_in": 3600, "access_token": "a",
+            "refresh_token": "r".repeat(9 * 1024), "geolocation": server.uri()
+        })))
+        .mount(&server)
+        .await;
+    let client = client(&server);
+    client.app_token(soon()).await.unwrap();
+    client.app_token(soon()).await.unwrap();
+    let geolocation = BaseUrl::parse(&server.uri()).unwrap();
+    let now = chrono::Utc::now();
+    for refresh in ["zero", "negative", "huge"] {
+        let tokens = client
+            .refresh_user_token(&geolocation, &SecretString::from(refresh), soon())
+            .await
+            .unwrap();
+        assert!(tokens.expires_in >= Duration::from_secs(1), "{refresh}");
+        assert!(
+            tokens.expires_in <= Duration::from_secs(24 * 3600),
+            "{refresh}"
+        );
+        let left = (tokens.refresh_expires_at - now).num_seconds();
+        assert!(
+            (3500..=400 * 86_400 + 60).contains(&left),
+            "{refresh}: {left}"
+        );
+    }
+    for refresh in ["oversized", "long-refresh"] {
+        let err = client
+            .refresh_user_token(&geolocation, &SecretString::from(refresh), soon())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ConcurError::Malformed { .. }),
+            "{refresh}: {err:?}"
+        );
+        assert!(!err.to_string().contains("aaaa") && !err.to_string().contains("rrrr"));
+    }
+}

@@ -22,7 +22,7 @@
 //!   try, so the runs of the next five minutes skip Concur (the sweep still runs). The
 //!   pause is held in memory: it survives warm invocations, not a cold start.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_lambda_events::eventbridge::EventBridgeEvent;
@@ -40,6 +40,9 @@ use triplink_shared::store::{
     DynamoRequestStore, PollWrite, QuarantineWrite, RequestStore, StoreError,
 };
 use triplink_shared::telemetry::{Metrics, Unit};
+use triplink_shared::vault::{
+    KeepAlive, KeepAliveRun, KeepAliveSettings, KmsEncryptor, TokenVault,
+};
 
 /// The poller's knobs, from the environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -448,10 +451,36 @@ pub struct Poller<C, S> {
     pub metrics: Metrics,
     /// A pause Concur asked for (503, no answer in time), kept across warm invocations.
     pub pause: ConcurPause,
+    /// The refresh-token keep-alive run after the poll (`None`: not configured).
+    pub keep_alive: Option<Box<dyn KeepAliveRun>>,
 }
 
+/// Time a keep-alive needs left in the run to start: one whole refresh call and the
+/// write of its rotated token (a refresh cut short by the deadline may lose its answer).
+pub const KEEP_ALIVE_MIN_LEFT: Duration = Duration::from_secs(20);
+
 /// The poller as deployed: the Concur client and the requests table.
-pub type DeployedPoller = Poller<ConcurClient, DynamoRequestStore>;
+pub type DeployedPoller = Poller<Arc<ConcurClient>, DynamoRequestStore>;
+
+/// The keep-alive's knobs: `TOKEN_KEEPALIVE_BATCH` (members renewed per run, default
+/// 25; 0 turns it off) and `TOKEN_RENEW_AFTER_DAYS` (renew tokens refreshed longer ago,
+/// or expiring sooner, default 30).
+pub fn keep_alive_settings(env: &impl Env) -> Result<KeepAliveSettings, ConfigError> {
+    let defaults = KeepAliveSettings::default();
+    let days: i64 = env.parsed("TOKEN_RENEW_AFTER_DAYS", defaults.renew_after.num_days())?;
+    if !(1..=150).contains(&days) {
+        return Err(ConfigError::Invalid {
+            key: "TOKEN_RENEW_AFTER_DAYS",
+            value: days.to_string(),
+            reason: "must be 1..=150 (refresh tokens live six months)".into(),
+        });
+    }
+    Ok(KeepAliveSettings {
+        batch: env.parsed("TOKEN_KEEPALIVE_BATCH", defaults.batch)?,
+        renew_after: chrono::Duration::days(days),
+        ..defaults
+    })
+}
 
 /// The poller's configuration, read and checked at cold start with no network call
 /// (a mistake is an init error, `triplink_shared::lambda_init`); [`PollerInit::build`]
@@ -460,16 +489,26 @@ pub struct PollerInit {
     concur: ConcurSettings,
     settings: PollerSettings,
     requests_table: String,
+    keep_alive: KeepAliveSettings,
+    /// The connections table and KMS key, when the keep-alive runs.
+    connections: Option<(String, String)>,
     namespace: String,
     aws: triplink_shared::config::SdkConfig,
 }
 
 impl PollerInit {
     pub fn from_env(env: &impl Env) -> Result<Self, ConfigError> {
+        let keep_alive = keep_alive_settings(env)?;
+        let connections = match (env.get("CONNECTIONS_TABLE"), env.get("KMS_KEY_ID")) {
+            (Some(table), Some(key)) if keep_alive.batch > 0 => Some((table, key)),
+            _ => None,
+        };
         Ok(Self {
             concur: ConcurSettings::for_functions(env)?,
             settings: PollerSettings::from_env(env)?,
             requests_table: env.required("REQUESTS_TABLE")?,
+            keep_alive,
+            connections,
             namespace: env
                 .get("METRICS_NAMESPACE")
                 .unwrap_or_else(|| "TripLink".into()),
@@ -479,18 +518,40 @@ impl PollerInit {
 
     /// The deployed poller: fetches the client secret (Secrets Manager in the cloud).
     pub async fn build(&self, env: &impl Env) -> Result<DeployedPoller, ConfigError> {
+        let dynamo = aws_sdk_dynamodb::Client::new(&self.aws);
+        let concur = Arc::new(self.concur.client(&self.aws, env).await?);
+        let keep_alive = self.connections.clone().map(|(table, key)| {
+            Box::new(KeepAlive {
+                vault: TokenVault::new(
+                    dynamo.clone(),
+                    table,
+                    KmsEncryptor::from_sdk_config(&self.aws, key),
+                )
+                .with_metrics(Metrics::new(self.namespace.clone(), "vault")),
+                concur: concur.clone(),
+                settings: self.keep_alive.clone(),
+                owner: format!("keep-alive-{}", uuid_like()),
+            }) as Box<dyn KeepAliveRun>
+        });
         Ok(Poller {
-            concur: self.concur.client(&self.aws, env).await?,
-            store: DynamoRequestStore::new(
-                aws_sdk_dynamodb::Client::new(&self.aws),
-                self.requests_table.clone(),
-            )
-            .with_unseen_retention_days(self.settings.unseen_retention_days),
+            concur,
+            store: DynamoRequestStore::new(dynamo, self.requests_table.clone())
+                .with_unseen_retention_days(self.settings.unseen_retention_days),
             settings: self.settings.clone(),
             metrics: Metrics::new(self.namespace.clone(), "poller"),
             pause: ConcurPause::default(),
+            keep_alive,
         })
     }
+}
+
+/// A lease owner name unique enough for one execution environment.
+fn uuid_like() -> String {
+    format!(
+        "{:x}-{:x}",
+        Utc::now().timestamp_nanos_opt().unwrap_or_default(),
+        std::process::id()
+    )
 }
 
 /// The Lambda deadline as a tokio instant.
@@ -558,7 +619,47 @@ impl<C: PendingSource, S: RequestStore + SweepStore> Poller<C, S> {
                 self.publish(&PollSummary::default(), 1);
             }
         }
+        if pause.is_none() {
+            self.keep_alive(deadline).await;
+        }
         result
+    }
+
+    /// Renew a bounded batch of refresh tokens due for renewal, with what is left of the
+    /// run (at least [`KEEP_ALIVE_MIN_LEFT`]); counts are logged and published.
+    async fn keep_alive(&self, deadline: Instant) {
+        let Some(keep_alive) = &self.keep_alive else {
+            return;
+        };
+        let deadline = deadline
+            .checked_sub(self.settings.deadline_margin)
+            .unwrap_or(deadline);
+        if deadline.saturating_duration_since(Instant::now()) < KEEP_ALIVE_MIN_LEFT {
+            info!("no time left for the refresh token keep-alive this run");
+            return;
+        }
+        let summary = keep_alive.run(deadline).await;
+        if summary.due > 0 || summary.failed > 0 || summary.replaced_revoked > 0 {
+            info!(
+                due = summary.due,
+                renewed = summary.renewed,
+                expired = summary.expired,
+                busy = summary.busy,
+                failed = summary.failed,
+                not_reached = summary.not_reached,
+                replaced_revoked = summary.replaced_revoked,
+                "refresh token keep-alive finished"
+            );
+        }
+        let count = |v: u32| f64::from(v);
+        self.metrics.emit(
+            &[
+                ("TokensRenewed", count(summary.renewed), Unit::Count),
+                ("TokensExpired", count(summary.expired), Unit::Count),
+                ("TokenRenewFailed", count(summary.failed), Unit::Count),
+            ],
+            Map::new(),
+        );
     }
 
     fn publish_sweep(&self, sweep: &SweepSummary) {

@@ -413,6 +413,7 @@ async fn after_a_503_the_next_runs_leave_concur_alone_for_five_minutes() {
         settings: settings(),
         metrics: Metrics::disabled("poller"),
         pause: Default::default(),
+        keep_alive: None,
     };
     let err = poller.run(far()).await.unwrap_err();
     assert!(err.to_string().contains("no page could be read"), "{err}");
@@ -520,6 +521,7 @@ async fn the_handler_runs_on_a_scheduled_event_and_returns_the_summary() {
         settings: settings(),
         metrics: Metrics::new("TripLink", "poller"),
         pause: Default::default(),
+        keep_alive: None,
     };
     let event: EventBridgeEvent<serde_json::Value> = serde_json::from_value(json!({
         "version": "0", "id": "89d1a02d-5ec7-412e-82f5-13505f849b41",
@@ -699,6 +701,7 @@ async fn a_run_on_an_empty_table_and_an_empty_queue_does_nothing_and_succeeds() 
         settings: settings(),
         metrics: Metrics::disabled("poller"),
         pause: Default::default(),
+        keep_alive: None,
     };
     let summary = poller.run(far()).await.unwrap();
     assert_eq!(
@@ -711,4 +714,75 @@ async fn a_run_on_an_empty_table_and_an_empty_queue_does_nothing_and_succeeds() 
         (1, 0, 0, StopReason::Drained)
     );
     assert!(testing::scan_requests(&poller.store).await.is_empty());
+}
+
+#[tokio::test]
+async fn the_run_renews_refresh_tokens_due_for_renewal_after_the_poll() {
+    use triplink_shared::telemetry::Metrics;
+    use triplink_shared::vault::{KeepAlive, KeepAliveSettings, KmsEncryptor, TokenVault};
+    // Refresh tokens that live ten days: due at once for a 30-day renewal window. The
+    // virtual clock starts now, so their expiry is a real date.
+    let sandbox = sandbox(2, |c| {
+        c.refresh_token_ttl = 10 * 86_400;
+        c.clock_start = None;
+    })
+    .await;
+    let concur = Arc::new(client(&sandbox));
+    let dynamo = testing::dynamodb();
+    let table = testing::unique_name("connections");
+    tables::create_connections_table(&dynamo, &table)
+        .await
+        .unwrap();
+    let key = testing::kms_key().await;
+    let vault = TokenVault::new(
+        dynamo.clone(),
+        table.clone(),
+        KmsEncryptor::from_sdk_config(&testing::sdk_config(), key.clone()),
+    );
+    let page = concur.list_page(10, None, far()).await.unwrap();
+    let request = &page.items[0];
+    let tokens = concur
+        .exchange_request_token(
+            request.user_id.as_deref().unwrap(),
+            request.request_token.as_ref().unwrap(),
+            far(),
+        )
+        .await
+        .unwrap();
+    vault
+        .store_connection("member-1", &request.id, &tokens, chrono::Utc::now())
+        .await
+        .unwrap();
+    let before = vault.get("member-1").await.unwrap().unwrap();
+    let poller = poller::Poller {
+        concur: concur.clone(),
+        store: store().await,
+        settings: settings(),
+        metrics: Metrics::disabled("poller"),
+        pause: Default::default(),
+        keep_alive: Some(Box::new(KeepAlive {
+            vault,
+            concur: concur.clone(),
+            settings: KeepAliveSettings::default(),
+            owner: "poller-test".into(),
+        })),
+    };
+    poller.run(far()).await.unwrap();
+    let check = TokenVault::new(
+        dynamo,
+        table,
+        KmsEncryptor::from_sdk_config(&testing::sdk_config(), key),
+    );
+    let after = check.get("member-1").await.unwrap().unwrap();
+    assert_eq!(
+        after.token_version,
+        before.token_version + 1,
+        "renewed once"
+    );
+    assert_ne!(after.ciphertext(), before.ciphertext());
+    // The renewed token is the live one.
+    check
+        .access_token(&concur, "member-1", "check", far())
+        .await
+        .unwrap();
 }

@@ -7,7 +7,7 @@
 //! | loyalty account (or e-mail) not found | `CREU1` | `not_found` |
 //! | found, last name differs | `CREU2` | `name_mismatch` |
 //! | found, account closed / locked / unverified / ambiguous | `CREU3` | `needs_attention:<why>` |
-//! | request token exchange refused (an expired, used or foreign token) | `CRRET` | `token_exchange_failed:<kind>` |
+//! | request token exchange refused (an expired, used or foreign token), also after one re-read of the request | `CRRET` | `token_exchange_failed:<kind>` |
 //! | an earlier holder submitted the token and Concur offers no other | `CRRET` | `token_spent` |
 //! | no user id or no request token on the request | `CRRET` | `no_user_id` / `no_request_token` |
 //!

@@ -41,7 +41,7 @@ use serde_json::{json, Map};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 use triplink_shared::concur::retry::{Decision as RetryDecision, RetryPolicy};
-use triplink_shared::concur::{ConcurClient, ConcurError, UserTokens};
+use triplink_shared::concur::{ConcurClient, ConcurError, OAuthErrorKind, UserTokens};
 use triplink_shared::config::{ConcurSettings, ConfigError, Env};
 use triplink_shared::matching::{MatchOutcome, MatchPolicy};
 use triplink_shared::members::{match_request, HealthGate, MemberDirectory, Readiness};
@@ -249,7 +249,9 @@ impl<E: Encryptor> ConnectionSink for TokenVault<E> {
         tokens: &UserTokens,
         now: DateTime<Utc>,
     ) -> Result<(), VaultError> {
-        TokenVault::store_connection(self, member_id, request_id, tokens, now).await
+        TokenVault::store_connection(self, member_id, request_id, tokens, now)
+            .await
+            .map(|_replaced| ())
     }
     async fn connected_since(
         &self,
@@ -436,7 +438,8 @@ impl WorkerInit {
                 dynamo,
                 self.connections_table.clone(),
                 KmsEncryptor::new(aws_sdk_kms::Client::new(&self.aws), self.kms_key_id.clone()),
-            ),
+            )
+            .with_metrics(Metrics::new(self.namespace.clone(), "vault")),
             settings: self.settings.clone(),
             metrics: Metrics::new(self.namespace.clone(), "worker"),
             safety: Safety::default(),
@@ -528,41 +531,12 @@ where
                 }
             }
         };
-        match self.store.record_exchange_started(lease, Utc::now()).await {
-            Ok(true) => {}
-            Ok(false) => return Step::LeaseLost,
-            Err(e) => {
-                warn!(request_id = %item.request_id, error = %e, "could not record the exchange start");
-                return Step::Leave(Leave::TokenExchangeUnanswered { pause: false });
-            }
-        }
-        let tokens = match self.concur.exchange(user_id, &token, deadline).await {
+        let tokens = match self
+            .exchange_token(item, lease, user_id, token, deadline)
+            .await
+        {
             Ok(tokens) => tokens,
-            Err(e) => {
-                warn!(
-                    request_id = %item.request_id,
-                    error = %e,
-                    error_kind = e.kind(),
-                    correlation_id = e.correlation_id().unwrap_or(""),
-                    "request token exchange failed"
-                );
-                // No answer that proves the grant was refused: the token may be spent.
-                if e.is_transient() || matches!(e, ConcurError::DeadlineExceeded { .. }) {
-                    return Step::Leave(Leave::after(
-                        &e,
-                        Leave::TokenExchangeUnanswered {
-                            pause: e.pause().is_some(),
-                        },
-                    ));
-                }
-                // Concur refused the app, not this traveller's token: not their problem.
-                if decision::is_app_problem(&e) {
-                    return Step::Leave(Leave::AppCredentialsRejected);
-                }
-                return Step::Decide(decision::technical(TechnicalFailure::TokenExchangeFailed(
-                    e.kind(),
-                )));
-            }
+            Err(step) => return step,
         };
         let stored = with_retries(
             &self.settings.step_retry,
@@ -644,6 +618,119 @@ where
             _ => Err(Step::Decide(decision::technical(
                 TechnicalFailure::TokenSpent,
             ))),
+        }
+    }
+
+    /// Submit a request token, marked as submitted first. A refusal of the token itself
+    /// (OAuth 103, 136) may only mean that our read was superseded (a later GET issued
+    /// a new token): the request is read again by id, once per attempt, and the token
+    /// Concur holds now, if it is another, is recorded (fenced by the lease) and
+    /// submitted instead. A `CRRET` is never spent on our own stale read.
+    async fn exchange_token(
+        &self,
+        item: &RequestItem,
+        lease: Lease<'_>,
+        user_id: &str,
+        mut token: SecretString,
+        deadline: Instant,
+    ) -> Result<UserTokens, Step> {
+        let mut reread = false;
+        loop {
+            match self.store.record_exchange_started(lease, Utc::now()).await {
+                Ok(true) => {}
+                Ok(false) => return Err(Step::LeaseLost),
+                Err(e) => {
+                    warn!(request_id = %item.request_id, error = %e, "could not record the exchange start");
+                    return Err(Step::Leave(Leave::TokenExchangeUnanswered { pause: false }));
+                }
+            }
+            let e = match self.concur.exchange(user_id, &token, deadline).await {
+                Ok(tokens) => return Ok(tokens),
+                Err(e) => e,
+            };
+            warn!(
+                request_id = %item.request_id,
+                error = %e,
+                error_kind = e.kind(),
+                correlation_id = e.correlation_id().unwrap_or(""),
+                reread,
+                "request token exchange failed"
+            );
+            // No answer that proves the grant was refused: the token may be spent.
+            if e.is_transient() || matches!(e, ConcurError::DeadlineExceeded { .. }) {
+                return Err(Step::Leave(Leave::after(
+                    &e,
+                    Leave::TokenExchangeUnanswered {
+                        pause: e.pause().is_some(),
+                    },
+                )));
+            }
+            // Concur refused the app, not this traveller's token: not their problem.
+            if decision::is_app_problem(&e) {
+                return Err(Step::Leave(Leave::AppCredentialsRejected));
+            }
+            let for_the_token = matches!(
+                e.oauth_kind(),
+                Some(OAuthErrorKind::CodeBadOrExpired | OAuthErrorKind::AuthTokenNotIssuedForYou)
+            );
+            if for_the_token && !reread {
+                reread = true;
+                if let Some(current) = self.current_token(item, lease, &token, deadline).await? {
+                    info!(request_id = %item.request_id, "the token read at claim time was superseded; submitting the current one");
+                    token = current;
+                    continue;
+                }
+            }
+            return Err(Step::Decide(decision::technical(
+                TechnicalFailure::TokenExchangeFailed(e.kind()),
+            )));
+        }
+    }
+
+    /// The request token Concur holds now for this request, when it is not `refused`
+    /// (recorded, fenced by the lease, before it is submitted); `None` when Concur
+    /// holds no other token.
+    async fn current_token(
+        &self,
+        item: &RequestItem,
+        lease: Lease<'_>,
+        refused: &SecretString,
+        deadline: Instant,
+    ) -> Result<Option<SecretString>, Step> {
+        let now = match self.concur.fetch_request(&item.request_id, deadline).await {
+            Ok(now) => now,
+            Err(e) => {
+                warn!(
+                    request_id = %item.request_id,
+                    error = %e,
+                    correlation_id = e.correlation_id().unwrap_or(""),
+                    "could not re-read the request after a refused token"
+                );
+                return Err(Step::Leave(Leave::after(
+                    &e,
+                    Leave::FreshTokenUnavailable {
+                        pause: e.pause().is_some(),
+                    },
+                )));
+            }
+        };
+        let Some(current) = now.request_token else {
+            return Ok(None);
+        };
+        if current.expose_secret() == refused.expose_secret() {
+            return Ok(None);
+        }
+        match self
+            .store
+            .record_fresh_token(lease, current.expose_secret(), Utc::now())
+            .await
+        {
+            Ok(true) => Ok(Some(current)),
+            Ok(false) => Err(Step::LeaseLost),
+            Err(e) => {
+                warn!(request_id = %item.request_id, error = %e, "could not store a fresh token");
+                Err(Step::Leave(Leave::FreshTokenUnavailable { pause: false }))
+            }
         }
     }
 

@@ -76,6 +76,7 @@ async fn run_everything_at_once(env: &Env, store: &DynamoRequestStore) -> u32 {
         settings: poller::PollerSettings::default(),
         metrics: Metrics::disabled("poller"),
         pause: Default::default(),
+        keep_alive: None,
     };
     let polls = async {
         let mut runs = 0u32;

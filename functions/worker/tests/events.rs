@@ -97,6 +97,7 @@ async fn the_handlers_run_on_the_sample_events() {
         settings: poller::PollerSettings::default(),
         metrics: Metrics::new("TripLink", "poller"),
         pause: Default::default(),
+        keep_alive: None,
     };
     let tick: EventBridgeEvent<serde_json::Value> =
         serde_json::from_str(&read("poller-schedule.json")).unwrap();

@@ -553,8 +553,30 @@ async fn the_http_directory_down_sends_nothing_and_leaves_the_requests_pending()
     }
 }
 
+/// The sandbox's record of a request's token submissions: (token number, accepted).
+async fn exchange_attempts(env: &Env, id: &str) -> Vec<(u64, bool)> {
+    let view: serde_json::Value =
+        reqwest::get(env.sandbox.url(&format!("/_sandbox/requests/{id}")))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    view["exchange_attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["token_number"].as_u64().unwrap(),
+                a["ok"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
 #[tokio::test]
-async fn an_expired_request_token_means_crret() {
+async fn an_expired_request_token_is_read_again_once_and_the_current_one_connects() {
     let env = setup(20).await;
     // A day and an hour later, the tokens issued by the poll have expired.
     triplink_shared::testing::http_client()
@@ -564,27 +586,160 @@ async fn an_expired_request_token_means_crret() {
         .await
         .unwrap();
     let worker = worker(&env, &env.concur, &env.members);
-    let matched: Vec<_> = testing::scan_requests(&env.store)
+    let item = a_matched_item(&env).await;
+    let outcome = worker
+        .process(
+            &record(&item, "INSERT", 1),
+            "inv",
+            lambda_deadline_ms(),
+            far(),
+        )
         .await
-        .into_iter()
-        .filter(|i| env.expected.get(&i.request_id).map(String::as_str) == Some("CRSUC"))
-        .collect();
-    assert!(!matched.is_empty());
-    worker
-        .process_batch(&records(&matched), "inv", lambda_deadline_ms())
-        .await;
-    for item in &matched {
-        let stored = env.store.get(&item.request_id).await.unwrap().unwrap();
-        let last = stored.history.last().unwrap();
-        assert_eq!(last.status, ConnectionStatus::Retry, "{:?}", last);
-        assert!(
-            last.reason
-                .as_deref()
-                .unwrap()
-                .starts_with("token_exchange_failed"),
-            "{last:?}"
-        );
+        .unwrap();
+    assert!(
+        matches!(
+            outcome,
+            RecordOutcome::Reported {
+                status: ConnectionStatus::Connected,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    let attempts = exchange_attempts(&env, &item.request_id).await;
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert!(!attempts[0].1 && attempts[1].1, "{attempts:?}");
+    assert_ne!(attempts[0].0, attempts[1].0, "{attempts:?}");
+}
+
+/// A Concur that refuses every request token with OAuth code 103 (and counts the
+/// submissions); the rest goes to the sandbox.
+struct RefusingExchange<'a> {
+    inner: &'a ConcurClient,
+    submitted: Mutex<Vec<String>>,
+}
+
+impl ConcurPort for RefusingExchange<'_> {
+    async fn exchange(
+        &self,
+        _user_id: &str,
+        token: &SecretString,
+        _deadline: Instant,
+    ) -> Result<UserTokens, ConcurError> {
+        use secrecy::ExposeSecret;
+        self.submitted
+            .lock()
+            .unwrap()
+            .push(token.expose_secret().to_owned());
+        Err(ConcurError::OAuth {
+            info: triplink_shared::concur::CallInfo::new("token"),
+            error: Box::new(triplink_shared::concur::OAuthError {
+                code: Some(103),
+                error: Some("invalid_request".into()),
+                ..Default::default()
+            }),
+        })
     }
+    async fn report(
+        &self,
+        id: &str,
+        status: ConnectionStatus,
+        deadline: Instant,
+    ) -> Result<(), ConcurError> {
+        self.inner.report(id, status, deadline).await
+    }
+    async fn fetch_request(
+        &self,
+        id: &str,
+        deadline: Instant,
+    ) -> Result<ConnectionRequest, ConcurError> {
+        self.inner.fetch_request(id, deadline).await
+    }
+}
+
+#[tokio::test]
+async fn a_refused_token_is_read_again_at_most_once_then_crret() {
+    let env = setup(20).await;
+    let concur = RefusingExchange {
+        inner: &env.concur,
+        submitted: Mutex::new(Vec::new()),
+    };
+    let worker = worker(&env, &concur, &env.members);
+    let item = a_matched_item(&env).await;
+    let outcome = worker
+        .process(
+            &record(&item, "INSERT", 1),
+            "inv",
+            lambda_deadline_ms(),
+            far(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            outcome,
+            RecordOutcome::Reported {
+                status: ConnectionStatus::Retry,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    let submitted = concur.submitted.lock().unwrap().clone();
+    assert_eq!(submitted.len(), 2, "one submission, one after the re-read");
+    assert_eq!(Some(submitted[0].as_str()), item.request_token.as_deref());
+    assert_ne!(submitted[0], submitted[1]);
+    let stored = env.store.get(&item.request_id).await.unwrap().unwrap();
+    let last = stored.history.last().unwrap();
+    assert_eq!(last.reason.as_deref(), Some("token_exchange_failed:oauth"));
+    assert_eq!(
+        puts(&env.sandbox, &item.request_id).await,
+        (vec!["CRRET".to_owned()], 0)
+    );
+}
+
+#[tokio::test]
+async fn a_token_superseded_by_a_later_get_is_read_again_not_reported_crret() {
+    // Every GET issues a new request token and kills the earlier ones.
+    let env = setup_with(20, |c| c.supersede_request_tokens = true).await;
+    let item = a_matched_item(&env).await;
+    // A poll overlapping the worker reads the request again: the token in the item
+    // (read when the request was polled) is dead.
+    env.concur.get(&item.request_id, far()).await.unwrap();
+    let worker = worker(&env, &env.concur, &env.members);
+    let outcome = worker
+        .process(
+            &record(&item, "INSERT", 1),
+            "inv",
+            lambda_deadline_ms(),
+            far(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            outcome,
+            RecordOutcome::Reported {
+                status: ConnectionStatus::Connected,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    let attempts = exchange_attempts(&env, &item.request_id).await;
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert!(!attempts[0].1, "the stale token is refused: {attempts:?}");
+    assert!(attempts[1].1, "the re-read token connects: {attempts:?}");
+    assert_eq!(
+        puts(&env.sandbox, &item.request_id).await,
+        (vec!["CRSUC".to_owned()], 0)
+    );
+    let stored = env.store.get(&item.request_id).await.unwrap().unwrap();
+    assert_ne!(
+        stored.request_token, item.request_token,
+        "the fresh token was recorded"
+    );
+    assert_eq!(env.vault_count().await, 1);
 }
 
 #[tokio::test]

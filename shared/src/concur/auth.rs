@@ -4,6 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use base64::Engine;
+use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
@@ -13,19 +14,42 @@ use super::base_url::BaseUrl;
 /// Access tokens live one hour (auth page): the lifetime assumed when `expires_in` is absent.
 pub const DEFAULT_ACCESS_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 
-fn opt_u64_lenient<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    // The page writes `"expires_in": "3600"` (a string); accept numbers as well.
+/// A number of seconds as the page writes it (`"expires_in": "3600"`, a string) or as a
+/// number. Out-of-range values saturate (they are clamped later, never overflow); a value
+/// that is not a number is an error.
+fn opt_seconds_lenient<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    fn saturate(negative: bool) -> i64 {
+        if negative {
+            i64::MIN
+        } else {
+            i64::MAX
+        }
+    }
     match Value::deserialize(d)? {
         Value::Null => Ok(None),
-        Value::Number(n) => n.as_u64().map(Some).ok_or_else(|| {
-            serde::de::Error::custom(format!("expires_in {n} is not a whole number of seconds"))
-        }),
-        Value::String(s) => s.trim().parse::<u64>().map(Some).map_err(|_| {
-            serde::de::Error::custom(format!("expires_in {s:?} is not a number of seconds"))
-        }),
-        other => Err(serde::de::Error::custom(format!(
-            "expires_in: unexpected {other}"
-        ))),
+        Value::Number(n) => Ok(Some(match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => i,
+            (None, Some(_), _) => i64::MAX,
+            // Fractions are truncated; a float beyond i64 saturates (`as` does).
+            (None, None, Some(f)) => f as i64,
+            (None, None, None) => saturate(false),
+        })),
+        Value::String(s) => {
+            let t = s.trim();
+            let digits = t.strip_prefix('-').unwrap_or(t);
+            match t.parse::<i64>() {
+                Ok(i) => Ok(Some(i)),
+                Err(_) if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => {
+                    Ok(Some(saturate(t.starts_with('-'))))
+                }
+                Err(_) => Err(serde::de::Error::custom(
+                    "a lifetime is not a number of seconds",
+                )),
+            }
+        }
+        _ => Err(serde::de::Error::custom(
+            "a lifetime is not a number of seconds",
+        )),
     }
 }
 
@@ -41,10 +65,14 @@ fn opt_code<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
 #[derive(Deserialize)]
 pub(crate) struct TokenResponse {
     pub access_token: String,
-    #[serde(default, deserialize_with = "opt_u64_lenient")]
-    pub expires_in: Option<u64>,
+    #[serde(default, deserialize_with = "opt_seconds_lenient")]
+    pub expires_in: Option<i64>,
     #[serde(default)]
     pub refresh_token: Option<String>,
+    /// When the refresh token expires: epoch seconds, as the auth page says (a small value
+    /// is read as seconds from now).
+    #[serde(default, deserialize_with = "opt_seconds_lenient")]
+    pub refresh_expires_in: Option<i64>,
     #[serde(default)]
     pub geolocation: Option<String>,
     #[serde(default)]
@@ -53,12 +81,77 @@ pub(crate) struct TokenResponse {
     pub scope: Option<String>,
 }
 
+/// Access token lifetimes outside this range are clamped into it (with a warning).
+pub const ACCESS_TOKEN_LIFETIME_BOUNDS: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(24 * 3600));
+
+/// Refresh tokens live six months (auth page): the lifetime assumed when the answer does
+/// not say.
+pub const DEFAULT_REFRESH_TOKEN_LIFETIME: Duration = Duration::from_secs(183 * 24 * 3600);
+
+/// A refresh token expiry is clamped to at least this far and at most
+/// [`MAX_REFRESH_TOKEN_LIFETIME`] from now (with a warning).
+pub const MIN_REFRESH_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+pub const MAX_REFRESH_TOKEN_LIFETIME: Duration = Duration::from_secs(400 * 24 * 3600);
+
+/// `refresh_expires_in` values at or above this are epoch seconds (2001-09-09), below it
+/// seconds from now.
+const EPOCH_THRESHOLD: i64 = 1_000_000_000;
+
+/// The longest access or refresh token accepted (a longer one is a malformed answer).
+pub const MAX_TOKEN_LEN: usize = 8 * 1024;
+
 impl TokenResponse {
+    /// The access token's lifetime: `expires_in`, one hour when absent, clamped into
+    /// [`ACCESS_TOKEN_LIFETIME_BOUNDS`] (0, negative or huge values never overflow).
     pub fn lifetime(&self) -> Duration {
-        self.expires_in
-            .map(Duration::from_secs)
-            .unwrap_or(DEFAULT_ACCESS_TOKEN_LIFETIME)
+        let Some(seconds) = self.expires_in else {
+            return DEFAULT_ACCESS_TOKEN_LIFETIME;
+        };
+        let (min, max) = ACCESS_TOKEN_LIFETIME_BOUNDS;
+        let clamped = seconds.clamp(min.as_secs() as i64, max.as_secs() as i64);
+        if clamped != seconds {
+            tracing::warn!(
+                expires_in = seconds,
+                clamped_to = clamped,
+                "absurd access token lifetime clamped"
+            );
+        }
+        Duration::from_secs(clamped.unsigned_abs())
     }
+
+    /// When the refresh token expires: `refresh_expires_in` (epoch seconds, or seconds
+    /// from now when small), six months from `now` when absent; clamped into
+    /// [`MIN_REFRESH_TOKEN_LIFETIME`, `MAX_REFRESH_TOKEN_LIFETIME`] from `now`.
+    pub fn refresh_expires_at(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        refresh_expiry(self.refresh_expires_in, now)
+    }
+}
+
+/// See [`TokenResponse::refresh_expires_at`].
+pub fn refresh_expiry(refresh_expires_in: Option<i64>, now: DateTime<Utc>) -> DateTime<Utc> {
+    let seconds = |d: Duration| d.as_secs() as i64;
+    let Some(value) = refresh_expires_in else {
+        return now + chrono::Duration::seconds(seconds(DEFAULT_REFRESH_TOKEN_LIFETIME));
+    };
+    let from_now = if value >= EPOCH_THRESHOLD {
+        value.saturating_sub(now.timestamp())
+    } else {
+        value
+    };
+    let (min, max) = (
+        seconds(MIN_REFRESH_TOKEN_LIFETIME),
+        seconds(MAX_REFRESH_TOKEN_LIFETIME),
+    );
+    let clamped = from_now.clamp(min, max);
+    if clamped != from_now {
+        tracing::warn!(
+            refresh_expires_in = value,
+            clamped_to_s = clamped,
+            "absurd refresh token expiry clamped"
+        );
+    }
+    now + chrono::Duration::seconds(clamped)
 }
 
 /// A user's tokens after the password grant (`credtype=authtoken`) or a refresh.
@@ -69,6 +162,8 @@ pub struct UserTokens {
     pub access_token: SecretString,
     pub refresh_token: SecretString,
     pub expires_in: Duration,
+    /// When the refresh token expires (see [`TokenResponse::refresh_expires_at`]).
+    pub refresh_expires_at: DateTime<Utc>,
     pub geolocation: BaseUrl,
     /// The Concur user id: the id token's `sub`, else the id the grant was made for.
     pub user_id: Option<String>,
@@ -183,6 +278,58 @@ mod tests {
             r#"{"access_token":"a","expires_in":"soon"}"#
         )
         .is_err());
+    }
+
+    #[test]
+    fn absurd_lifetimes_are_clamped_never_overflow() {
+        let lifetime = |v: &str| {
+            serde_json::from_str::<TokenResponse>(&format!(
+                r#"{{"access_token":"a","expires_in":{v}}}"#
+            ))
+            .unwrap()
+            .lifetime()
+        };
+        let (min, max) = ACCESS_TOKEN_LIFETIME_BOUNDS;
+        for (v, want) in [
+            ("0", min),
+            ("-5", min),
+            ("\"-99999999999999999999999\"", min),
+            ("18446744073709551615", max),
+            ("\"99999999999999999999999999\"", max),
+            ("1e300", max),
+            ("-1e300", min),
+            ("\"1800\"", Duration::from_secs(1800)),
+        ] {
+            assert_eq!(lifetime(v), want, "expires_in {v}");
+        }
+        let now = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let expiry = |v: Option<i64>| (refresh_expiry(v, now) - now).num_seconds();
+        let (lo, hi) = (
+            MIN_REFRESH_TOKEN_LIFETIME.as_secs() as i64,
+            MAX_REFRESH_TOKEN_LIFETIME.as_secs() as i64,
+        );
+        assert_eq!(
+            expiry(None),
+            DEFAULT_REFRESH_TOKEN_LIFETIME.as_secs() as i64
+        );
+        assert_eq!(expiry(Some(now.timestamp() + 86_400 * 30)), 86_400 * 30);
+        assert_eq!(
+            expiry(Some(86_400 * 30)),
+            86_400 * 30,
+            "small: seconds from now"
+        );
+        for v in [0, -1, i64::MIN, now.timestamp() - 10] {
+            assert_eq!(expiry(Some(v)), lo, "{v}");
+        }
+        for v in [
+            i64::MAX,
+            EPOCH_THRESHOLD - 1,
+            now.timestamp() + 10 * 365 * 86_400,
+        ] {
+            assert_eq!(expiry(Some(v)), hi, "{v}");
+        }
     }
 
     #[test]

@@ -7,6 +7,9 @@
 //! transient failures (429, 500, 502, 504, broken connections) are retried by
 //! [`RetryPolicy`]; a 401/403 on an API call refreshes the app token once.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use reqwest::header::{HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
@@ -17,7 +20,9 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 use url::Url;
 
-use super::auth::{id_token_subject, parse_oauth_error, OAuthErrorKind, TokenResponse, UserTokens};
+use super::auth::{
+    id_token_subject, parse_oauth_error, OAuthErrorKind, TokenResponse, UserTokens, MAX_TOKEN_LEN,
+};
 use super::base_url::BaseUrl;
 use super::error::{CallInfo, ConcurError};
 use super::retry::{parse_retry_after, Decision, RetryPolicy};
@@ -33,6 +38,12 @@ pub const MAX_PAGE_LIMIT: u32 = 10;
 /// The HTTP status codes page: "The web service should return a response within 60
 /// seconds."
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The largest answer body read from the token endpoint (a token answer is a few KiB).
+pub const MAX_TOKEN_BODY: usize = 64 * 1024;
+
+/// The largest answer body read from an API call (a page holds at most ten requests).
+pub const MAX_API_BODY: usize = 4 * 1024 * 1024;
 
 /// Everything the client needs to know.
 #[derive(Debug, Clone)]
@@ -234,6 +245,35 @@ pub struct ConcurClient {
     http: reqwest::Client,
     config: ConcurConfig,
     app_token: Mutex<Option<CachedToken>>,
+    /// The client id and secret in use: the configured ones until a re-fetch.
+    credentials: std::sync::RwLock<Credentials>,
+    secret_provider: Option<Arc<dyn SecretProvider>>,
+    refetch: Mutex<()>,
+}
+
+/// A future of [`SecretProvider::fetch`].
+pub type SecretFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<(String, SecretString), String>> + Send + 'a>>;
+
+/// Where the app's client credentials can be fetched again: the client secret is read
+/// once per execution environment, and once more when Concur answers `invalid_client`
+/// (the supplier rotated it).
+pub trait SecretProvider: Send + Sync {
+    /// The current client id and secret (an error message without the secret).
+    fn fetch(&self) -> SecretFuture<'_>;
+}
+
+#[derive(Clone)]
+struct Credentials {
+    client_id: String,
+    client_secret: SecretString,
+}
+
+impl Credentials {
+    fn same_as(&self, other: &Self) -> bool {
+        self.client_id == other.client_id
+            && self.client_secret.expose_secret() == other.client_secret.expose_secret()
+    }
 }
 
 impl ConcurClient {
@@ -246,9 +286,21 @@ impl ConcurClient {
             .map_err(|e| ConcurError::Invalid(format!("HTTP client: {e}")))?;
         Ok(Self {
             http,
+            credentials: std::sync::RwLock::new(Credentials {
+                client_id: config.client_id.clone(),
+                client_secret: config.client_secret.clone(),
+            }),
             config,
             app_token: Mutex::new(None),
+            secret_provider: None,
+            refetch: Mutex::new(()),
         })
+    }
+
+    /// Re-fetch the client secret from `provider` when Concur answers `invalid_client`.
+    pub fn with_secret_provider(mut self, provider: Arc<dyn SecretProvider>) -> Self {
+        self.secret_provider = Some(provider);
+        self
     }
 
     pub fn config(&self) -> &ConcurConfig {
@@ -304,7 +356,23 @@ impl ConcurClient {
         let headers = response.headers().clone();
         info.status = Some(status.as_u16());
         info.correlation_id = correlation_id(&headers);
-        let body = response.text().await.map_err(|e| transport(&info, e))?;
+        let max_body = if call.op == "token" {
+            MAX_TOKEN_BODY
+        } else {
+            MAX_API_BODY
+        };
+        let mut response = response;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| transport(&info, e))? {
+            if bytes.len() + chunk.len() > max_body {
+                return Err(ConcurError::Malformed {
+                    info,
+                    message: format!("answer body larger than {max_body} bytes"),
+                });
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        let body = String::from_utf8_lossy(&bytes).into_owned();
         debug!(
             op = call.op,
             status = status.as_u16(),
@@ -401,10 +469,10 @@ impl ConcurClient {
 
     // ----- app token ---------------------------------------------------------------
 
-    fn token_form(&self, grant: &[(&str, &str)]) -> String {
+    fn token_form(&self, grant: &[(&str, &str)], credentials: &Credentials) -> String {
         let mut form = url::form_urlencoded::Serializer::new(String::new());
-        form.append_pair("client_id", &self.config.client_id);
-        form.append_pair("client_secret", self.config.client_secret.expose_secret());
+        form.append_pair("client_id", &credentials.client_id);
+        form.append_pair("client_secret", credentials.client_secret.expose_secret());
         for (key, value) in grant {
             form.append_pair(key, value);
         }
@@ -414,6 +482,10 @@ impl ConcurClient {
     /// A token grant. `idempotent: false` for a grant that consumes what it is given
     /// (the single-use request token): it is then repeated only after an answer that
     /// proves it was not processed (429, 5xx), never after a timeout or a lost answer.
+    ///
+    /// A grant refused with `invalid_client` (the supplier rotated the client secret)
+    /// fetches the secret once more from its source and, if it changed, is made once
+    /// more with it: a refusal of the client proves the grant was not processed.
     async fn token_call(
         &self,
         base: &BaseUrl,
@@ -421,11 +493,79 @@ impl ConcurClient {
         idempotent: bool,
         deadline: Instant,
     ) -> Result<(TokenResponse, CallInfo), ConcurError> {
+        let used = self.credentials();
+        let first = self
+            .token_call_with(base, grant, idempotent, deadline, &used)
+            .await;
+        match first {
+            Err(ConcurError::OAuth { ref error, .. })
+                if error.error.as_deref() == Some("invalid_client") =>
+            {
+                match self.refetch_credentials(&used).await {
+                    Some(fresh) => {
+                        warn!("Concur refused the client credentials (invalid_client); trying the re-fetched secret once");
+                        self.token_call_with(base, grant, idempotent, deadline, &fresh)
+                            .await
+                    }
+                    None => first,
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// The client credentials in use.
+    fn credentials(&self) -> Credentials {
+        match self.credentials.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// After `used` was refused: the credentials another task fetched meanwhile, or fetch
+    /// them from the secret provider (one fetch at a time). `None` when there is no
+    /// provider, the fetch failed, or the secret did not change.
+    async fn refetch_credentials(&self, used: &Credentials) -> Option<Credentials> {
+        let _one_at_a_time = self.refetch.lock().await;
+        let current = self.credentials();
+        if !current.same_as(used) {
+            return Some(current);
+        }
+        let provider = self.secret_provider.as_ref()?;
+        let fresh = match provider.fetch().await {
+            Ok((client_id, client_secret)) => Credentials {
+                client_id,
+                client_secret,
+            },
+            Err(message) => {
+                warn!(error = %message, "the client secret could not be fetched again");
+                return None;
+            }
+        };
+        if fresh.same_as(used) {
+            warn!("the re-fetched client secret is unchanged");
+            return None;
+        }
+        match self.credentials.write() {
+            Ok(mut c) => *c = fresh.clone(),
+            Err(poisoned) => *poisoned.into_inner() = fresh.clone(),
+        }
+        Some(fresh)
+    }
+
+    async fn token_call_with(
+        &self,
+        base: &BaseUrl,
+        grant: &[(&str, &str)],
+        idempotent: bool,
+        deadline: Instant,
+        credentials: &Credentials,
+    ) -> Result<(TokenResponse, CallInfo), ConcurError> {
         let call = Call {
             op: "token",
             method: Method::POST,
             url: base.join("/oauth2/v0/token"),
-            body: Body::Form(self.token_form(grant)),
+            body: Body::Form(self.token_form(grant, credentials)),
             idempotent,
         };
         let response = self.send(&call, None, deadline, token_status_error).await?;
@@ -433,6 +573,9 @@ impl ConcurClient {
             .map_err(|e| response.malformed(format!("token response: {e}")))?;
         if parsed.access_token.trim().is_empty() {
             return Err(response.malformed("token response without access_token"));
+        }
+        if parsed.access_token.len() > MAX_TOKEN_LEN {
+            return Err(response.malformed("access_token longer than the cap"));
         }
         Ok((parsed, response.info))
     }
@@ -524,10 +667,18 @@ impl ConcurClient {
         fallback_user: Option<&str>,
     ) -> Result<UserTokens, ConcurError> {
         let expires_in = response.lifetime();
+        let refresh_expires_at = response.refresh_expires_at(chrono::Utc::now());
         let malformed = |message: &str| ConcurError::Malformed {
             info: info.clone(),
             message: message.to_owned(),
         };
+        if response
+            .refresh_token
+            .as_ref()
+            .is_some_and(|t| t.len() > MAX_TOKEN_LEN)
+        {
+            return Err(malformed("refresh_token longer than the cap"));
+        }
         let refresh_token = match response.refresh_token.filter(|t| !t.trim().is_empty()) {
             Some(token) => SecretString::from(token),
             None => fallback_refresh
@@ -547,6 +698,7 @@ impl ConcurClient {
             .or_else(|| fallback_user.map(str::to_owned));
         Ok(UserTokens {
             expires_in,
+            refresh_expires_at,
             access_token: SecretString::from(response.access_token),
             refresh_token,
             geolocation,

@@ -157,6 +157,14 @@ impl ConcurError {
         }
     }
 
+    /// The class of an OAuth2 refusal (`None` for every other error).
+    pub fn oauth_kind(&self) -> Option<super::auth::OAuthErrorKind> {
+        match self {
+            Self::OAuth { error, .. } => Some(error.kind()),
+            _ => None,
+        }
+    }
+
     /// The server's `Retry-After`, when it sent one.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {

@@ -9,7 +9,10 @@ pub mod version;
 
 pub use auth::{OAuthError, OAuthErrorKind, UserTokens};
 pub use base_url::{BaseUrl, BaseUrlError, GLZ_BASE_URL};
-pub use client::{ConcurClient, ConcurConfig, Page, Pager, DEFAULT_CALL_TIMEOUT, MAX_PAGE_LIMIT};
+pub use client::{
+    ConcurClient, ConcurConfig, Page, Pager, SecretFuture, SecretProvider, DEFAULT_CALL_TIMEOUT,
+    MAX_PAGE_LIMIT,
+};
 pub use error::{CallInfo, ConcurError, CONCUR_PAUSE};
 pub use retry::RetryPolicy;
 pub use version::ApiVersion;

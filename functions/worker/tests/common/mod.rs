@@ -52,12 +52,18 @@ pub fn concur_client(sandbox: &Sandbox) -> ConcurClient {
 
 /// A seeded sandbox (every hard case), its members imported, its queue polled.
 pub async fn setup(users: usize) -> Env {
+    setup_with(users, |_| {}).await
+}
+
+/// [`setup`] with the sandbox's configuration changed first.
+pub async fn setup_with(users: usize, configure: impl FnOnce(&mut Config)) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let members_file: PathBuf = dir.path().join("members.json");
     let mut config = Config::for_tests();
     config.seed = Some(7);
     config.users = users;
     config.members_out = Some(members_file.clone());
+    configure(&mut config);
     let sandbox = spawn(config).await.unwrap();
 
     let aws = testing::sdk_config();
