@@ -8,6 +8,7 @@
 
 pub mod aws;
 pub mod dlq;
+pub mod dry_run;
 pub mod members;
 pub mod output;
 pub mod retry;
@@ -101,9 +102,12 @@ pub struct GlobalOptions {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Count requests by state and by outcome; show requeued and stuck requests.
+    /// The member directory's health; requests by state and by outcome; requeued,
+    /// stuck and parked requests (by reason).
     ///
     /// Stuck: `working` with an expired lease, or `decided` for more than 15 minutes.
+    /// The directory is ready when its manifest (written by `members import`) counts at
+    /// least one member; until then the worker decides no CREU*.
     Status,
     /// Show one request: state, attempt, timestamps, lease, decision and history.
     ///
@@ -116,18 +120,38 @@ pub enum Command {
         #[arg(long)]
         reveal: bool,
     },
-    /// Send one request back for processing: re-arm it as the poller's sweep does.
+    /// Send one request (or every parked request) back for processing: re-arm it as
+    /// the poller's sweep does.
     ///
     /// received, working or decided (parked or not): back to `received` with its
     /// re-drive count reset, so the table's stream delivers it to the worker again; a
     /// decided status is kept and re-sent as is (never re-decided). reported or
     /// quarantined: nothing to retry.
+    ///
+    /// With --all-parked: every parked request (only those parked for --reason, if
+    /// given), at most --max per run. This is how the connector goes live after a dry
+    /// run (`--reason dry_run`), or resumes after the member data was fixed.
     Retry {
         /// The request id (Concur's `ID`).
-        id: String,
+        #[arg(required_unless_present = "all_parked", conflicts_with = "all_parked")]
+        id: Option<String>,
         /// Re-arm even though a worker's lease has not expired.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "all_parked")]
         force: bool,
+        /// Re-arm every parked request instead of one.
+        #[arg(long)]
+        all_parked: bool,
+        /// With --all-parked: only requests parked for this reason.
+        #[arg(long, requires = "all_parked", conflicts_with = "id", value_parser = clap::builder::PossibleValuesParser::new(retry::PARK_REASONS))]
+        reason: Option<String>,
+        /// With --all-parked: re-arm at most this many requests.
+        #[arg(long, requires = "all_parked", conflicts_with = "id", default_value_t = retry::DEFAULT_BULK_MAX, value_name = "N")]
+        max: usize,
+    },
+    /// Requests decided in dry-run mode (DRY_RUN=true): nothing was sent for them.
+    DryRun {
+        #[command(subcommand)]
+        command: DryRunCommand,
     },
     /// The worker's dead-letter queue (its Lambda on-failure destination).
     Dlq {
@@ -139,6 +163,13 @@ pub enum Command {
         #[command(subcommand)]
         command: MembersCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DryRunCommand {
+    /// List requests parked by the dry run: id, attempt, the status the worker would
+    /// have sent, why and when; counts by would-be status. No personal data.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -209,16 +240,41 @@ pub async fn execute<E: Env + Send + Sync>(cli: Cli, env: E) -> Result<Finished,
         .with_retention_days(retention_days(&env)?);
     match cli.command {
         Command::Status => {
-            let report =
+            let mut report =
                 status::status(&dynamo, &global.requests_table, chrono::Utc::now()).await?;
+            let directory = DynamoMemberDirectory::new(dynamo, global.members_table.clone());
+            report.directory =
+                Some(status::DirectoryReport::read(&global.members_table, &directory).await);
             Ok(output::finished(&report, format, true))
         }
         Command::Show { id, reveal } => {
             let view = show::show(&store, &id, reveal, chrono::Utc::now()).await?;
             Ok(output::finished(&view, format, true))
         }
-        Command::Retry { id, force } => {
+        Command::Retry {
+            id: Some(id),
+            force,
+            all_parked: false,
+            ..
+        } => {
             let report = retry::retry_command(&store, &id, force).await?;
+            Ok(output::finished(&report, format, true))
+        }
+        Command::Retry {
+            all_parked: true,
+            reason,
+            max,
+            ..
+        } => {
+            let report = retry::retry_parked(&store, reason.as_deref(), max).await?;
+            let success = report.failed == 0;
+            Ok(output::finished(&report, format, success))
+        }
+        Command::Retry { .. } => Err(CliError::new("retry needs a request id, or --all-parked")),
+        Command::DryRun {
+            command: DryRunCommand::List,
+        } => {
+            let report = dry_run::list(&dynamo, &global.requests_table, None).await?;
             Ok(output::finished(&report, format, true))
         }
         Command::Dlq {
