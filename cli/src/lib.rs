@@ -11,6 +11,7 @@ pub mod dlq;
 pub mod dry_run;
 pub mod members;
 pub mod output;
+pub mod preflight;
 pub mod retry;
 pub mod show;
 pub mod status;
@@ -90,8 +91,7 @@ pub struct GlobalOptions {
     )]
     pub members_table: String,
 
-    /// The connections table (accepted for symmetry with the functions; no command
-    /// reads it yet).
+    /// The connections table (checked by `preflight`).
     #[arg(long, env = "CONNECTIONS_TABLE", global = true, value_name = "NAME")]
     pub connections_table: Option<String>,
 
@@ -152,6 +152,18 @@ pub enum Command {
     DryRun {
         #[command(subcommand)]
         command: DryRunCommand,
+    },
+    /// Check everything that must work before the poller's schedule is enabled.
+    ///
+    /// The requests, members and connections tables; the member directory is ready
+    /// (manifest with members); the KMS key encrypts and decrypts; the Concur settings
+    /// (CONCUR_API_BASE_URL, CONCUR_CLIENT_ID, CONCUR_CLIENT_SECRET_SOURCE, ... as the
+    /// functions read them) give an app token and one page of connection requests
+    /// (limit 1, read-only). One line per check; fails if any check fails.
+    Preflight {
+        /// The KMS key that encrypts refresh tokens (the functions' KMS_KEY_ID).
+        #[arg(long, env = "KMS_KEY_ID", value_name = "ID")]
+        kms_key_id: Option<String>,
     },
     /// The worker's dead-letter queue (its Lambda on-failure destination).
     Dlq {
@@ -276,6 +288,17 @@ pub async fn execute<E: Env + Send + Sync>(cli: Cli, env: E) -> Result<Finished,
         } => {
             let report = dry_run::list(&dynamo, &global.requests_table, None).await?;
             Ok(output::finished(&report, format, true))
+        }
+        Command::Preflight { kms_key_id } => {
+            let targets = preflight::Targets {
+                requests_table: &global.requests_table,
+                members_table: &global.members_table,
+                connections_table: global.connections_table.as_deref(),
+                kms_key_id: kms_key_id.as_deref(),
+            };
+            let report = preflight::preflight(&aws, &targets, &env).await;
+            let success = report.ok;
+            Ok(output::finished(&report, format, success))
         }
         Command::Dlq {
             command: DlqCommand::Redrive { queue_url, max },

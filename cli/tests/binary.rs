@@ -31,7 +31,15 @@ fn every_command_has_help() {
     let out = triplink(&["--help"]);
     assert!(out.status.success());
     let help = text(&out.stdout);
-    for command in ["status", "show", "retry", "dry-run", "dlq", "members"] {
+    for command in [
+        "status",
+        "show",
+        "retry",
+        "dry-run",
+        "preflight",
+        "dlq",
+        "members",
+    ] {
         assert!(help.contains(command), "{command} missing from {help}");
     }
     for option in [
@@ -48,6 +56,7 @@ fn every_command_has_help() {
         &["show", "--help"],
         &["retry", "--help"],
         &["dry-run", "list", "--help"],
+        &["preflight", "--help"],
         &["dlq", "redrive", "--help"],
         &["members", "import", "--help"],
     ] {
@@ -63,6 +72,7 @@ fn every_command_has_help() {
             "{option} missing from {retry_help}"
         );
     }
+    assert!(text(&triplink(&["preflight", "--help"]).stdout).contains("--kms-key-id"));
     // retry needs an id or --all-parked, not both; --reason takes a known reason only.
     for args in [
         &["retry"][..],
