@@ -138,8 +138,8 @@ pub enum Command {
         /// Re-arm even though a worker's lease has not expired.
         #[arg(long, conflicts_with = "all_parked")]
         force: bool,
-        /// Re-arm every parked request instead of one.
-        #[arg(long)]
+        /// Re-arm every parked request instead of one (alias: --parked).
+        #[arg(long, alias = "parked")]
         all_parked: bool,
         /// With --all-parked: only requests parked for this reason.
         #[arg(long, requires = "all_parked", conflicts_with = "id", value_parser = clap::builder::PossibleValuesParser::new(retry::PARK_REASONS))]
@@ -149,9 +149,11 @@ pub enum Command {
         max: usize,
     },
     /// Requests decided in dry-run mode (DRY_RUN=true): nothing was sent for them.
+    ///
+    /// `triplink dry-run` alone is `triplink dry-run list`.
     DryRun {
         #[command(subcommand)]
-        command: DryRunCommand,
+        command: Option<DryRunCommand>,
     },
     /// Check everything that must work before the poller's schedule is enabled.
     ///
@@ -284,7 +286,7 @@ pub async fn execute<E: Env + Send + Sync>(cli: Cli, env: E) -> Result<Finished,
         }
         Command::Retry { .. } => Err(CliError::new("retry needs a request id, or --all-parked")),
         Command::DryRun {
-            command: DryRunCommand::List,
+            command: None | Some(DryRunCommand::List),
         } => {
             let report = dry_run::list(&dynamo, &global.requests_table, None).await?;
             Ok(output::finished(&report, format, true))

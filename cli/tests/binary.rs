@@ -191,7 +191,6 @@ async fn status_prints_json_from_a_local_endpoint_and_errors_are_one_line() {
 
     let out = triplink(&[
         "dry-run",
-        "list",
         "--output",
         "json",
         "--endpoint-url",
@@ -202,6 +201,22 @@ async fn status_prints_json_from_a_local_endpoint_and_errors_are_one_line() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let json: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["total"], 0);
+
+    // --parked is --all-parked.
+    let out = triplink(&[
+        "retry",
+        "--parked",
+        "--output",
+        "json",
+        "--endpoint-url",
+        &endpoint,
+        "--requests-table",
+        &table,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["found"], 0);
+    assert_eq!(json["reason"], Value::Null);
 
     let out = triplink(&[
         "status",
