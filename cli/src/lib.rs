@@ -256,9 +256,8 @@ pub async fn execute<E: Env + Send + Sync>(cli: Cli, env: E) -> Result<Finished,
         Command::Status => {
             let mut report =
                 status::status(&dynamo, &global.requests_table, chrono::Utc::now()).await?;
-            let directory = DynamoMemberDirectory::new(dynamo, global.members_table.clone());
             report.directory =
-                Some(status::DirectoryReport::read(&global.members_table, &directory).await);
+                Some(status::DirectoryReport::configured(&aws, &env, &global.members_table).await);
             Ok(output::finished(&report, format, true))
         }
         Command::Show { id, reveal } => {

@@ -4,7 +4,9 @@
 //! * the requests, members and connections tables exist and are reachable
 //!   (DescribeTable, status ACTIVE);
 //! * the member directory is ready: a manifest counting at least one member (the rule
-//!   the worker applies before any `CREU*`, `triplink_shared::members::health`);
+//!   the worker applies before any `CREU*`, `triplink_shared::members::health`), for the
+//!   directory the worker is configured with (`MEMBER_DIRECTORY`: the members table, or
+//!   the HTTP member service's `/health`);
 //! * the KMS key works: an Encrypt and Decrypt round trip of a throw-away value through
 //!   the vault's encryptor, with the vault's encryption context;
 //! * Concur: the configuration the functions use is complete (v3.2), the client secret
@@ -20,7 +22,6 @@ use aws_config::SdkConfig;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use triplink_shared::config::{ConcurSettings, Env, SecretSource};
-use triplink_shared::members::DynamoMemberDirectory;
 use triplink_shared::vault::{Encryptor, KmsEncryptor};
 
 use crate::output::{Render, Table};
@@ -220,15 +221,11 @@ pub async fn preflight(
         }
     };
     report.push("connections table", connections);
-    let directory = DynamoMemberDirectory::new(dynamo.clone(), targets.members_table);
-    let health = DirectoryReport::read(targets.members_table, &directory).await;
+    let health = DirectoryReport::configured(aws, env, targets.members_table).await;
+    let line = format!("{}: {}", health.table, health.line());
     report.push(
         "member directory",
-        if health.ready {
-            Ok(health.line())
-        } else {
-            Err(health.line())
-        },
+        if health.ready { Ok(line) } else { Err(line) },
     );
     report.push("kms key", kms_check(aws, targets.kms_key_id).await);
     concur_checks(&mut report, aws, env).await;

@@ -3,11 +3,16 @@
 
 use std::collections::HashMap;
 
+use aws_config::SdkConfig;
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
+use triplink_shared::config::{Env, SecretSource};
 use triplink_shared::members::health::{readiness, DirectoryHealth, NotReady, Readiness};
-use triplink_shared::members::{DirectoryError, MemberDirectory};
+use triplink_shared::members::{
+    DirectoryError, DynamoMemberDirectory, HttpDirectoryConfig, HttpMemberDirectory,
+    MemberDirectory,
+};
 use triplink_shared::store::layout::attr;
 
 use crate::output::{Render, Table};
@@ -134,6 +139,50 @@ impl ParkedCounts {
     }
 }
 
+/// The HTTP member service as the worker builds it, and a label for it (the URL without
+/// credentials or query).
+async fn http_directory(
+    aws: &SdkConfig,
+    env: &(impl Env + Sync),
+) -> Result<(String, HttpMemberDirectory), String> {
+    let raw = env
+        .get("MEMBER_SERVICE_URL")
+        .ok_or("MEMBER_SERVICE_URL is not set")?;
+    let base_url =
+        url::Url::parse(raw.trim()).map_err(|e| format!("MEMBER_SERVICE_URL is not a URL: {e}"))?;
+    let label = format!(
+        "{}{}",
+        base_url.origin().ascii_serialization(),
+        base_url.path()
+    );
+    let auth_header = match env.get("MEMBER_SERVICE_AUTH_HEADER") {
+        None => None,
+        Some(name) => {
+            let raw_source = env
+                .get("MEMBER_SERVICE_AUTH_SOURCE")
+                .ok_or("MEMBER_SERVICE_AUTH_SOURCE is not set")?;
+            let source: SecretSource = raw_source
+                .parse()
+                .map_err(|e: String| format!("MEMBER_SERVICE_AUTH_SOURCE: {e}"))?;
+            let value = source
+                .fetch_checked(aws, env)
+                .await
+                .map_err(|e| e.to_string())?;
+            Some((name, value))
+        }
+    };
+    let timeout_ms: u64 = env
+        .parsed("MEMBER_SERVICE_TIMEOUT_MS", 2000)
+        .map_err(|e| e.to_string())?;
+    let directory = HttpMemberDirectory::new(HttpDirectoryConfig {
+        base_url,
+        timeout: std::time::Duration::from_millis(timeout_ms),
+        auth_header,
+    })
+    .map_err(|e| format!("MEMBER_SERVICE_URL: {e}"))?;
+    Ok((label, directory))
+}
+
 /// The member directory's health, as the worker's gate reads it
 /// (`triplink_shared::members::health`).
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
@@ -145,7 +194,7 @@ pub struct DirectoryReport {
     pub members: Option<u64>,
     /// When the manifest was written.
     pub updated_at: Option<String>,
-    /// Why not ready: `no_manifest`, `empty` or `unreachable`.
+    /// Why not ready: `no_manifest`, `empty`, `unreachable` or `configuration`.
     pub not_ready: Option<String>,
     /// What to do about it.
     pub advice: Option<String>,
@@ -181,6 +230,49 @@ impl DirectoryReport {
     /// Read the health of a directory.
     pub async fn read<D: MemberDirectory>(table: &str, directory: &D) -> Self {
         Self::new(table, directory.health().await)
+    }
+
+    /// The directory the worker is configured with, read as the worker reads it:
+    /// `MEMBER_DIRECTORY` `dynamodb` (the default: the members table `members_table`) or
+    /// `http` (`MEMBER_SERVICE_URL`, optional `MEMBER_SERVICE_AUTH_HEADER` with its value
+    /// from `MEMBER_SERVICE_AUTH_SOURCE`, `MEMBER_SERVICE_TIMEOUT_MS`). A configuration
+    /// that cannot be used is reported as not ready (`configuration`).
+    pub async fn configured(aws: &SdkConfig, env: &(impl Env + Sync), members_table: &str) -> Self {
+        let kind = env
+            .get("MEMBER_DIRECTORY")
+            .unwrap_or_else(|| "dynamodb".into())
+            .trim()
+            .to_ascii_lowercase();
+        match kind.as_str() {
+            "dynamodb" => {
+                let directory = DynamoMemberDirectory::new(
+                    aws_sdk_dynamodb::Client::new(aws),
+                    members_table.to_owned(),
+                );
+                Self::read(members_table, &directory).await
+            }
+            "http" => match http_directory(aws, env).await {
+                Ok((label, directory)) => Self::read(&label, &directory).await,
+                Err(message) => Self::unusable("member service", message),
+            },
+            other => Self::unusable(
+                "member directory",
+                format!("MEMBER_DIRECTORY={other:?}: expected dynamodb or http"),
+            ),
+        }
+    }
+
+    fn unusable(label: &str, message: String) -> Self {
+        Self {
+            table: label.to_owned(),
+            ready: false,
+            not_ready: Some("configuration".into()),
+            advice: Some(
+                "fix the member directory settings (MEMBER_DIRECTORY, MEMBER_SERVICE_*)".into(),
+            ),
+            error: Some(message),
+            ..Self::default()
+        }
     }
 
     /// One line: `ready: N members (manifest of T)` or `NOT READY (reason): advice`.

@@ -227,3 +227,61 @@ async fn a_wrong_client_secret_fails_the_concur_check() {
     assert!(!config.ok);
     assert!(config.detail.contains("CONCUR_API_BASE_URL"), "{config:?}");
 }
+
+#[tokio::test]
+async fn the_http_member_service_is_checked_when_the_worker_uses_it() {
+    use wiremock::matchers::{header, method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    // The members table has no manifest: only the member service is asked.
+    let setup = setup(None).await;
+    let service = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/health"))
+        .and(header("x-api-key", "member-service-key"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"status": "ok", "members": 7})),
+        )
+        .mount(&service)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/health"))
+        .respond_with(ResponseTemplate::new(401))
+        .mount(&service)
+        .await;
+    let mut env = setup.env();
+    for (key, value) in [
+        ("MEMBER_DIRECTORY", "http"),
+        ("MEMBER_SERVICE_URL", service.uri().as_str()),
+        ("MEMBER_SERVICE_AUTH_HEADER", "x-api-key"),
+        ("MEMBER_SERVICE_AUTH_SOURCE", "env:TEST_MEMBER_KEY"),
+        ("TEST_MEMBER_KEY", "member-service-key"),
+    ] {
+        env.insert(key.into(), value.into());
+    }
+    let report = preflight(&testing::sdk_config(), &setup.targets(), &env).await;
+    assert!(report.ok, "{report:?}");
+    let directory = check(&report, "member directory");
+    assert!(
+        directory.detail.contains("ready: 7 members"),
+        "{directory:?}"
+    );
+    assert!(directory.detail.contains(&service.uri()), "{directory:?}");
+    let text = format_report(&report, OutputFormat::Json);
+    assert!(!text.contains("member-service-key"), "{text}");
+
+    // A wrong key: the service refuses, the check fails.
+    env.insert("TEST_MEMBER_KEY".into(), "wrong".into());
+    let report = preflight(&testing::sdk_config(), &setup.targets(), &env).await;
+    let directory = check(&report, "member directory");
+    assert!(!directory.ok && !report.ok, "{report:?}");
+    assert!(directory.detail.contains("unreachable"), "{directory:?}");
+
+    // A directory kind the worker does not know.
+    env.insert("MEMBER_DIRECTORY".into(), "ldap".into());
+    let report = preflight(&testing::sdk_config(), &setup.targets(), &env).await;
+    let directory = check(&report, "member directory");
+    assert!(!directory.ok, "{report:?}");
+    assert!(directory.detail.contains("configuration"), "{directory:?}");
+}
