@@ -1,6 +1,7 @@
 //! `triplink`, the operator tool of the TripLink connector: see where requests stand,
-//! look at one, send it back for processing, re-drive the worker's dead-letter queue and
-//! bulk-load members.
+//! look at one, send it (or every parked one) back for processing, review a dry run,
+//! check a deployment before its schedule is enabled, re-drive the worker's dead-letter
+//! queue and bulk-load members.
 //!
 //! `main.rs` only parses the command line and calls [`run`]; every command lives in its
 //! own module and takes the shared crate's store and directory types (or small traits),
