@@ -1,6 +1,7 @@
 //! `triplink`, the operator tool of the TripLink connector: see where requests stand,
-//! look at one, send it back for processing, re-drive the worker's dead-letter queue and
-//! bulk-load members.
+//! look at one, send it (or every parked one) back for processing, review a dry run,
+//! check a deployment before its schedule is enabled, re-drive the worker's dead-letter
+//! queue and bulk-load members.
 //!
 //! `main.rs` only parses the command line and calls [`run`]; every command lives in its
 //! own module and takes the shared crate's store and directory types (or small traits),
@@ -8,8 +9,10 @@
 
 pub mod aws;
 pub mod dlq;
+pub mod dry_run;
 pub mod members;
 pub mod output;
+pub mod preflight;
 pub mod retry;
 pub mod show;
 pub mod status;
@@ -91,7 +94,7 @@ pub struct GlobalOptions {
     )]
     pub members_table: String,
 
-    /// The connections table (the token vault): `tokens` and `connections`.
+    /// The connections table (the token vault): `tokens`, `connections` and `preflight`.
     #[arg(
         long,
         env = "CONNECTIONS_TABLE",
@@ -101,7 +104,7 @@ pub struct GlobalOptions {
     )]
     pub connections_table: String,
 
-    /// The KMS key of the refresh tokens (`connections revoke`).
+    /// The KMS key of the refresh tokens (`connections revoke`, `preflight`).
     #[arg(long, env = "KMS_KEY_ID", global = true, value_name = "KEY")]
     pub kms_key_id: Option<String>,
 
@@ -112,9 +115,12 @@ pub struct GlobalOptions {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Count requests by state and by outcome; show requeued and stuck requests.
+    /// The member directory's health; requests by state and by outcome; requeued,
+    /// stuck and parked requests (by reason).
     ///
     /// Stuck: `working` with an expired lease, or `decided` for more than 15 minutes.
+    /// The directory is ready when its manifest (written by `members import`) counts at
+    /// least one member; until then the worker decides no CREU*.
     Status,
     /// Show one request: state, attempt, timestamps, lease, decision and history.
     ///
@@ -127,19 +133,51 @@ pub enum Command {
         #[arg(long)]
         reveal: bool,
     },
-    /// Send one request back for processing: re-arm it as the poller's sweep does.
+    /// Send one request (or every parked request) back for processing: re-arm it as
+    /// the poller's sweep does.
     ///
     /// received, working or decided (parked or not): back to `received` with its
     /// re-drive count reset, so the table's stream delivers it to the worker again; a
     /// decided status is kept and re-sent as is (never re-decided). reported or
     /// quarantined: nothing to retry.
+    ///
+    /// With --all-parked: every parked request (only those parked for --reason, if
+    /// given), at most --max per run. This is how the connector goes live after a dry
+    /// run (`--reason dry_run`), or resumes after the member data was fixed.
     Retry {
         /// The request id (Concur's `ID`).
-        id: String,
+        #[arg(required_unless_present = "all_parked", conflicts_with = "all_parked")]
+        id: Option<String>,
         /// Re-arm even though a worker's lease has not expired.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "all_parked")]
         force: bool,
+        /// Re-arm every parked request instead of one (alias: --parked).
+        #[arg(long, alias = "parked")]
+        all_parked: bool,
+        /// With --all-parked: only requests parked for this reason.
+        #[arg(long, requires = "all_parked", conflicts_with = "id", value_parser = clap::builder::PossibleValuesParser::new(retry::PARK_REASONS))]
+        reason: Option<String>,
+        /// With --all-parked: re-arm at most this many requests.
+        #[arg(long, requires = "all_parked", conflicts_with = "id", default_value_t = retry::DEFAULT_BULK_MAX, value_name = "N")]
+        max: usize,
     },
+    /// Requests decided in dry-run mode (DRY_RUN=true): nothing was sent for them.
+    ///
+    /// `triplink dry-run` alone is `triplink dry-run list`.
+    DryRun {
+        #[command(subcommand)]
+        command: Option<DryRunCommand>,
+    },
+    /// Check everything that must work before the poller's schedule is enabled.
+    ///
+    /// The requests, members and connections tables; the member directory is ready
+    /// (manifest with members); the KMS key encrypts and decrypts; the Concur settings
+    /// (CONCUR_API_BASE_URL, CONCUR_CLIENT_ID, CONCUR_CLIENT_SECRET_SOURCE, ... as the
+    /// functions read them) give an app token and one page of connection requests
+    /// (limit 1, read-only). One line per check; fails if any check fails.
+    /// The KMS key is the global `--kms-key-id` (KMS_KEY_ID), the connections table the
+    /// global `--connections-table` (CONNECTIONS_TABLE).
+    Preflight,
     /// The worker's dead-letter queue (its Lambda on-failure destination).
     Dlq {
         #[command(subcommand)]
@@ -171,6 +209,13 @@ pub enum ConnectionsCommand {
         /// The member id.
         member_id: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DryRunCommand {
+    /// List requests parked by the dry run: id, attempt, the status the worker would
+    /// have sent, why and when; counts by would-be status. No personal data.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -241,17 +286,52 @@ pub async fn execute<E: Env + Send + Sync>(cli: Cli, env: E) -> Result<Finished,
         .with_retention_days(retention_days(&env)?);
     match cli.command {
         Command::Status => {
-            let report =
+            let mut report =
                 status::status(&dynamo, &global.requests_table, chrono::Utc::now()).await?;
+            report.directory =
+                Some(status::DirectoryReport::configured(&aws, &env, &global.members_table).await);
             Ok(output::finished(&report, format, true))
         }
         Command::Show { id, reveal } => {
             let view = show::show(&store, &id, reveal, chrono::Utc::now()).await?;
             Ok(output::finished(&view, format, true))
         }
-        Command::Retry { id, force } => {
+        Command::Retry {
+            id: Some(id),
+            force,
+            all_parked: false,
+            ..
+        } => {
             let report = retry::retry_command(&store, &id, force).await?;
             Ok(output::finished(&report, format, true))
+        }
+        Command::Retry {
+            all_parked: true,
+            reason,
+            max,
+            ..
+        } => {
+            let report = retry::retry_parked(&store, reason.as_deref(), max).await?;
+            let success = report.failed == 0;
+            Ok(output::finished(&report, format, success))
+        }
+        Command::Retry { .. } => Err(CliError::new("retry needs a request id, or --all-parked")),
+        Command::DryRun {
+            command: None | Some(DryRunCommand::List),
+        } => {
+            let report = dry_run::list(&dynamo, &global.requests_table, None).await?;
+            Ok(output::finished(&report, format, true))
+        }
+        Command::Preflight => {
+            let targets = preflight::Targets {
+                requests_table: &global.requests_table,
+                members_table: &global.members_table,
+                connections_table: Some(global.connections_table.as_str()),
+                kms_key_id: global.kms_key_id.as_deref(),
+            };
+            let report = preflight::preflight(&aws, &targets, &env).await;
+            let success = report.ok;
+            Ok(output::finished(&report, format, success))
         }
         Command::Dlq {
             command: DlqCommand::Redrive { queue_url, max },

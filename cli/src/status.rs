@@ -3,9 +3,16 @@
 
 use std::collections::HashMap;
 
+use aws_config::SdkConfig;
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
+use triplink_shared::config::{Env, SecretSource};
+use triplink_shared::members::health::{readiness, DirectoryHealth, NotReady, Readiness};
+use triplink_shared::members::{
+    DirectoryError, DynamoMemberDirectory, HttpDirectoryConfig, HttpMemberDirectory,
+    MemberDirectory,
+};
 use triplink_shared::store::layout::attr;
 
 use crate::output::{Render, Table};
@@ -37,6 +44,8 @@ pub struct Row {
     pub parked_at: Option<String>,
     #[serde(default)]
     pub report_result: Option<String>,
+    #[serde(default)]
+    pub parked_reason: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -102,6 +111,192 @@ pub struct RecoveryCounts {
     pub not_outstanding: u64,
 }
 
+/// Parked (unfinished) requests by why they were parked
+/// (`triplink_shared::store::lifecycle::ParkReason`).
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct ParkedCounts {
+    /// The sweep's re-drives did not finish the attempt.
+    pub redrives_exhausted: u64,
+    /// A decision too old to be re-sent safely.
+    pub decision_too_old: u64,
+    /// Dry-run mode: decided, not sent (`triplink dry-run list`).
+    pub dry_run: u64,
+    /// Several members carry the request's loyalty number: fix the member data.
+    pub duplicate_loyalty_number: u64,
+    /// No reason recorded, or one this version does not know.
+    pub other: u64,
+}
+
+impl ParkedCounts {
+    fn add(&mut self, reason: Option<&str>) {
+        match reason {
+            Some("redrives_exhausted") => self.redrives_exhausted += 1,
+            Some("decision_too_old") => self.decision_too_old += 1,
+            Some("dry_run") => self.dry_run += 1,
+            Some("duplicate_loyalty_number") => self.duplicate_loyalty_number += 1,
+            _ => self.other += 1,
+        }
+    }
+}
+
+/// The HTTP member service as the worker builds it, and a label for it (the URL without
+/// credentials or query).
+async fn http_directory(
+    aws: &SdkConfig,
+    env: &(impl Env + Sync),
+) -> Result<(String, HttpMemberDirectory), String> {
+    let raw = env
+        .get("MEMBER_SERVICE_URL")
+        .ok_or("MEMBER_SERVICE_URL is not set")?;
+    let base_url =
+        url::Url::parse(raw.trim()).map_err(|e| format!("MEMBER_SERVICE_URL is not a URL: {e}"))?;
+    let label = format!(
+        "{}{}",
+        base_url.origin().ascii_serialization(),
+        base_url.path()
+    );
+    let auth_header = match env.get("MEMBER_SERVICE_AUTH_HEADER") {
+        None => None,
+        Some(name) => {
+            let raw_source = env
+                .get("MEMBER_SERVICE_AUTH_SOURCE")
+                .ok_or("MEMBER_SERVICE_AUTH_SOURCE is not set")?;
+            let source: SecretSource = raw_source
+                .parse()
+                .map_err(|e: String| format!("MEMBER_SERVICE_AUTH_SOURCE: {e}"))?;
+            let value = source
+                .fetch_checked(aws, env)
+                .await
+                .map_err(|e| e.to_string())?;
+            Some((name, value))
+        }
+    };
+    let timeout_ms: u64 = env
+        .parsed("MEMBER_SERVICE_TIMEOUT_MS", 2000)
+        .map_err(|e| e.to_string())?;
+    let directory = HttpMemberDirectory::new(HttpDirectoryConfig {
+        base_url,
+        timeout: std::time::Duration::from_millis(timeout_ms),
+        auth_header,
+    })
+    .map_err(|e| format!("MEMBER_SERVICE_URL: {e}"))?;
+    Ok((label, directory))
+}
+
+/// The member directory's health, as the worker's gate reads it
+/// (`triplink_shared::members::health`).
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct DirectoryReport {
+    pub table: String,
+    /// The worker decides `CREU*` only when ready.
+    pub ready: bool,
+    /// Members counted by the manifest (absent without a manifest).
+    pub members: Option<u64>,
+    /// When the manifest was written.
+    pub updated_at: Option<String>,
+    /// Why not ready: `no_manifest`, `empty`, `unreachable` or `configuration`.
+    pub not_ready: Option<String>,
+    /// What to do about it.
+    pub advice: Option<String>,
+    /// The read error, for `unreachable`.
+    pub error: Option<String>,
+}
+
+impl DirectoryReport {
+    /// Apply the worker's rule to a health read of the directory in `table`.
+    pub fn new(table: &str, health: Result<DirectoryHealth, DirectoryError>) -> Self {
+        let readiness = readiness(&health);
+        let (members, updated_at) = match &health {
+            Ok(h) => (h.members, h.updated_at.clone()),
+            Err(_) => (None, None),
+        };
+        let mut report = Self {
+            table: table.to_owned(),
+            ready: readiness.is_ready(),
+            members,
+            updated_at,
+            ..Self::default()
+        };
+        if let Readiness::NotReady(why) = &readiness {
+            report.not_ready = Some(why.as_str().to_owned());
+            report.advice = Some(why.advice().to_owned());
+            if let NotReady::Unreachable(e) = why {
+                report.error = Some(crate::aws::concise(e));
+            }
+        }
+        report
+    }
+
+    /// Read the health of a directory.
+    pub async fn read<D: MemberDirectory>(table: &str, directory: &D) -> Self {
+        Self::new(table, directory.health().await)
+    }
+
+    /// The directory the worker is configured with, read as the worker reads it:
+    /// `MEMBER_DIRECTORY` `dynamodb` (the default: the members table `members_table`) or
+    /// `http` (`MEMBER_SERVICE_URL`, optional `MEMBER_SERVICE_AUTH_HEADER` with its value
+    /// from `MEMBER_SERVICE_AUTH_SOURCE`, `MEMBER_SERVICE_TIMEOUT_MS`). A configuration
+    /// that cannot be used is reported as not ready (`configuration`).
+    pub async fn configured(aws: &SdkConfig, env: &(impl Env + Sync), members_table: &str) -> Self {
+        let kind = env
+            .get("MEMBER_DIRECTORY")
+            .unwrap_or_else(|| "dynamodb".into())
+            .trim()
+            .to_ascii_lowercase();
+        match kind.as_str() {
+            "dynamodb" => {
+                let directory = DynamoMemberDirectory::new(
+                    aws_sdk_dynamodb::Client::new(aws),
+                    members_table.to_owned(),
+                );
+                Self::read(members_table, &directory).await
+            }
+            "http" => match http_directory(aws, env).await {
+                Ok((label, directory)) => Self::read(&label, &directory).await,
+                Err(message) => Self::unusable("member service", message),
+            },
+            other => Self::unusable(
+                "member directory",
+                format!("MEMBER_DIRECTORY={other:?}: expected dynamodb or http"),
+            ),
+        }
+    }
+
+    fn unusable(label: &str, message: String) -> Self {
+        Self {
+            table: label.to_owned(),
+            ready: false,
+            not_ready: Some("configuration".into()),
+            advice: Some(
+                "fix the member directory settings (MEMBER_DIRECTORY, MEMBER_SERVICE_*)".into(),
+            ),
+            error: Some(message),
+            ..Self::default()
+        }
+    }
+
+    /// One line: `ready: N members (manifest of T)` or `NOT READY (reason): advice`.
+    pub fn line(&self) -> String {
+        if self.ready {
+            format!(
+                "ready: {} members (manifest written {})",
+                self.members.unwrap_or(0),
+                self.updated_at.as_deref().unwrap_or("at an unknown time")
+            )
+        } else {
+            let mut line = format!(
+                "NOT READY ({}): {}",
+                self.not_ready.as_deref().unwrap_or("unknown"),
+                self.advice.as_deref().unwrap_or("")
+            );
+            if let Some(e) = &self.error {
+                line.push_str(&format!(" ({e})"));
+            }
+            line
+        }
+    }
+}
+
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
 pub struct StatusReport {
     pub table: String,
@@ -113,6 +308,11 @@ pub struct StatusReport {
     pub requeued: u64,
     pub stuck: StuckCounts,
     pub recovery: RecoveryCounts,
+    /// Parked requests (`stuck.parked`) by reason.
+    pub parked_by_reason: ParkedCounts,
+    /// The member directory's health (absent when it was not read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub directory: Option<DirectoryReport>,
     /// Items that could not be read.
     pub unreadable: u64,
 }
@@ -165,6 +365,7 @@ impl StatusReport {
         if unfinished {
             if row.parked_at.is_some() {
                 self.stuck.parked += 1;
+                self.parked_by_reason.add(row.parked_reason.as_deref());
             } else if row.due_at.is_none_or(|due| {
                 due + Duration::minutes(OVERDUE_AFTER_MINUTES).num_milliseconds()
                     < now.timestamp_millis()
@@ -224,7 +425,7 @@ pub async fn status_paged(
         let output = client
             .scan()
             .table_name(table)
-            .projection_expression("#s, #a, #lu, #da, #ua, #h, #due, #rd, #pk, #rr")
+            .projection_expression("#s, #a, #lu, #da, #ua, #h, #due, #rd, #pk, #rr, #pr")
             .expression_attribute_names("#s", attr::STATE)
             .expression_attribute_names("#a", attr::ATTEMPT)
             .expression_attribute_names("#lu", attr::LEASE_UNTIL)
@@ -235,6 +436,7 @@ pub async fn status_paged(
             .expression_attribute_names("#rd", attr::REDRIVES)
             .expression_attribute_names("#pk", attr::PARKED_AT)
             .expression_attribute_names("#rr", attr::REPORT_RESULT)
+            .expression_attribute_names("#pr", attr::PARKED_REASON)
             .set_exclusive_start_key(start)
             .set_limit(page_size)
             .send()
@@ -263,10 +465,18 @@ pub async fn status_paged(
 
 impl Render for StatusReport {
     fn render(&self) -> String {
-        let mut out = format!(
+        let mut out = String::new();
+        if let Some(directory) = &self.directory {
+            out.push_str(&format!(
+                "Member directory {}: {}\n\n",
+                directory.table,
+                directory.line()
+            ));
+        }
+        out.push_str(&format!(
             "Requests in {} at {}: {}\n\n",
             self.table, self.at, self.total
-        );
+        ));
         let mut states = Table::new(["state", "count"]);
         let s = &self.by_state;
         for (name, count) in [
@@ -333,13 +543,35 @@ impl Render for StatusReport {
             "stuck: parked (needs an operator)".to_owned(),
             self.stuck.parked.to_string(),
         ]);
+        let p = &self.parked_by_reason;
+        for (reason, count) in [
+            ("redrives_exhausted", p.redrives_exhausted),
+            ("decision_too_old", p.decision_too_old),
+            ("dry_run", p.dry_run),
+            ("duplicate_loyalty_number", p.duplicate_loyalty_number),
+            ("other", p.other),
+        ] {
+            if count > 0 || reason != "other" {
+                health.row([format!("  parked: {reason}"), count.to_string()]);
+            }
+        }
         if self.unreadable > 0 {
             health.row(["unreadable items".to_owned(), self.unreadable.to_string()]);
         }
         out.push_str(&health.render());
+        if p.dry_run > 0 {
+            out.push_str(
+                "\nDry run: `triplink dry-run list` shows what would have been sent; to go live, deploy with DryRun=false, then `triplink retry --all-parked --reason dry_run`.\n",
+            );
+        }
+        if p.duplicate_loyalty_number > 0 {
+            out.push_str(
+                "\nDuplicate loyalty numbers: fix the member file, import it, then `triplink retry --all-parked --reason duplicate_loyalty_number`.\n",
+            );
+        }
         if self.stuck_total() > 0 {
             out.push_str(
-                "\nStuck requests: check that the poller runs (it sweeps), fix the cause, then `triplink retry ID`.\n",
+                "\nStuck requests: check that the poller runs (it sweeps), fix the cause, then `triplink retry ID` (or `triplink retry --all-parked`).\n",
             );
         }
         out

@@ -31,7 +31,15 @@ fn every_command_has_help() {
     let out = triplink(&["--help"]);
     assert!(out.status.success());
     let help = text(&out.stdout);
-    for command in ["status", "show", "retry", "dlq", "members"] {
+    for command in [
+        "status",
+        "show",
+        "retry",
+        "dry-run",
+        "preflight",
+        "dlq",
+        "members",
+    ] {
         assert!(help.contains(command), "{command} missing from {help}");
     }
     for option in [
@@ -47,6 +55,8 @@ fn every_command_has_help() {
         &["status", "--help"][..],
         &["show", "--help"],
         &["retry", "--help"],
+        &["dry-run", "list", "--help"],
+        &["preflight", "--help"],
         &["dlq", "redrive", "--help"],
         &["members", "import", "--help"],
     ] {
@@ -55,7 +65,31 @@ fn every_command_has_help() {
         assert!(text(&out.stdout).contains("Usage: triplink"), "{args:?}");
     }
     assert!(text(&triplink(&["members", "import", "--help"]).stdout).contains("--dry-run"));
-    assert!(text(&triplink(&["retry", "--help"]).stdout).contains("--force"));
+    let retry_help = text(&triplink(&["retry", "--help"]).stdout);
+    for option in ["--force", "--all-parked", "--reason", "--max"] {
+        assert!(
+            retry_help.contains(option),
+            "{option} missing from {retry_help}"
+        );
+    }
+    assert!(text(&triplink(&["preflight", "--help"]).stdout).contains("--kms-key-id"));
+    // retry needs an id or --all-parked, not both; --reason takes a known reason only.
+    for args in [
+        &["retry"][..],
+        &["retry", "r-1", "--all-parked"],
+        &["retry", "r-1", "--reason", "dry_run"],
+        &["retry", "r-1", "--max", "3"],
+        &["retry", "--reason", "dry_run"],
+        &["retry", "--all-parked", "--reason", "no_such_reason"],
+    ] {
+        let out = triplink(args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
 }
 
 #[tokio::test]
@@ -87,6 +121,9 @@ async fn status_prints_json_from_a_local_endpoint_and_errors_are_one_line() {
     assert_eq!(json["by_outcome"]["CREU1"], 1);
     assert_eq!(json["requeued"], 1);
     assert_eq!(json["stuck"]["working_expired_lease"], 1);
+    // No members table by that name on moto: the directory is reported, not an error.
+    assert_eq!(json["directory"]["ready"], false);
+    assert_eq!(json["directory"]["not_ready"], "unreachable");
 
     let out = triplink(&[
         "show",
@@ -132,6 +169,54 @@ async fn status_prints_json_from_a_local_endpoint_and_errors_are_one_line() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let json: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["action"], "rearmed");
+
+    let out = triplink(&[
+        "retry",
+        "--all-parked",
+        "--reason",
+        "dry_run",
+        "--output",
+        "json",
+        "--endpoint-url",
+        &endpoint,
+        "--requests-table",
+        &table,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (json["found"].as_u64(), json["rearmed"].as_u64()),
+        (Some(0), Some(0))
+    );
+
+    let out = triplink(&[
+        "dry-run",
+        "--output",
+        "json",
+        "--endpoint-url",
+        &endpoint,
+        "--requests-table",
+        &table,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["total"], 0);
+
+    // --parked is --all-parked.
+    let out = triplink(&[
+        "retry",
+        "--parked",
+        "--output",
+        "json",
+        "--endpoint-url",
+        &endpoint,
+        "--requests-table",
+        &table,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["found"], 0);
+    assert_eq!(json["reason"], Value::Null);
 
     let out = triplink(&[
         "status",
