@@ -190,6 +190,7 @@ fn the_default_deploy_is_safe_until_enabled() {
         "Retried",
         "WorkerErrors",
         "StuckPastLease",
+        "AppCredentialsRejected",
         "Quarantined",
     ] {
         assert!(
