@@ -191,6 +191,7 @@ fn the_default_deploy_is_safe_until_enabled() {
         "WorkerErrors",
         "StuckPastLease",
         "AppCredentialsRejected",
+        "InitErrors",
         "Quarantined",
     ] {
         assert!(
