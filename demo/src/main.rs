@@ -87,6 +87,14 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 fn invocation_span(id: &str) -> Span {
     let mut context = lambda_runtime::Context::default();
     context.request_id = id.to_owned();
+    // `Tracing: Active`: Lambda passes an X-Ray trace header with every invocation.
+    let now = chrono::Utc::now();
+    context.xray_trace_id = Some(format!(
+        "Root=1-{:08x}-{:024x};Parent={:016x};Sampled=1",
+        now.timestamp(),
+        now.timestamp_subsec_nanos(),
+        id.len()
+    ));
     lambda_runtime::layers::trace::request_span(&context)
 }
 
