@@ -7,15 +7,25 @@
 //! sandbox clock by a day to show requeued requests handled as new attempts, prints the
 //! outcomes and a one-line JSON summary, and stops everything it started. Exit status 0
 //! only if every request reached a final status with nothing lost or doubled.
+//!
+//! `--capture-logs FILE` keeps what the two functions would print in CloudWatch: the
+//! JSON log lines (`init_logging`'s format, inside the Lambda runtime's invocation span)
+//! and the EMF metric documents, as log events of the poller's and the worker's log
+//! groups (see `demo::insights`); the sandbox's verdict goes next to it
+//! (`FILE.verify.json`). The poller then runs as its function does (`Poller::run`: the
+//! sweep, then the poll, both published).
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
 use concur_sandbox::{spawn, Config};
+use demo::insights::{log_group_name, LogCapture, DEMO_STACK};
 use demo::stream::StreamDriver;
-use poller::{poll, PollerSettings};
+use lambda_runtime::tracing::{Instrument, Span};
+use poller::{poll, ConcurPause, Poller, PollerSettings};
 use secrecy::SecretString;
 use serde_json::{json, Value};
 use tokio::time::Instant;
@@ -24,7 +34,7 @@ use triplink_shared::matching::Member;
 use triplink_shared::members::dynamo::DynamoMemberDirectory;
 use triplink_shared::members::MemberDirectory;
 use triplink_shared::store::{lifecycle, tables, DynamoRequestStore};
-use triplink_shared::telemetry::Metrics;
+use triplink_shared::telemetry::{init_logging_to, Metrics};
 use triplink_shared::testing;
 use triplink_shared::vault::{KmsEncryptor, TokenVault};
 use worker::{Worker, WorkerSettings};
@@ -49,6 +59,10 @@ struct Args {
     /// manifest). Succeeds only if no status at all reaches Concur and the worker says why.
     #[arg(long)]
     empty_directory: bool,
+    /// Keep the functions' log lines and metric documents as CloudWatch log events in
+    /// FILE (JSON lines), and the sandbox's verdict in FILE.verify.json.
+    #[arg(long, value_name = "FILE")]
+    capture_logs: Option<PathBuf>,
 }
 
 macro_rules! step {
@@ -69,6 +83,21 @@ async fn main() -> ExitCode {
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
+/// The span the Lambda runtime opens around each invocation (its lines carry it).
+fn invocation_span(id: &str) -> Span {
+    let mut context = lambda_runtime::Context::default();
+    context.request_id = id.to_owned();
+    // `Tracing: Active`: Lambda passes an X-Ray trace header with every invocation.
+    let now = chrono::Utc::now();
+    context.xray_trace_id = Some(format!(
+        "Root=1-{:08x}-{:024x};Parent={:016x};Sampled=1",
+        now.timestamp(),
+        now.timestamp_subsec_nanos(),
+        id.len()
+    ));
+    lambda_runtime::layers::trace::request_span(&context)
+}
+
 async fn admin(client: &reqwest::Client, url: String, body: Option<Value>) -> Result<Value, Error> {
     let request = match body {
         Some(body) => client.post(url).json(&body),
@@ -79,6 +108,28 @@ async fn admin(client: &reqwest::Client, url: String, body: Option<Value>) -> Re
 
 async fn run(args: Args) -> Result<bool, Error> {
     let started = std::time::Instant::now();
+    let (poller_group, worker_group) = (
+        log_group_name(DEMO_STACK, "poller"),
+        log_group_name(DEMO_STACK, "worker"),
+    );
+    let capture = match &args.capture_logs {
+        Some(path) => {
+            let capture = LogCapture::create(path, &poller_group)?;
+            // The sandbox shares this process; a deployed function has no such lines.
+            init_logging_to(capture.sink().skipping_target("concur_sandbox"));
+            Some(capture)
+        }
+        None => None,
+    };
+    let printed = |metrics: Metrics| match &capture {
+        Some(capture) => metrics.printing_to(capture.sink()),
+        None => metrics,
+    };
+    let to_group = |group: &str| {
+        if let Some(capture) = &capture {
+            capture.set_log_group(group);
+        }
+    };
     let work_dir = std::env::temp_dir().join(format!("triplink-demo-{}", std::process::id()));
     std::fs::create_dir_all(&work_dir)?;
 
@@ -151,7 +202,7 @@ async fn run(args: Args) -> Result<bool, Error> {
             KmsEncryptor::new(aws_sdk_kms::Client::new(&aws), key),
         ),
         settings: WorkerSettings::default(),
-        metrics: Metrics::tallied("worker"),
+        metrics: printed(Metrics::tallied("worker")),
         safety: Default::default(),
     };
     let mut stream = StreamDriver::attach(
@@ -161,7 +212,13 @@ async fn run(args: Args) -> Result<bool, Error> {
     )
     .await?;
     stream.batch_size = args.batch_size;
-    let poll_settings = PollerSettings::default();
+    let poller = Poller {
+        concur: &concur,
+        store: &store,
+        settings: PollerSettings::default(),
+        metrics: printed(Metrics::tallied("poller")),
+        pause: ConcurPause::default(),
+    };
     let mut invocation = 0u64;
     if args.empty_directory {
         let ok =
@@ -190,21 +247,32 @@ async fn run(args: Args) -> Result<bool, Error> {
                 return Err(format!("queue not drained after {} rounds", args.max_rounds).into());
             }
             let deadline = Instant::now() + Duration::from_secs(60);
-            // What the poller function does on each run: sweep, then poll.
-            let sweep = lifecycle::sweep(&store, chrono::Utc::now()).await;
-            if sweep.due > 0 {
+            // The poller function's run: sweep, then poll.
+            to_group(&poller_group);
+            invocation += 1;
+            let before = poller.metrics.totals();
+            let summary = poller
+                .run(deadline)
+                .instrument(invocation_span(&format!("demo-invocation-{invocation}")))
+                .await?;
+            let after = poller.metrics.totals();
+            let delta = |name: &str| {
+                after.get(name).copied().unwrap_or(0.0) - before.get(name).copied().unwrap_or(0.0)
+            };
+            if delta("Rearmed") + delta("Parked") > 0.0 {
                 println!(
-                    "    [{phase}] sweep: {} due, {} re-armed, {} parked",
-                    sweep.due, sweep.rearmed, sweep.parked
+                    "    [{phase}] sweep: {} re-armed, {} parked",
+                    delta("Rearmed"),
+                    delta("Parked")
                 );
             }
-            let summary = poll(&concur, &store, &poll_settings, deadline).await?;
             requeued_total += summary.requeued;
             println!(
                 "    [{phase}] poller: {} pages, {} seen, {} new, {} requeued, {} already stored ({:?})",
                 summary.pages, summary.seen, summary.new, summary.requeued,
                 summary.token_refreshed + summary.unchanged, summary.stop_reason
             );
+            to_group(&worker_group);
             let delivery = stream
                 .deliver(|batch| {
                     invocation += 1;
@@ -212,7 +280,11 @@ async fn run(args: Args) -> Result<bool, Error> {
                     let worker = &worker;
                     async move {
                         let deadline_ms = chrono::Utc::now().timestamp_millis() + 60_000;
-                        worker.process_batch(&batch, &id, deadline_ms).await
+                        let span = invocation_span(&id);
+                        worker
+                            .process_batch(&batch, &id, deadline_ms)
+                            .instrument(span)
+                            .await
                     }
                 })
                 .await?;
@@ -238,7 +310,19 @@ async fn run(args: Args) -> Result<bool, Error> {
         None,
     )
     .await?;
+    if let Some(path) = &args.capture_logs {
+        std::fs::write(path.with_extension("verify.json"), verify.to_string())?;
+    }
     let results = verify["requests"].as_array().cloned().unwrap_or_default();
+    let mut accepted: BTreeMap<String, usize> = BTreeMap::new();
+    for status in results
+        .iter()
+        .flat_map(|r| r["reported"].as_array().cloned().unwrap_or_default())
+    {
+        *accepted
+            .entry(status.as_str().unwrap_or("?").to_owned())
+            .or_default() += 1;
+    }
     let mut by_case: BTreeMap<(String, String), (usize, usize)> = BTreeMap::new();
     let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
     for r in &results {
@@ -271,6 +355,7 @@ async fn run(args: Args) -> Result<bool, Error> {
         "mismatched": mismatched,
         "lost": lost,
         "doubled": doubled,
+        "statuses_accepted": accepted,
         "ok": ok,
         "seconds": started.elapsed().as_secs_f64(),
     });

@@ -189,6 +189,10 @@ fn the_default_deploy_is_safe_until_enabled() {
         "BreakerOpened",
         "Retried",
         "WorkerErrors",
+        "StuckPastLease",
+        "AppCredentialsRejected",
+        "InitErrors",
+        "Quarantined",
     ] {
         assert!(
             alarmed.iter().any(|m| m == metric),

@@ -18,6 +18,10 @@ use serde_json::json;
 
 use crate::config::{ConfigError, Env};
 
+/// The message of the line logged when a cold start fails: the template's
+/// `init-errors` metric filters count it (`{ $.message = "…" }`).
+pub const INIT_ERROR_MESSAGE: &str = "the function cannot start";
+
 /// The Runtime API path of an initialisation error.
 pub const INIT_ERROR_PATH: &str = "/2018-06-01/runtime/init/error";
 
@@ -76,7 +80,7 @@ pub async fn or_report<T, E: InitFailure>(env: &impl Env, result: Result<T, E>) 
     tracing::error!(
         error_type = error.error_type(),
         error = %message,
-        "the function cannot start"
+        "{INIT_ERROR_MESSAGE}"
     );
     if let Err(e) = report_init_error(env, error.error_type(), &message).await {
         tracing::error!(error = %e, "could not report the init error to the Runtime API");

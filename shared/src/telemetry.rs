@@ -9,10 +9,22 @@
 use std::io::Write;
 
 use serde_json::{json, Map, Value};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
-/// Install the JSON log subscriber (once; later calls are ignored).
+/// Install the JSON log subscriber on stdout (once; later calls are ignored).
 pub fn init_logging() {
+    init_logging_to(std::io::stdout);
+}
+
+/// [`init_logging`]'s subscriber writing to `writer` instead of stdout: the same lines,
+/// for local tools that capture what a function would print (`triplink-demo
+/// --capture-logs`).
+pub fn init_logging_to<W>(writer: W)
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .json()
@@ -22,7 +34,98 @@ pub fn init_logging() {
         .with_span_list(false)
         .with_target(false)
         .with_ansi(false)
+        .with_writer(writer)
+        .finish()
         .try_init();
+}
+
+/// Where lines go instead of stdout: [`Metrics::printing_to`] gives it each EMF line,
+/// and as a tracing writer ([`init_logging_to`]) it gets each log line (one call per
+/// line, without the newline). Events of the targets it skips are dropped.
+#[derive(Clone)]
+pub struct LineSink {
+    write: std::sync::Arc<dyn Fn(&str) + Send + Sync>,
+    skip_targets: Vec<String>,
+}
+
+impl LineSink {
+    pub fn new(sink: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        Self {
+            write: std::sync::Arc::new(sink),
+            skip_targets: Vec::new(),
+        }
+    }
+
+    /// Drop the log events of `target` and its modules (a crate sharing the process that
+    /// a deployed function would not have: the Concur sandbox of `triplink-demo`).
+    pub fn skipping_target(mut self, target: impl Into<String>) -> Self {
+        self.skip_targets.push(target.into());
+        self
+    }
+
+    fn skips(&self, target: &str) -> bool {
+        self.skip_targets.iter().any(|skip| {
+            target == skip
+                || target
+                    .strip_prefix(skip.as_str())
+                    .is_some_and(|rest| rest.starts_with("::"))
+        })
+    }
+}
+
+impl std::fmt::Debug for LineSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LineSink")
+            .field("skip_targets", &self.skip_targets)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One log event's bytes, handed to the sink line by line when the event is written.
+pub struct LineWriter {
+    sink: Option<LineSink>,
+    buffer: Vec<u8>,
+}
+
+impl Write for LineWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if self.sink.is_some() {
+            self.buffer.extend_from_slice(bytes);
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LineWriter {
+    fn drop(&mut self) {
+        if let Some(sink) = &self.sink {
+            for line in String::from_utf8_lossy(&self.buffer).lines() {
+                (sink.write)(line);
+            }
+        }
+    }
+}
+
+impl<'a> MakeWriter<'a> for LineSink {
+    type Writer = LineWriter;
+
+    fn make_writer(&'a self) -> LineWriter {
+        LineWriter {
+            sink: Some(self.clone()),
+            buffer: Vec::new(),
+        }
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> LineWriter {
+        LineWriter {
+            sink: (!self.skips(meta.target())).then(|| self.clone()),
+            buffer: Vec::new(),
+        }
+    }
 }
 
 /// A metric's unit, as EMF spells it.
@@ -49,6 +152,8 @@ pub struct Metrics {
     enabled: bool,
     /// Totals per metric name, when kept ([`Metrics::tallied`]).
     tally: Option<std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, f64>>>>,
+    /// Where lines go instead of stdout ([`Metrics::printing_to`]).
+    sink: Option<LineSink>,
 }
 
 impl Metrics {
@@ -59,6 +164,17 @@ impl Metrics {
             service: service.into(),
             enabled: true,
             tally: None,
+            sink: None,
+        }
+    }
+
+    /// The same metrics, their lines given to `sink` instead of stdout (and printed even
+    /// if these metrics were [`Metrics::disabled`] or [`Metrics::tallied`]).
+    pub fn printing_to(self, sink: LineSink) -> Self {
+        Self {
+            enabled: true,
+            sink: Some(sink),
+            ..self
         }
     }
 
@@ -129,6 +245,10 @@ impl Metrics {
             return;
         }
         let line = self.document(chrono::Utc::now().timestamp_millis(), values, properties);
+        if let Some(sink) = &self.sink {
+            (sink.write)(&line.to_string());
+            return;
+        }
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{line}");
     }
@@ -154,6 +274,42 @@ mod tests {
         assert_eq!(totals.get("Released"), Some(&2.0));
         assert_eq!(totals.get("DirectoryNotReady"), Some(&1.0));
         assert!(Metrics::disabled("worker").totals().is_empty());
+    }
+
+    #[test]
+    fn a_sink_gets_the_lines_stdout_would() {
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let kept = lines.clone();
+        let metrics = Metrics::tallied("worker").printing_to(LineSink::new(move |l| {
+            kept.lock().unwrap().push(l.to_owned())
+        }));
+        let mut props = Map::new();
+        props.insert("outcome".into(), json!("CRSUC"));
+        metrics.emit(&[("Connected", 1.0, Unit::Count)], props);
+        let lines = lines.lock().unwrap();
+        assert_eq!(lines.len(), 1);
+        let doc: Value = serde_json::from_str(&lines[0]).unwrap();
+        assert_eq!(doc["outcome"], "CRSUC");
+        assert_eq!(doc["Connected"], 1.0);
+        assert_eq!(doc["_aws"]["CloudWatchMetrics"][0]["Namespace"], "TripLink");
+        assert_eq!(metrics.totals().get("Connected"), Some(&1.0));
+    }
+
+    #[test]
+    fn a_sink_as_log_writer_gets_whole_lines_and_skips_targets() {
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let kept = lines.clone();
+        let sink = LineSink::new(move |l| kept.lock().unwrap().push(l.to_owned()))
+            .skipping_target("concur_sandbox");
+        assert!(sink.skips("concur_sandbox"));
+        assert!(sink.skips("concur_sandbox::oauth"));
+        assert!(!sink.skips("concur_sandboxes"));
+        assert!(!sink.skips("worker"));
+        let mut writer = sink.make_writer();
+        writer.write_all(b"{\"a\":1}\n").unwrap();
+        writer.write_all(b"{\"b\":2}\n").unwrap();
+        drop(writer);
+        assert_eq!(*lines.lock().unwrap(), ["{\"a\":1}", "{\"b\":2}"]);
     }
 
     #[test]

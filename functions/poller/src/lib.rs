@@ -670,6 +670,7 @@ impl<C: PendingSource, S: RequestStore + SweepStore> Poller<C, S> {
                 parked = sweep.parked,
                 skipped = sweep.skipped,
                 failed = sweep.failed,
+                past_lease = sweep.past_lease,
                 "sweep finished"
             );
         }
@@ -679,6 +680,8 @@ impl<C: PendingSource, S: RequestStore + SweepStore> Poller<C, S> {
                 ("Rearmed", count(sweep.rearmed), Unit::Count),
                 ("Parked", count(sweep.parked), Unit::Count),
                 ("SweepFailed", count(sweep.failed), Unit::Count),
+                // Alarm `stuck-past-lease`: a worker invocation died holding these.
+                ("StuckPastLease", count(sweep.past_lease), Unit::Count),
             ],
             Map::new(),
         );

@@ -1053,6 +1053,11 @@ where
                     // Alarm `directory-not-ready`: no CREU* is decided until it is.
                     metrics.push(("DirectoryNotReady", 1.0, Unit::Count));
                 }
+                if *reason == Leave::AppCredentialsRejected {
+                    // Alarm `app-credentials-rejected`: Concur's token endpoint refused
+                    // the app itself; nothing is connected until its secret is fixed.
+                    metrics.push(("AppCredentialsRejected", 1.0, Unit::Count));
+                }
                 self.metrics.emit(&metrics, properties);
             }
             Ok(RecordOutcome::DryRun { status }) => {

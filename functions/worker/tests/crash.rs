@@ -293,9 +293,15 @@ async fn run_with_a_crash_at(point: Point) {
         (deadline_1 + 2_100 - Utc::now().timestamp_millis()).max(0) as u64,
     ))
     .await;
+    let mut past_lease = 0;
     for round in 0..5 {
         let sweep = lifecycle::sweep(&env.store, Utc::now() + chrono::Duration::minutes(6)).await;
         assert_eq!(sweep.failed, 0, "{point:?}: {sweep:?}");
+        assert!(
+            sweep.past_lease <= sweep.rearmed + sweep.parked,
+            "{sweep:?}"
+        );
+        past_lease += sweep.past_lease;
         let ready = received(&testing::scan_requests(&env.store).await);
         if ready.is_empty() {
             break;
@@ -316,6 +322,16 @@ async fn run_with_a_crash_at(point: Point) {
             )
             .await;
         assert!(later.batch_item_failures.is_empty(), "{point:?}");
+    }
+    // The dead invocation's held request is what the `stuck-past-lease` alarm counts
+    // (the other requests of the table were only due, never held).
+    if point == Point::BeforeBatchResponse {
+        assert_eq!(past_lease, 0, "{point:?}: nothing was left held");
+    } else {
+        assert!(
+            past_lease >= 1,
+            "{point:?}: the held request was not counted"
+        );
     }
 
     let audit = audit(&env).await;

@@ -14,6 +14,7 @@ use triplink_shared::concur::{BaseUrl, ConcurClient, ConcurConfig, RetryPolicy};
 use triplink_shared::members::dynamo::DynamoMemberDirectory;
 use triplink_shared::store::layout::{members as attr, RequestItem, RequestState};
 use triplink_shared::store::{tables, RequestStore};
+use triplink_shared::telemetry::Metrics;
 use triplink_shared::testing;
 use worker::decision::Leave;
 use worker::{breaker, RecordOutcome};
@@ -209,14 +210,31 @@ async fn a_refused_app_spends_no_crret() {
         max_delay: Duration::from_millis(20),
     };
     let wrong = ConcurClient::new(config).unwrap();
-    let worker = worker(&env, &wrong, &env.members);
+    let mut worker = worker(&env, &wrong, &env.members);
+    worker.metrics = Metrics::tallied("worker");
     let matched: Vec<_> = testing::scan_requests(&env.store)
         .await
         .into_iter()
         .filter(|i| env.expected[&i.request_id] == "CRSUC")
         .collect();
-    assert!(!matched.is_empty());
-    for (i, item) in matched.iter().enumerate() {
+    assert!(matched.len() >= 2);
+    // As Lambda delivers it: logged and counted (alarm `app-credentials-rejected`).
+    let response = worker
+        .process_batch(
+            &[record(&matched[0], "INSERT", 1)],
+            "inv-0",
+            lambda_deadline_ms(),
+        )
+        .await;
+    assert!(response.batch_item_failures.is_empty());
+    let totals = worker.metrics.totals();
+    assert_eq!(
+        totals.get("AppCredentialsRejected"),
+        Some(&1.0),
+        "{totals:?}"
+    );
+    assert_eq!(totals.get("Released"), Some(&1.0), "{totals:?}");
+    for (i, item) in matched.iter().enumerate().skip(1) {
         let outcome = worker
             .process(
                 &record(item, "INSERT", i as u64 + 1),

@@ -276,6 +276,15 @@ pub fn plan_rearm(item: &RequestItem, now: DateTime<Utc>) -> RearmPlan {
     }
 }
 
+/// Was `item` left held by an invocation that died? A claim sets `due_at` to the lease's
+/// end and a release moves `lease_until` back to the release time, before `due_at`; so
+/// an item still `working` or `decided` whose lease ends at or after its `due_at` was
+/// never released: its holder crashed, timed out or ran out of memory.
+pub fn held_past_lease(item: &RequestItem) -> bool {
+    matches!(item.state, RequestState::Working | RequestState::Decided)
+        && matches!((item.lease_until, item.due_at), (Some(until), Some(due)) if until >= due)
+}
+
 /// The store operations the sweep needs.
 pub trait SweepStore: Send + Sync {
     /// Ids of items in `state` whose `due_at` is at or before `now` (oldest first), at
@@ -359,6 +368,9 @@ pub struct SweepSummary {
     pub skipped: u32,
     /// Store errors (the next sweep tries again).
     pub failed: u32,
+    /// Of the re-armed and parked: items whose holder died with them
+    /// ([`held_past_lease`]); metric `StuckPastLease`.
+    pub past_lease: u32,
 }
 
 /// Re-arm every due item (invariant 3), at most [`SWEEP_LIMIT`] per run. Safe to run
@@ -398,6 +410,7 @@ pub async fn sweep<S: SweepStore>(store: &S, now: DateTime<Utc>) -> SweepSummary
                     continue;
                 }
             };
+            let abandoned = held_past_lease(&item);
             let result = match plan_rearm(&item, now) {
                 RearmPlan::Skip => Ok(false),
                 RearmPlan::Rearm => store.rearm(&item, false, now).await.inspect(|done| {
@@ -407,9 +420,11 @@ pub async fn sweep<S: SweepStore>(store: &S, now: DateTime<Utc>) -> SweepSummary
                             attempt = item.attempt,
                             from = item.state.as_str(),
                             redrives = item.redrives + 1,
+                            past_lease = abandoned,
                             "re-armed a request that was due"
                         );
                         summary.rearmed += 1;
+                        summary.past_lease += u32::from(abandoned);
                     }
                 }),
                 RearmPlan::Park(reason) => store.park(&item, reason, now).await.inspect(|done| {
@@ -419,9 +434,11 @@ pub async fn sweep<S: SweepStore>(store: &S, now: DateTime<Utc>) -> SweepSummary
                             attempt = item.attempt,
                             state = item.state.as_str(),
                             reason = reason.as_str(),
+                            past_lease = abandoned,
                             "request parked: it needs an operator (triplink retry --force)"
                         );
                         summary.parked += 1;
+                        summary.past_lease += u32::from(abandoned);
                     }
                 }),
             };
@@ -529,6 +546,32 @@ mod tests {
         );
         assert_eq!(ReportResult::for_not_found(0), ReportResult::NotOutstanding);
         assert_eq!(ReportResult::for_not_found(1), ReportResult::AckLost);
+    }
+
+    #[test]
+    fn a_dead_holder_is_told_from_a_release() {
+        let now = at("2026-01-01T10:00:00Z");
+        let lease_end = (now - Duration::seconds(5)).timestamp_millis();
+        let mut item = RequestItem::received(&polled("t1"), now - Duration::minutes(10));
+        assert!(!held_past_lease(&item), "received: nobody held it");
+        for state in [RequestState::Working, RequestState::Decided] {
+            // Claimed: the lease's end is also when it falls due; nobody released it.
+            item.state = state;
+            item.lease_until = Some(lease_end);
+            item.due_at = Some(lease_end);
+            assert!(held_past_lease(&item), "{state:?}");
+            // Released: the lease moved back to the release, the due time after a backoff.
+            item.lease_until = Some(lease_end - 60_000);
+            item.due_at = Some(lease_end);
+            assert!(!held_past_lease(&item), "{state:?} released");
+        }
+        item.state = RequestState::Reported;
+        item.lease_until = Some(lease_end);
+        item.due_at = Some(lease_end);
+        assert!(!held_past_lease(&item));
+        item.state = RequestState::Working;
+        item.due_at = None;
+        assert!(!held_past_lease(&item), "no due time: not for the sweep");
     }
 
     #[test]
