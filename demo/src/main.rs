@@ -218,6 +218,7 @@ async fn run(args: Args) -> Result<bool, Error> {
         settings: PollerSettings::default(),
         metrics: printed(Metrics::tallied("poller")),
         pause: ConcurPause::default(),
+        keep_alive: None,
     };
     let mut invocation = 0u64;
     if args.empty_directory {
