@@ -384,3 +384,48 @@ async fn two_members_fitting_one_request() {
     );
     assert_eq!(env.vault_count().await, 0, "no token exchanged for either");
 }
+
+/// The invocation's deadline comes before a request could be handled: it stays pending
+/// (delivered again after a backoff), never `CRRET`; and a deadline says nothing about
+/// Concur, so it never opens the circuit breaker.
+#[tokio::test]
+async fn the_deadline_leaves_requests_pending_never_crret() {
+    let env = setup(20).await;
+    let worker = worker(&env, &env.concur, &env.members);
+    let items = testing::scan_requests(&env.store).await;
+    assert!(items.len() > breaker::MIN_FAILURES);
+    for (i, item) in items.iter().enumerate() {
+        let outcome = worker
+            .process(
+                &record(item, "INSERT", i as u64 + 1),
+                "inv-1",
+                lambda_deadline_ms(),
+                tokio::time::Instant::now(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            outcome,
+            RecordOutcome::Released {
+                reason: Leave::Deadline
+            },
+            "{}",
+            item.request_id
+        );
+        let left = env.store.get(&item.request_id).await.unwrap().unwrap();
+        assert_ne!(left.state, RequestState::Reported);
+        assert!(left.due_at.is_some(), "delivered again later");
+    }
+    assert_eq!(statuses_sent(&env).await, Vec::<String>::new());
+    // The same outcomes through a batch: the breaker stays closed.
+    let batch = testing::scan_requests(&env.store).await;
+    worker
+        .process_batch(
+            &records(&batch),
+            "inv-2",
+            chrono::Utc::now().timestamp_millis(),
+        )
+        .await;
+    assert!(worker.safety.breaker.open(Utc::now()).is_none());
+    assert_eq!(statuses_sent(&env).await, Vec::<String>::new());
+}
