@@ -335,7 +335,7 @@ async fn the_stored_connection_carries_no_token_in_debug_output() {
 }
 
 async fn advance(sandbox: &Sandbox, days: i64) {
-    reqwest::Client::new()
+    triplink_shared::testing::http_client()
         .post(sandbox.url("/_sandbox/clock/advance"))
         .json(&serde_json::json!({"seconds": days * 86_400}))
         .send()

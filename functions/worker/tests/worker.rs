@@ -555,13 +555,14 @@ async fn the_http_directory_down_sends_nothing_and_leaves_the_requests_pending()
 
 /// The sandbox's record of a request's token submissions: (token number, accepted).
 async fn exchange_attempts(env: &Env, id: &str) -> Vec<(u64, bool)> {
-    let view: serde_json::Value =
-        reqwest::get(env.sandbox.url(&format!("/_sandbox/requests/{id}")))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    let view: serde_json::Value = triplink_shared::testing::http_client()
+        .get(env.sandbox.url(&format!("/_sandbox/requests/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     view["exchange_attempts"]
         .as_array()
         .unwrap()
