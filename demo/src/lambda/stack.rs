@@ -324,6 +324,10 @@ impl LocalStack {
         let mut parameters = vec![
             ("ConcurClientId".to_owned(), client_id),
             ("LocalAwsEndpointUrl".to_owned(), moto.endpoint.clone()),
+            // The members are imported (with their manifest) above: this stack is at the
+            // README's last deploy step, the schedule enabled (the template's default is
+            // DISABLED until then).
+            ("PollScheduleState".to_owned(), "ENABLED".to_owned()),
         ];
         parameters.extend(options.parameter_overrides.iter().cloned());
         let settings = StackSettings {
