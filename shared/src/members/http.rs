@@ -203,6 +203,18 @@ impl HttpMemberDirectory {
         })
     }
 
+    /// A GET to the member service: JSON accepted, the auth header when configured.
+    fn get(&self, url: Url) -> reqwest::RequestBuilder {
+        let request = self
+            .http
+            .get(url)
+            .header(ACCEPT, HeaderValue::from_static("application/json"));
+        match &self.auth {
+            Some((name, value)) => request.header(name.clone(), value.clone()),
+            None => request,
+        }
+    }
+
     /// The URL calls go to, without a query.
     pub fn members_url(&self) -> &Url {
         &self.members_url
@@ -214,14 +226,7 @@ impl HttpMemberDirectory {
         }
         let mut url = self.members_url.clone();
         url.query_pairs_mut().append_pair(parameter, value);
-        let mut request = self
-            .http
-            .get(url)
-            .header(ACCEPT, HeaderValue::from_static("application/json"));
-        if let Some((name, value)) = &self.auth {
-            request = request.header(name.clone(), value.clone());
-        }
-        let response = request.send().await.map_err(|e| {
+        let response = self.get(url).send().await.map_err(|e| {
             DirectoryError::Unavailable(format!(
                 "member service ({parameter}): {}",
                 e.without_url()
@@ -273,14 +278,7 @@ impl HttpMemberDirectory {
         if let Ok(mut segments) = url.path_segments_mut() {
             segments.pop().push("health");
         }
-        let mut request = self
-            .http
-            .get(url)
-            .header(ACCEPT, HeaderValue::from_static("application/json"));
-        if let Some((name, value)) = &self.auth {
-            request = request.header(name.clone(), value.clone());
-        }
-        let response = request.send().await.map_err(|e| {
+        let response = self.get(url).send().await.map_err(|e| {
             DirectoryError::Unavailable(format!("member service health: {}", e.without_url()))
         })?;
         let status = response.status();
