@@ -10,7 +10,7 @@ VENV_STAMP := $(VENV)/.installed-$(shell cat requirements-dev.txt | cksum | cut 
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: bench help test fmt-check clippy cargo-test e2e demo venv conformance template-lint build template-checkov
+.PHONY: bench help test test-tmpdir fmt-check clippy cargo-test e2e demo venv conformance template-lint build template-checkov
 
 help:
 	@echo "make test   - fmt check, clippy -D warnings, every test"
@@ -75,7 +75,17 @@ template-checkov: $(CHECKOV_STAMP)
 e2e: venv
 	cargo test --workspace --locked --test lambda_e2e -- --ignored --nocapture --test-threads=1
 
-test: fmt-check clippy cargo-test conformance template-lint template-checkov e2e
+# Everything `make test` runs gets a temp dir of its own (TMPDIR), which must be empty at the
+# end: tests clean up after themselves, even the ones that kill processes mid-step.
+TEST_TMPDIR := $(CURDIR)/target/test-tmp
+test: export TMPDIR := $(TEST_TMPDIR)
+test: test-tmpdir fmt-check clippy cargo-test conformance template-lint template-checkov e2e
+	@left="$$(ls -A $(TEST_TMPDIR))"; if [ -n "$$left" ]; then \
+		echo "tests left files in the temp dir $(TEST_TMPDIR):"; echo "$$left"; exit 1; fi
+	@echo "temp dir clean: the tests left nothing behind"
+
+test-tmpdir:
+	rm -rf $(TEST_TMPDIR) && mkdir -p $(TEST_TMPDIR)
 
 # Benchmarks that print figures (loopback only). `make build` first: the results include
 # the arm64 bootstraps and zips of .aws-sam/build. demo/benches/lambda.rs builds the release

@@ -114,6 +114,7 @@ async fn a_clean_run_with_a_concurrent_poller() {
     stack.stop_traffic();
     let verdict = stack.verdict("clean", drained).await.unwrap();
     report(&stack, &verdict);
+    let unlinked = unlink_a_connected_member(&stack).await;
     stack.shutdown().await;
     assert!(
         kept() || !work_dir.exists(),
@@ -121,6 +122,65 @@ async fn a_clean_run_with_a_concurrent_poller() {
     );
     assert!(verdict.json["invocations"].as_u64() > Some(0));
     assert_clean(&verdict);
+    unlinked.unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// The supplier's unlink hook on the release worker: the "Member Unlinked" event as
+/// EventBridge delivers it (the local stack emulates no rule: it is invoked directly),
+/// twice. The first revokes and deletes the connection, the second finds none.
+async fn unlink_a_connected_member(stack: &LocalStack) -> Result<(), String> {
+    let dynamo = aws_sdk_dynamodb::Client::new(&stack.aws);
+    let connected = dynamo
+        .scan()
+        .table_name(&stack.connections_table)
+        .send()
+        .await
+        .map_err(|e| format!("scan: {e:?}"))?
+        .items
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|item| item.get("member_id")?.as_s().ok().cloned())
+        .find(|id| !id.contains('#'))
+        .ok_or("the clean run connected nobody")?;
+    let event = json!({
+        "version": "0", "id": "0d6b3f2a-4c1e-4e8b-a7d5-93f2c1b8e640",
+        "detail-type": "Member Unlinked", "source": "triplink.supplier",
+        "account": "123456789012", "time": "2026-01-15T09:30:00Z", "region": "us-east-1",
+        "resources": [], "detail": {"member_id": connected}
+    });
+    let mut results = Vec::new();
+    for _ in 0..2 {
+        match call(&stack.worker, event.clone()).await.outcome {
+            Outcome::Success(body) => {
+                let body: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+                results.push(body["result"].as_str().unwrap_or_default().to_owned());
+            }
+            other => return Err(format!("the unlink invocation failed: {other:?}")),
+        }
+    }
+    let left = dynamo
+        .get_item()
+        .table_name(&stack.connections_table)
+        .key(
+            "member_id",
+            aws_sdk_dynamodb::types::AttributeValue::S(connected),
+        )
+        .consistent_read(true)
+        .send()
+        .await
+        .map_err(|e| format!("get: {e:?}"))?
+        .item;
+    println!(
+        "{}",
+        json!({"scenario": "unlink", "results": results, "deleted": left.is_none()})
+    );
+    if results != ["revoked_at_concur", "not_connected"] || left.is_some() {
+        return Err(format!(
+            "unlink: {results:?}, entry left: {}",
+            left.is_some()
+        ));
+    }
+    Ok(())
 }
 
 /// A worker that has completed an invocation (warm, its app token cached: from then

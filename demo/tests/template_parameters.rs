@@ -43,6 +43,12 @@ fn resources() -> BTreeMap<String, LocalResource> {
                 .with("Arn", "arn:aws:sqs:us-east-1:123456789012:dlq")
                 .with("QueueName", "dlq"),
         ),
+        (
+            "UnlinkDeadLetterQueue".to_owned(),
+            LocalResource::new("https://sqs.us-east-1.amazonaws.com/123456789012/unlink")
+                .with("Arn", "arn:aws:sqs:us-east-1:123456789012:unlink")
+                .with("QueueName", "unlink"),
+        ),
     ])
 }
 

@@ -56,6 +56,53 @@ pub mod attr {
     /// S: on a replaced connection awaiting its revoke, the member id its token was
     /// encrypted for (the KMS encryption context).
     pub const CONTEXT_MEMBER_ID: &str = "context_member_id";
+    /// N (epoch ms): when the keep-alive should renew this token (active), or revoke it
+    /// (replaced); absent once expired. The sort key of [`super::BY_RENEWAL`].
+    pub const RENEW_AT: &str = "renew_at";
+}
+
+/// The keep-alive's sparse index on the connections table: `token_state` (hash) and
+/// [`attr::RENEW_AT`] (range), keys only. Only active and replaced connections carry
+/// `renew_at`, so the keep-alive reads exactly the connections that are due, oldest
+/// first, however large the vault: never a scan.
+pub const BY_RENEWAL: &str = "by-renewal";
+
+/// A connection whose renewal (or revoke, when replaced) failed is tried again this much
+/// later, so that a few failing connections never hold back the index's queue.
+pub const RETRY_FAILED_UPKEEP_AFTER: chrono::Duration = chrono::Duration::hours(1);
+
+/// `TOKEN_RENEW_AFTER_DAYS` (1..=150, default 30): see [`renew_at`]. Read by every
+/// function that writes refresh tokens (the worker connects, the poller renews), as
+/// `renew_at` is fixed when a token is written.
+pub fn renew_after_from_env(
+    env: &impl crate::config::Env,
+) -> Result<chrono::Duration, crate::config::ConfigError> {
+    let default = KeepAliveSettings::default().renew_after.num_days();
+    let days: i64 = env.parsed("TOKEN_RENEW_AFTER_DAYS", default)?;
+    if !(1..=150).contains(&days) {
+        return Err(crate::config::ConfigError::Invalid {
+            key: "TOKEN_RENEW_AFTER_DAYS",
+            value: days.to_string(),
+            reason: "must be 1..=150 (refresh tokens live six months)".into(),
+        });
+    }
+    Ok(chrono::Duration::days(days))
+}
+
+/// When a token stored or rotated at `now`, expiring at `expires_at`, is due for
+/// renewal: `renew_after` later, or halfway to its expiry if it lives less than twice
+/// that (so a short-lived token is renewed in time, and not on every run).
+pub fn renew_at(
+    now: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    renew_after: chrono::Duration,
+) -> DateTime<Utc> {
+    let life = expires_at - now;
+    if life > renew_after * 2 {
+        now + renew_after
+    } else {
+        now + (life / 2).max(chrono::Duration::zero())
+    }
 }
 
 /// Key prefix of a replaced connection awaiting its revoke at Concur.
@@ -302,9 +349,11 @@ fn is_condition_failure<E: aws_sdk_dynamodb::error::ProvideErrorMetadata, R>(
 pub struct KeepAliveSettings {
     /// Members renewed per run at most.
     pub batch: usize,
-    /// Renew a token refreshed longer ago than this, or expiring within it.
+    /// Renew a token refreshed longer ago than this (or halfway to its expiry if it
+    /// lives less than twice this): see [`renew_at`]. Set on the vault
+    /// ([`TokenVault::with_renew_after`]): it is fixed when a token is written.
     pub renew_after: chrono::Duration,
-    /// Scan pages read per run at most.
+    /// Index pages read per run at most.
     pub max_pages: u32,
 }
 
@@ -403,6 +452,7 @@ pub struct TokenVault<E> {
     table: String,
     encryptor: E,
     metrics: Metrics,
+    renew_after: chrono::Duration,
 }
 
 impl<E: Encryptor> TokenVault<E> {
@@ -412,7 +462,20 @@ impl<E: Encryptor> TokenVault<E> {
             table: table.into(),
             encryptor,
             metrics: Metrics::disabled("vault"),
+            renew_after: KeepAliveSettings::default().renew_after,
         }
+    }
+
+    /// How long after a write a token is due for renewal (`TOKEN_RENEW_AFTER_DAYS`,
+    /// default 30 days; see [`renew_at`]).
+    pub fn with_renew_after(mut self, renew_after: chrono::Duration) -> Self {
+        self.renew_after = renew_after;
+        self
+    }
+
+    fn renew_value(&self, now: DateTime<Utc>, expires_at: DateTime<Utc>) -> AttributeValue {
+        let at = renew_at(now, expires_at, self.renew_after);
+        AttributeValue::N(at.timestamp_millis().to_string())
     }
 
     /// Emit the vault's alarms (`RotatedTokenNotStored`) through these metrics.
@@ -462,7 +525,7 @@ impl<E: Encryptor> TokenVault<E> {
         }
         let mut set = String::from(
             "SET #geo = :geo, #cipher = :cipher, #request = :request, #connected = :now, \
-             #refreshed = :now, #expires = :expires, #state = :active",
+             #refreshed = :now, #expires = :expires, #state = :active, #renew = :renew",
         );
         let mut update = self
             .dynamo
@@ -480,6 +543,8 @@ impl<E: Encryptor> TokenVault<E> {
             .expression_attribute_names("#owner", attr::LEASE_OWNER)
             .expression_attribute_names("#until", attr::LEASE_UNTIL)
             .expression_attribute_names("#user", attr::CONCUR_USER_ID)
+            .expression_attribute_names("#renew", attr::RENEW_AT)
+            .expression_attribute_values(":renew", self.renew_value(now, tokens.refresh_expires_at))
             .expression_attribute_values(":geo", s(tokens.geolocation.as_str()))
             .expression_attribute_values(":cipher", AttributeValue::B(Blob::new(ciphertext)))
             .expression_attribute_values(":request", s(request_id))
@@ -534,7 +599,11 @@ impl<E: Encryptor> TokenVault<E> {
                 AttributeValue::B(Blob::new(old.ciphertext.clone())),
             )
             .item(attr::TOKEN_STATE, s(TokenState::Replaced.as_str()))
-            .item(attr::REFRESHED_AT, s(timestamp(now)));
+            .item(attr::REFRESHED_AT, s(timestamp(now)))
+            .item(
+                attr::RENEW_AT,
+                AttributeValue::N(now.timestamp_millis().to_string()),
+            );
         if let Some(user) = &old.concur_user_id {
             put = put.item(attr::CONCUR_USER_ID, s(user.clone()));
         }
@@ -551,27 +620,39 @@ impl<E: Encryptor> TokenVault<E> {
         deadline: Instant,
     ) -> (u32, u32) {
         let (mut revoked, mut failed) = (0, 0);
-        let items = match self
-            .dynamo
-            .scan()
-            .table_name(&self.table)
-            .filter_expression("#state = :replaced")
-            .expression_attribute_names("#state", attr::TOKEN_STATE)
-            .expression_attribute_values(":replaced", s(TokenState::Replaced.as_str()))
-            .send()
+        let keys = match self
+            .due_in_state(TokenState::Replaced, Utc::now(), batch, 1)
             .await
         {
-            Ok(output) => output.items.unwrap_or_default(),
+            Ok(keys) => keys,
             Err(e) => {
-                warn!(error = %sdk_error("Scan", e), "could not list replaced connections");
+                warn!(error = %e, "could not list replaced connections");
                 return (0, 1);
             }
         };
-        for item in items.into_iter().take(batch) {
-            let Some(key) = text(&item, attr::MEMBER_ID) else {
-                continue;
+        for key in keys {
+            let item = match self
+                .dynamo
+                .get_item()
+                .table_name(&self.table)
+                .key(attr::MEMBER_ID, s(key.clone()))
+                .consistent_read(true)
+                .send()
+                .await
+            {
+                Ok(output) => match output.item {
+                    Some(item) => item,
+                    None => continue, // revoked meanwhile
+                },
+                Err(e) => {
+                    warn!(error = %sdk_error("GetItem", e), "could not read a replaced connection");
+                    failed += 1;
+                    continue;
+                }
             };
             let Some(context) = text(&item, attr::CONTEXT_MEMBER_ID) else {
+                self.postpone(&key, Utc::now() + RETRY_FAILED_UPKEEP_AFTER)
+                    .await;
                 continue;
             };
             match self
@@ -582,6 +663,8 @@ impl<E: Encryptor> TokenVault<E> {
                 Err(e) => {
                     warn!(member_id = %context, error = %e, "a replaced connection could not be revoked yet");
                     failed += 1;
+                    self.postpone(&key, Utc::now() + RETRY_FAILED_UPKEEP_AFTER)
+                        .await;
                 }
             }
         }
@@ -750,8 +833,9 @@ impl<E: Encryptor> TokenVault<E> {
             .table_name(&self.table)
             .key(attr::MEMBER_ID, s(member_id))
             .condition_expression(version_condition(version))
-            .update_expression("SET #state = :expired REMOVE #owner, #until")
+            .update_expression("SET #state = :expired REMOVE #owner, #until, #renew")
             .expression_attribute_names("#state", attr::TOKEN_STATE)
+            .expression_attribute_names("#renew", attr::RENEW_AT)
             .expression_attribute_names("#version", attr::TOKEN_VERSION)
             .expression_attribute_names("#owner", attr::LEASE_OWNER)
             .expression_attribute_names("#until", attr::LEASE_UNTIL)
@@ -783,8 +867,13 @@ impl<E: Encryptor> TokenVault<E> {
         let mut values = version_value(version).unwrap_or_default();
         values.insert(":cipher".into(), AttributeValue::B(Blob::new(ciphertext)));
         values.insert(":geo".into(), s(tokens.geolocation.as_str()));
-        values.insert(":now".into(), s(timestamp(Utc::now())));
+        let now = Utc::now();
+        values.insert(":now".into(), s(timestamp(now)));
         values.insert(":expires".into(), s(timestamp(tokens.refresh_expires_at)));
+        values.insert(
+            ":renew".into(),
+            self.renew_value(now, tokens.refresh_expires_at),
+        );
         values.insert(":active".into(), s(TokenState::Active.as_str()));
         values.insert(":next".into(), AttributeValue::N((version + 1).to_string()));
         let result = self
@@ -795,8 +884,9 @@ impl<E: Encryptor> TokenVault<E> {
             .condition_expression(version_condition(version))
             .update_expression(
                 "SET #cipher = :cipher, #geo = :geo, #refreshed = :now, #expires = :expires, \
-                 #state = :active, #version = :next REMOVE #owner, #until",
+                 #state = :active, #version = :next, #renew = :renew REMOVE #owner, #until",
             )
+            .expression_attribute_names("#renew", attr::RENEW_AT)
             .expression_attribute_names("#cipher", attr::REFRESH_TOKEN_CIPHERTEXT)
             .expression_attribute_names("#geo", attr::GEOLOCATION)
             .expression_attribute_names("#refreshed", attr::REFRESHED_AT)
@@ -926,54 +1016,91 @@ impl<E: Encryptor> TokenVault<E> {
         }
     }
 
-    /// Members whose refresh token is due for renewal at `now`: active, and refreshed
-    /// longer than `renew_after` ago (or never), or expiring within it. A scan bounded by
-    /// `batch` members and `max_pages` pages; expired connections are never due.
+    /// Members whose refresh token is due for renewal at `now` (active, `renew_at`
+    /// passed), oldest first: a query of [`BY_RENEWAL`] bounded by `batch` members and
+    /// `max_pages` pages. Expired connections are not in the index.
     pub async fn due_for_renewal(
         &self,
         now: DateTime<Utc>,
         settings: &KeepAliveSettings,
     ) -> Result<Vec<String>, VaultError> {
-        let cutoff = timestamp(now - settings.renew_after);
-        let soon = timestamp(now + settings.renew_after);
+        self.due_in_state(TokenState::Active, now, settings.batch, settings.max_pages)
+            .await
+    }
+
+    /// Keys of connections in `state` whose `renew_at` is at or before `now`, oldest
+    /// first, at most `limit` (the index is eventually consistent: each one is read
+    /// again, consistently and under its lease, before anything is done).
+    async fn due_in_state(
+        &self,
+        state: TokenState,
+        now: DateTime<Utc>,
+        limit: usize,
+        max_pages: u32,
+    ) -> Result<Vec<String>, VaultError> {
         let mut due = Vec::new();
         let mut start: Option<HashMap<String, AttributeValue>> = None;
-        for _ in 0..settings.max_pages.max(1) {
+        for _ in 0..max_pages.max(1) {
+            if due.len() >= limit {
+                break;
+            }
             let page = self
                 .dynamo
-                .scan()
+                .query()
                 .table_name(&self.table)
-                .consistent_read(true)
-                .filter_expression(
-                    "(attribute_not_exists(#state) OR #state = :active) AND \
-                     (attribute_not_exists(#refreshed) OR #refreshed < :cutoff OR #expires < :soon)",
-                )
-                .projection_expression("#id")
-                .expression_attribute_names("#id", attr::MEMBER_ID)
+                .index_name(BY_RENEWAL)
+                .key_condition_expression("#state = :state AND #renew <= :now")
                 .expression_attribute_names("#state", attr::TOKEN_STATE)
-                .expression_attribute_names("#refreshed", attr::REFRESHED_AT)
-                .expression_attribute_names("#expires", attr::REFRESH_EXPIRES_AT)
-                .expression_attribute_values(":active", s(TokenState::Active.as_str()))
-                .expression_attribute_values(":cutoff", s(cutoff.clone()))
-                .expression_attribute_values(":soon", s(soon.clone()))
+                .expression_attribute_names("#renew", attr::RENEW_AT)
+                .expression_attribute_values(":state", s(state.as_str()))
+                .expression_attribute_values(
+                    ":now",
+                    AttributeValue::N(now.timestamp_millis().to_string()),
+                )
+                .limit((limit - due.len()).min(1000) as i32)
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await
-                .map_err(|e| sdk_error("Scan", e))?;
-            for item in page.items.unwrap_or_default() {
-                if let Some(id) = text(&item, attr::MEMBER_ID) {
-                    due.push(id);
-                    if due.len() >= settings.batch {
-                        return Ok(due);
-                    }
-                }
-            }
+                .map_err(|e| sdk_error("Query", e))?;
+            due.extend(
+                page.items
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|item| text(item, attr::MEMBER_ID)),
+            );
             match page.last_evaluated_key {
                 Some(key) if !key.is_empty() => start = Some(key),
                 _ => break,
             }
         }
+        due.truncate(limit);
         Ok(due)
+    }
+
+    /// Move a connection's `renew_at` on to `until` (only if it still has one: an expired
+    /// connection stays out of the index). Best effort: a failure is logged.
+    async fn postpone(&self, key: &str, until: DateTime<Utc>) {
+        let result = self
+            .dynamo
+            .update_item()
+            .table_name(&self.table)
+            .key(attr::MEMBER_ID, s(key))
+            .condition_expression("attribute_exists(#renew)")
+            .update_expression("SET #renew = :until")
+            .expression_attribute_names("#renew", attr::RENEW_AT)
+            .expression_attribute_values(
+                ":until",
+                AttributeValue::N(until.timestamp_millis().to_string()),
+            )
+            .send()
+            .await;
+        match result {
+            Ok(_) => {}
+            Err(e) if is_condition_failure(&e) => {}
+            Err(e) => {
+                warn!(member_id = key, error = %sdk_error("UpdateItem", e), "could not postpone a connection's upkeep")
+            }
+        }
     }
 
     /// Renew a bounded batch of refresh tokens due at `now` (see [`Self::due_for_renewal`]):
@@ -1011,6 +1138,10 @@ impl<E: Encryptor> TokenVault<E> {
                 Err(e) => {
                     warn!(member_id, error = %e, "refresh token renewal failed");
                     summary.failed += 1;
+                    // Not first in line again on the next run: one bad connection never
+                    // holds back the ones behind it.
+                    self.postpone(member_id, now + RETRY_FAILED_UPKEEP_AFTER)
+                        .await;
                     // Concur asked for a pause: leave the rest for a later run.
                     if matches!(&e, VaultError::Concur(c) if c.pause().is_some()) {
                         return summary;
@@ -1072,4 +1203,21 @@ pub enum Revoked {
     AtConcurAndHere,
     /// Concur had already refused the refresh token (expired or revoked): deleted here.
     HereOnly,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_falls_due_after_the_window_or_halfway_for_short_lived_tokens() {
+        let now = Utc::now();
+        let days = chrono::Duration::days;
+        // Six months: renewed after the window.
+        assert_eq!(renew_at(now, now + days(180), days(30)), now + days(30));
+        // Ten days: halfway, not at once (and so not on every run).
+        assert_eq!(renew_at(now, now + days(10), days(30)), now + days(5));
+        // Already expired: due now, never in the past of the write.
+        assert_eq!(renew_at(now, now - days(1), days(30)), now);
+    }
 }

@@ -595,3 +595,109 @@ async fn a_connection_of_another_user_replaced_is_revoked_at_concur_by_the_keep_
         .await;
     assert_eq!(again.replaced_revoked, 0);
 }
+
+/// The keep-alive reads the sparse index `by-renewal`, never the whole table: with many
+/// connections not yet due ahead of it (in key order), a due one is found at once, even
+/// with one small page per run; an expired one is not in the index at all; and
+/// connections whose renewal fails are postponed, so they never hold back the ones
+/// behind them.
+#[tokio::test]
+async fn the_keep_alive_finds_due_tokens_through_its_index_and_failures_never_block_it() {
+    use aws_sdk_dynamodb::primitives::Blob;
+    use aws_sdk_dynamodb::types::AttributeValue;
+    use triplink_shared::vault::{attr, KeepAliveSettings, RETRY_FAILED_UPKEEP_AFTER};
+    let (sandbox, concur, vault) = setup().await;
+    let dynamo = testing::dynamodb();
+    let now = Utc::now();
+    let ms = |at: chrono::DateTime<Utc>| AttributeValue::N(at.timestamp_millis().to_string());
+    let raw = |member: String, state: &str, renew: Option<chrono::DateTime<Utc>>| {
+        let mut put = dynamo
+            .put_item()
+            .table_name(vault.table())
+            .item(attr::MEMBER_ID, AttributeValue::S(member))
+            .item(
+                attr::GEOLOCATION,
+                AttributeValue::S(sandbox.local_url.clone()),
+            )
+            .item(
+                attr::REFRESH_TOKEN_CIPHERTEXT,
+                AttributeValue::B(Blob::new(b"not a KMS ciphertext".to_vec())),
+            )
+            .item(attr::TOKEN_STATE, AttributeValue::S(state.into()));
+        if let Some(at) = renew {
+            put = put.item(attr::RENEW_AT, ms(at));
+        }
+        put
+    };
+    // 60 connections renewed recently (due in 29 days), one expired long ago.
+    for i in 0..60 {
+        raw(
+            format!("A-{i:03}"),
+            "active",
+            Some(now + chrono::Duration::days(29)),
+        )
+        .send()
+        .await
+        .unwrap();
+    }
+    raw("A-expired".into(), "expired", None)
+        .send()
+        .await
+        .unwrap();
+    // Two due connections whose ciphertext cannot be read (they fail), due first.
+    for i in 0..2 {
+        raw(
+            format!("Z-broken-{i}"),
+            "active",
+            Some(now - chrono::Duration::days(10)),
+        )
+        .send()
+        .await
+        .unwrap();
+    }
+    // And one real connection made forty days ago: due ten days ago.
+    let (request_id, tokens) = connect(&concur).await;
+    vault
+        .store_connection(
+            "Z-real",
+            &request_id,
+            &tokens,
+            now - chrono::Duration::days(40),
+        )
+        .await
+        .unwrap();
+    let stored = vault.get("Z-real").await.unwrap().unwrap();
+
+    let small = KeepAliveSettings {
+        batch: 2,
+        max_pages: 1,
+        ..KeepAliveSettings::default()
+    };
+    let mut due = vault.due_for_renewal(now, &small).await.unwrap();
+    due.sort();
+    assert_eq!(due, ["Z-broken-0", "Z-broken-1"], "the oldest due first");
+    let everything = KeepAliveSettings::default();
+    let mut due = vault.due_for_renewal(now, &everything).await.unwrap();
+    due.sort();
+    assert_eq!(due, ["Z-broken-0", "Z-broken-1", "Z-real"]);
+
+    // Run 1: the two broken ones fail and are postponed by an hour.
+    let first = vault.keep_alive(&concur, "k", now, &small, far()).await;
+    assert_eq!(
+        (first.due, first.renewed, first.failed),
+        (2, 0, 2),
+        "{first:?}"
+    );
+    // Run 2: the real one is renewed (its rotation moves renew_at on by 30 days).
+    let second = vault.keep_alive(&concur, "k", now, &small, far()).await;
+    assert_eq!((second.due, second.renewed), (1, 1), "{second:?}");
+    let renewed = vault.get("Z-real").await.unwrap().unwrap();
+    assert_eq!(renewed.token_version, stored.token_version + 1);
+    // Run 3: nothing due; past the postponement the broken ones come back.
+    let third = vault.keep_alive(&concur, "k", now, &small, far()).await;
+    assert_eq!(third.due, 0, "{third:?}");
+    let later = now + RETRY_FAILED_UPKEEP_AFTER + chrono::Duration::minutes(1);
+    let mut due = vault.due_for_renewal(later, &everything).await.unwrap();
+    due.sort();
+    assert_eq!(due, ["Z-broken-0", "Z-broken-1"]);
+}

@@ -1191,6 +1191,10 @@ mod tests {
                 "WorkerDeadLetterQueue".to_owned(),
                 LocalResource::new("url").with("Arn", "arn:aws:sqs:us-east-1:1:dlq"),
             ),
+            (
+                "UnlinkDeadLetterQueue".to_owned(),
+                LocalResource::new("url-unlink").with("Arn", "arn:aws:sqs:us-east-1:1:unlink"),
+            ),
         ]);
         let stack = template
             .stack(

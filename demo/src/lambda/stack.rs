@@ -189,6 +189,8 @@ pub struct LocalStack {
     pub sandbox: Sandbox,
     pub aws: SdkConfig,
     pub requests_table: String,
+    /// The token vault's table (the worker's `CONNECTIONS_TABLE`).
+    pub connections_table: String,
     pub dead_letter_queue_url: String,
     schedule_config: ScheduleConfig,
     mapping_config: MappingConfig,
@@ -318,6 +320,14 @@ impl LocalStack {
                     .with("Arn", &queue_arn)
                     .with("QueueName", &queue_name),
             ),
+            // Named only: the local stack emulates no EventBridge rule or asynchronous
+            // invocation (the unlink hook is invoked directly, as the rule would).
+            (
+                "UnlinkDeadLetterQueue".to_owned(),
+                LocalResource::new(format!("{queue_url}-unlink"))
+                    .with("Arn", format!("{queue_arn}-unlink"))
+                    .with("QueueName", format!("{queue_name}-unlink")),
+            ),
         ]);
 
         let template = context!(Template::load(&options.template), "template")?;
@@ -421,6 +431,7 @@ impl LocalStack {
             sandbox,
             aws,
             requests_table,
+            connections_table,
             dead_letter_queue_url: queue_url,
             schedule_config,
             mapping_config,

@@ -463,21 +463,13 @@ pub const KEEP_ALIVE_MIN_LEFT: Duration = Duration::from_secs(20);
 pub type DeployedPoller = Poller<Arc<ConcurClient>, DynamoRequestStore>;
 
 /// The keep-alive's knobs: `TOKEN_KEEPALIVE_BATCH` (members renewed per run, default
-/// 25; 0 turns it off) and `TOKEN_RENEW_AFTER_DAYS` (renew tokens refreshed longer ago,
-/// or expiring sooner, default 30).
+/// 25; 0 turns it off) and `TOKEN_RENEW_AFTER_DAYS`
+/// (`triplink_shared::vault::renew_after_from_env`).
 pub fn keep_alive_settings(env: &impl Env) -> Result<KeepAliveSettings, ConfigError> {
     let defaults = KeepAliveSettings::default();
-    let days: i64 = env.parsed("TOKEN_RENEW_AFTER_DAYS", defaults.renew_after.num_days())?;
-    if !(1..=150).contains(&days) {
-        return Err(ConfigError::Invalid {
-            key: "TOKEN_RENEW_AFTER_DAYS",
-            value: days.to_string(),
-            reason: "must be 1..=150 (refresh tokens live six months)".into(),
-        });
-    }
     Ok(KeepAliveSettings {
         batch: env.parsed("TOKEN_KEEPALIVE_BATCH", defaults.batch)?,
-        renew_after: chrono::Duration::days(days),
+        renew_after: triplink_shared::vault::renew_after_from_env(env)?,
         ..defaults
     })
 }
@@ -527,7 +519,8 @@ impl PollerInit {
                     table,
                     KmsEncryptor::from_sdk_config(&self.aws, key),
                 )
-                .with_metrics(Metrics::new(self.namespace.clone(), "vault")),
+                .with_metrics(Metrics::new(self.namespace.clone(), "vault"))
+                .with_renew_after(self.keep_alive.renew_after),
                 concur: concur.clone(),
                 settings: self.keep_alive.clone(),
                 owner: format!("keep-alive-{}", uuid_like()),

@@ -720,10 +720,9 @@ async fn a_run_on_an_empty_table_and_an_empty_queue_does_nothing_and_succeeds() 
 async fn the_run_renews_refresh_tokens_due_for_renewal_after_the_poll() {
     use triplink_shared::telemetry::Metrics;
     use triplink_shared::vault::{KeepAlive, KeepAliveSettings, KmsEncryptor, TokenVault};
-    // Refresh tokens that live ten days: due at once for a 30-day renewal window. The
-    // virtual clock starts now, so their expiry is a real date.
+    // A connection made forty days ago is due for its 30-day renewal. The virtual clock
+    // starts now, so the token's expiry is a real date.
     let sandbox = sandbox(2, |c| {
-        c.refresh_token_ttl = 10 * 86_400;
         c.clock_start = None;
     })
     .await;
@@ -750,7 +749,12 @@ async fn the_run_renews_refresh_tokens_due_for_renewal_after_the_poll() {
         .await
         .unwrap();
     vault
-        .store_connection("member-1", &request.id, &tokens, chrono::Utc::now())
+        .store_connection(
+            "member-1",
+            &request.id,
+            &tokens,
+            chrono::Utc::now() - chrono::Duration::days(40),
+        )
         .await
         .unwrap();
     let before = vault.get("member-1").await.unwrap().unwrap();

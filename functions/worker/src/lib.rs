@@ -25,6 +25,7 @@
 pub mod breaker;
 pub mod decision;
 pub mod directory;
+pub mod unlink;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -32,6 +33,7 @@ use std::time::Duration;
 
 use aws_lambda_events::event::dynamodb::{Event, EventRecord};
 use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
+use aws_lambda_events::eventbridge::EventBridgeEvent;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use lambda_runtime::LambdaEvent;
@@ -406,6 +408,7 @@ pub struct WorkerInit {
     requests_table: String,
     connections_table: String,
     kms_key_id: String,
+    renew_after: chrono::Duration,
     namespace: String,
     aws: aws_config::SdkConfig,
 }
@@ -419,6 +422,7 @@ impl WorkerInit {
             requests_table: env.required("REQUESTS_TABLE")?,
             connections_table: env.required("CONNECTIONS_TABLE")?,
             kms_key_id: env.required("KMS_KEY_ID")?,
+            renew_after: triplink_shared::vault::renew_after_from_env(env)?,
             namespace: env
                 .get("METRICS_NAMESPACE")
                 .unwrap_or_else(|| "TripLink".into()),
@@ -439,7 +443,8 @@ impl WorkerInit {
                 self.connections_table.clone(),
                 KmsEncryptor::new(aws_sdk_kms::Client::new(&self.aws), self.kms_key_id.clone()),
             )
-            .with_metrics(Metrics::new(self.namespace.clone(), "vault")),
+            .with_metrics(Metrics::new(self.namespace.clone(), "vault"))
+            .with_renew_after(self.renew_after),
             settings: self.settings.clone(),
             metrics: Metrics::new(self.namespace.clone(), "worker"),
             safety: Safety::default(),
@@ -1162,19 +1167,106 @@ where
         response
     }
 
-    /// The Lambda handler for a DynamoDB stream batch.
-    pub async fn handle(
+    /// The Lambda handler: a batch of the requests table's stream, or the supplier's
+    /// unlink hook ([`unlink`]). Answers the stream's batch item failures, or the unlink's
+    /// result; an unlink that did not revoke is an error (the event is retried).
+    pub async fn handle_event(
         &self,
-        event: LambdaEvent<Event>,
-    ) -> Result<DynamoDbEventResponse, lambda_runtime::Error> {
+        event: LambdaEvent<serde_json::Value>,
+        revoker: &impl unlink::Revoker,
+    ) -> Result<serde_json::Value, lambda_runtime::Error> {
         let deadline_ms = event.context.deadline as i64;
-        Ok(self
-            .process_batch(
-                &event.payload.records,
-                &event.context.request_id,
-                deadline_ms,
-            )
-            .await)
+        let request_id = event.context.request_id;
+        match WorkerEvent::parse(event.payload)? {
+            WorkerEvent::Stream(batch) => {
+                let response = self
+                    .process_batch(&batch.records, &request_id, deadline_ms)
+                    .await;
+                Ok(serde_json::to_value(response)?)
+            }
+            WorkerEvent::Unlink(detail) => {
+                let margin = self.settings.deadline_margin.as_millis() as i64;
+                let left = deadline_ms - margin - Utc::now().timestamp_millis();
+                let deadline = Instant::now() + Duration::from_millis(left.max(0) as u64);
+                let result = unlink::unlink(revoker, &detail, &request_id, deadline).await;
+                self.metrics.emit(
+                    &[(
+                        if result.is_ok() {
+                            "Unlinked"
+                        } else {
+                            "UnlinkFailed"
+                        },
+                        1.0,
+                        Unit::Count,
+                    )],
+                    Map::new(),
+                );
+                Ok(serde_json::to_value(result?)?)
+            }
+        }
+    }
+}
+
+impl DeployedWorker {
+    /// What the deployed worker revokes connections with (the unlink hook).
+    pub fn revoker(&self) -> unlink::VaultRevoker<'_, KmsEncryptor> {
+        unlink::VaultRevoker {
+            vault: &self.vault,
+            concur: &self.concur,
+        }
+    }
+}
+
+/// What the worker function is invoked with.
+#[derive(Debug)]
+pub enum WorkerEvent {
+    /// A batch of the requests table's stream (the event source mapping).
+    Stream(Event),
+    /// The supplier's unlink hook: an EventBridge event of [`unlink::DETAIL_TYPE`].
+    Unlink(unlink::UnlinkDetail),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    #[error(
+        "unrecognised event: the worker takes a DynamoDB stream batch (\"Records\") or an \
+         EventBridge event with detail-type \"{}\"",
+        unlink::DETAIL_TYPE
+    )]
+    Unrecognised,
+    /// serde's message is left out: it may quote a record's values.
+    #[error("unreadable {what}: not shaped as AWS sends it ({category:?} error)")]
+    Unreadable {
+        what: &'static str,
+        category: serde_json::error::Category,
+    },
+    #[error(transparent)]
+    Unlink(#[from] unlink::UnlinkError),
+}
+
+impl WorkerEvent {
+    /// Tell the two apart by their shapes: a stream batch has `Records`, an EventBridge
+    /// event `detail-type`.
+    pub fn parse(payload: serde_json::Value) -> Result<Self, EventError> {
+        let unreadable = |what| {
+            move |e: serde_json::Error| EventError::Unreadable {
+                what,
+                category: e.classify(),
+            }
+        };
+        if payload.get("Records").is_some() {
+            return serde_json::from_value(payload)
+                .map(Self::Stream)
+                .map_err(unreadable("DynamoDB stream batch"));
+        }
+        match payload.get("detail-type").and_then(|t| t.as_str()) {
+            Some(unlink::DETAIL_TYPE) => {
+                let event: EventBridgeEvent<serde_json::Value> =
+                    serde_json::from_value(payload).map_err(unreadable("EventBridge event"))?;
+                Ok(Self::Unlink(unlink::UnlinkDetail::parse(event.detail)?))
+            }
+            _ => Err(EventError::Unrecognised),
+        }
     }
 }
 

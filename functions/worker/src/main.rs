@@ -3,7 +3,8 @@
 //! Lambda's `/runtime/init/error` and ends the process). The secrets are fetched on the
 //! first invocation and the worker reused by every later one; if a fetch fails, that
 //! invocation fails (the stream retries the batch) and the next one tries again. Each
-//! stream batch runs `worker::Worker::handle`.
+//! event (a stream batch, or the supplier's unlink hook) runs
+//! `worker::Worker::handle_event`.
 
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use tokio::sync::OnceCell;
@@ -20,7 +21,7 @@ async fn main() -> Result<(), Error> {
     let (init, worker) = (&init, &worker);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<_>| async move {
         let worker = worker.get_or_try_init(|| init.build(&ProcessEnv)).await?;
-        worker.handle(event).await
+        worker.handle_event(event, &worker.revoker()).await
     }))
     .await
 }

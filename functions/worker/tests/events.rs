@@ -15,7 +15,8 @@ use triplink_shared::store::{tables, DynamoRequestStore, RequestStore};
 use triplink_shared::telemetry::Metrics;
 use triplink_shared::testing;
 use triplink_shared::vault::{KmsEncryptor, TokenVault};
-use worker::{new_image, Worker, WorkerSettings};
+use worker::unlink::{Unlinked, VaultRevoker};
+use worker::{new_image, Worker, WorkerEvent, WorkerSettings};
 
 fn events_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../events")
@@ -40,8 +41,18 @@ fn every_event_file_is_read_by_its_handlers_type() {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         let text = std::fs::read_to_string(&path).unwrap();
         if name.starts_with("worker-") {
-            let event: Event =
+            let payload: serde_json::Value =
                 serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let event = match WorkerEvent::parse(payload).unwrap_or_else(|e| panic!("{name}: {e}"))
+            {
+                WorkerEvent::Stream(event) => event,
+                WorkerEvent::Unlink(detail) => {
+                    assert!(name.contains("unlink"), "{name}");
+                    assert_eq!(detail.member_id, "M-SAMPLE-1001");
+                    seen += 1;
+                    continue;
+                }
+            };
             assert!(!event.records.is_empty(), "{name}");
             for record in &event.records {
                 if record.event_name != "REMOVE" {
@@ -156,11 +167,25 @@ async fn the_handlers_run_on_the_sample_events() {
                 }
             }
         }
+        let revoker = VaultRevoker {
+            vault: &worker.vault,
+            concur: &concur,
+        };
         let response = worker
-            .handle(lambda_runtime::LambdaEvent::new(event, context()))
+            .handle_event(
+                lambda_runtime::LambdaEvent::new(
+                    serde_json::from_str(&read(file)).unwrap(),
+                    context(),
+                ),
+                &revoker,
+            )
             .await
             .unwrap();
-        assert!(response.batch_item_failures.is_empty(), "{file}");
+        assert_eq!(
+            response["batchItemFailures"],
+            serde_json::json!([]),
+            "{file}: {response}"
+        );
         for item in received {
             let after: RequestItem = store.get(&item.request_id).await.unwrap().unwrap();
             assert_eq!(after.state, RequestState::Reported, "{file}");
@@ -173,6 +198,25 @@ async fn the_handlers_run_on_the_sample_events() {
             );
         }
     }
+    // The unlink sample: that member has no connection here, which is a success.
+    let revoker = VaultRevoker {
+        vault: &worker.vault,
+        concur: &concur,
+    };
+    let unlinked = worker
+        .handle_event(
+            lambda_runtime::LambdaEvent::new(
+                serde_json::from_str(&read("worker-unlink.json")).unwrap(),
+                context(),
+            ),
+            &revoker,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        unlinked,
+        serde_json::json!({"member_id": "M-SAMPLE-1001", "result": Unlinked::NotConnected})
+    );
     // The ignored records changed nothing.
     let ignored: Event = serde_json::from_str(&read("worker-ignore.json")).unwrap();
     let working = new_image(&ignored.records[0]).unwrap().unwrap();

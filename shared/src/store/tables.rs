@@ -143,14 +143,33 @@ pub async fn create_members_table(client: &Client, name: &str) -> Result<(), Sto
     Ok(())
 }
 
-/// The connections table: key `member_id`.
+/// The connections table: key `member_id`, and the keep-alive's sparse index
+/// `by-renewal` (`token_state`, `renew_at`; keys only; `crate::vault::BY_RENEWAL`).
 pub async fn create_connections_table(client: &Client, name: &str) -> Result<(), StoreError> {
+    use crate::vault::{attr as vault, BY_RENEWAL};
     let (key, definition) = hash_key(members::MEMBER_ID)?;
+    let (state_key, state_definition) = hash_key(vault::TOKEN_STATE)?;
+    let (renew_key, renew_definition) =
+        attribute(vault::RENEW_AT, ScalarAttributeType::N, KeyType::Range)?;
+    let by_renewal = GlobalSecondaryIndex::builder()
+        .index_name(BY_RENEWAL)
+        .key_schema(state_key)
+        .key_schema(renew_key)
+        .projection(
+            Projection::builder()
+                .projection_type(ProjectionType::KeysOnly)
+                .build(),
+        )
+        .build()
+        .map_err(|e| backend("CreateTable", e))?;
     client
         .create_table()
         .table_name(name)
         .key_schema(key)
         .attribute_definitions(definition)
+        .attribute_definitions(state_definition)
+        .attribute_definitions(renew_definition)
+        .global_secondary_indexes(by_renewal)
         .billing_mode(BillingMode::PayPerRequest)
         .send()
         .await
