@@ -12,9 +12,11 @@
 //!
 //! The secret is either the client secret itself or a JSON object
 //! `{"client_id": "...", "client_secret": "..."}` (the `client_id` there wins over
-//! `CONCUR_CLIENT_ID`). In a deployed Lambda (`AWS_LAMBDA_FUNCTION_NAME` set and not
-//! under `sam local`, which sets `AWS_SAM_LOCAL=true`), `env:` and `file:` are refused:
-//! a secret never sits in a plain environment variable in the cloud.
+//! `CONCUR_CLIENT_ID`). Inside a Lambda execution environment (`AWS_LAMBDA_FUNCTION_NAME`
+//! is set: in AWS, and under `sam local invoke` or `cargo lambda watch`), `env:` and
+//! `file:` are refused unless [`ALLOW_ENV_SECRETS`]` =1` says this is a local run: a
+//! secret never sits in a plain environment variable in the cloud, and the template sets
+//! that variable only for a local stack.
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -105,6 +107,37 @@ fn base_url(env: &impl Env, key: &'static str) -> Result<Option<BaseUrl>, Config
         .transpose()
 }
 
+/// The explicit local override: `1` lets a Lambda execution environment read its
+/// secrets from `env:` and `file:` sources (`sam local invoke`, `cargo lambda watch`).
+pub const ALLOW_ENV_SECRETS: &str = "TRIPLINK_ALLOW_ENV_SECRETS";
+
+/// Whether `env:` and `file:` secret sources may be used here: always outside a Lambda
+/// execution environment (tests, the CLI); inside one (`AWS_LAMBDA_FUNCTION_NAME` set)
+/// only with [`ALLOW_ENV_SECRETS`]`=1`. `AWS_SAM_LOCAL` alone does not allow them.
+pub fn local_secrets_allowed(env: &impl Env) -> Result<bool, ConfigError> {
+    let allowed = match env.get(ALLOW_ENV_SECRETS) {
+        None => false,
+        Some(value) => match value.trim().to_ascii_lowercase().as_str() {
+            "1" | "true" => true,
+            "0" | "false" => false,
+            _ => {
+                return Err(ConfigError::Invalid {
+                    key: ALLOW_ENV_SECRETS,
+                    value,
+                    reason: "expected 1 (allow env: and file: secret sources) or 0".into(),
+                })
+            }
+        },
+    };
+    Ok(allowed || env.get("AWS_LAMBDA_FUNCTION_NAME").is_none())
+}
+
+/// Why an `env:` or `file:` source is refused in a Lambda execution environment.
+pub const LOCAL_SOURCE_REFUSAL: &str = "env: and file: sources are for local runs only: \
+AWS_LAMBDA_FUNCTION_NAME is set and TRIPLINK_ALLOW_ENV_SECRETS is not 1. In AWS use \
+secretsmanager: or ssm:; for a local run (sam local invoke, cargo lambda watch) set \
+TRIPLINK_ALLOW_ENV_SECRETS=1";
+
 /// True inside a deployed Lambda function (not `sam local invoke`).
 pub fn in_deployed_lambda(env: &impl Env) -> bool {
     env.get("AWS_LAMBDA_FUNCTION_NAME").is_some()
@@ -181,18 +214,19 @@ impl SecretSource {
         }
     }
 
-    /// Refuse `env:`/`file:` in a deployed function (no fetch, no network).
+    /// Refuse `env:`/`file:` in a Lambda execution environment without the local
+    /// override ([`local_secrets_allowed`]; no fetch, no network).
     pub fn check(&self, env: &impl Env) -> Result<(), ConfigError> {
-        if in_deployed_lambda(env) && self.is_local_only() {
+        if self.is_local_only() && !local_secrets_allowed(env)? {
             return Err(ConfigError::Secret {
                 source_name: self.name(),
-                message: "env: and file: sources are for local runs only".into(),
+                message: LOCAL_SOURCE_REFUSAL.into(),
             });
         }
         Ok(())
     }
 
-    /// Fetch the secret, refusing `env:`/`file:` in a deployed function.
+    /// Fetch the secret, refusing `env:`/`file:` as [`Self::check`] does.
     pub async fn fetch_checked(
         &self,
         aws: &SdkConfig,
@@ -351,11 +385,11 @@ impl ConcurSettings {
                 reason,
             })?;
         let in_lambda = in_deployed_lambda(env);
-        if in_lambda && secret_source.is_local_only() {
+        if secret_source.is_local_only() && !local_secrets_allowed(env)? {
             return Err(ConfigError::Invalid {
                 key: "CONCUR_CLIENT_SECRET_SOURCE",
                 value: raw_source,
-                reason: "env: and file: sources are for local runs only; use secretsmanager: or ssm: in a deployed function".into(),
+                reason: LOCAL_SOURCE_REFUSAL.into(),
             });
         }
         let max_attempts: u32 = env.parsed("CONCUR_MAX_ATTEMPTS", 4)?;
@@ -565,10 +599,70 @@ mod tests {
             ("AWS_LAMBDA_FUNCTION_NAME", "poller"),
         ];
         let err = ConcurSettings::from_env(&env(&base)).unwrap_err();
-        assert!(err.to_string().contains("local runs only"), "{err}");
-        let mut local = base.to_vec();
-        local.push(("AWS_SAM_LOCAL", "true"));
-        assert!(ConcurSettings::from_env(&env(&local)).is_ok());
+        assert_eq!(err.error_type(), "Config.Invalid");
+        let message = err.to_string();
+        assert!(message.contains("local runs only"), "{message}");
+        assert!(
+            message.contains("TRIPLINK_ALLOW_ENV_SECRETS=1"),
+            "{message}"
+        );
+        // `sam local` alone is no longer enough: the override is explicit.
+        let mut sam_local = base.to_vec();
+        sam_local.push(("AWS_SAM_LOCAL", "true"));
+        assert!(ConcurSettings::from_env(&env(&sam_local)).is_err());
+        for refused in ["0", "false", " "] {
+            let mut vars = base.to_vec();
+            vars.push((ALLOW_ENV_SECRETS, refused));
+            assert!(
+                ConcurSettings::from_env(&env(&vars)).is_err(),
+                "{refused:?}"
+            );
+        }
+        for allowed in ["1", "true", " 1 "] {
+            let mut vars = base.to_vec();
+            vars.push((ALLOW_ENV_SECRETS, allowed));
+            assert!(ConcurSettings::from_env(&env(&vars)).is_ok(), "{allowed:?}");
+        }
+        // A value that is neither says which variable is wrong.
+        let mut vars = base.to_vec();
+        vars.push((ALLOW_ENV_SECRETS, "yes"));
+        let err = ConcurSettings::from_env(&env(&vars)).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(r#"TRIPLINK_ALLOW_ENV_SECRETS="yes" is invalid"#),
+            "{err}"
+        );
+        // Outside a Lambda execution environment (tests, the CLI) nothing is needed.
+        let outside: Vec<_> = base
+            .iter()
+            .copied()
+            .filter(|(k, _)| *k != "AWS_LAMBDA_FUNCTION_NAME")
+            .collect();
+        assert!(ConcurSettings::from_env(&env(&outside)).is_ok());
+        // Secret-backed sources are never affected.
+        let mut cloud = base.to_vec();
+        cloud[1] = ("CONCUR_CLIENT_SECRET_SOURCE", "secretsmanager:concur");
+        assert!(ConcurSettings::from_env(&env(&cloud)).is_ok());
+    }
+
+    #[test]
+    fn secret_source_checks_follow_the_same_override() {
+        let file = SecretSource::File("/tmp/secret".into());
+        let vault = SecretSource::Ssm("/triplink/x".into());
+        let lambda = env(&[("AWS_LAMBDA_FUNCTION_NAME", "worker")]);
+        let err = file.check(&lambda).unwrap_err();
+        assert_eq!(err.error_type(), "Config.SecretUnavailable");
+        assert!(
+            err.to_string().contains("TRIPLINK_ALLOW_ENV_SECRETS"),
+            "{err}"
+        );
+        assert!(vault.check(&lambda).is_ok());
+        let local = env(&[
+            ("AWS_LAMBDA_FUNCTION_NAME", "worker"),
+            (ALLOW_ENV_SECRETS, "1"),
+        ]);
+        assert!(file.check(&local).is_ok());
+        assert!(file.check(&env(&[])).is_ok());
     }
 
     #[test]
