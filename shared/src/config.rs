@@ -146,11 +146,50 @@ pub fn in_deployed_lambda(env: &impl Env) -> bool {
             .is_some_and(|v| v.eq_ignore_ascii_case("true"))
 }
 
+/// Connect timeout of an AWS call: the regional endpoints answer a TCP and TLS
+/// handshake in milliseconds from Lambda.
+pub const SDK_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// One attempt of an AWS call (DynamoDB, KMS, Secrets Manager, SSM): they answer in tens
+/// of milliseconds; an attempt that hangs is cut off and retried.
+pub const SDK_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+/// A whole AWS call, retries and backoff included. Not longer than the poller's default
+/// `POLL_DEADLINE_MARGIN_MS` (5 s): a call started before the poller stops paging ends
+/// before its deadline; the worker, whose margin is 3 s, holds its lease 2 s past its
+/// deadline, and the template's smallest timeout (10 s) leaves room for one call.
+pub const SDK_OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
+/// Attempts of an AWS call (throttling, 5xx, timeouts, broken connections).
+pub const SDK_MAX_ATTEMPTS: u32 = 3;
+/// The longest backoff between attempts (the SDK's default is 20 s, far past a deadline).
+pub const SDK_MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The timeouts of every AWS call of the functions ([`SDK_CONNECT_TIMEOUT`],
+/// [`SDK_ATTEMPT_TIMEOUT`], [`SDK_OPERATION_TIMEOUT`]; an attempt's read is bounded by
+/// its attempt timeout).
+pub fn sdk_timeout_config() -> aws_config::timeout::TimeoutConfig {
+    aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(SDK_CONNECT_TIMEOUT)
+        .operation_attempt_timeout(SDK_ATTEMPT_TIMEOUT)
+        .operation_timeout(SDK_OPERATION_TIMEOUT)
+        .build()
+}
+
+/// The retries of every AWS call: the standard mode (not adaptive: its client-side rate
+/// limiter would make a call wait for tokens, which a warm function carries from one
+/// invocation to the next, with no regard for the deadline), [`SDK_MAX_ATTEMPTS`]
+/// attempts, backoff at most [`SDK_MAX_BACKOFF`].
+pub fn sdk_retry_config() -> aws_config::retry::RetryConfig {
+    aws_config::retry::RetryConfig::standard()
+        .with_max_attempts(SDK_MAX_ATTEMPTS)
+        .with_max_backoff(SDK_MAX_BACKOFF)
+}
+
 /// The AWS SDK configuration of a function, from its environment alone: the region
 /// (`AWS_REGION`, else `AWS_DEFAULT_REGION`), the execution role's credentials from
 /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN` (Lambda exports
-/// them), `AWS_ENDPOINT_URL` when set (local runs), and the shared HTTP stack
-/// ([`crate::http`]). No profile file, IMDS or STS: nothing is read or fetched at init.
+/// them), `AWS_ENDPOINT_URL` when set (local runs), the shared HTTP stack
+/// ([`crate::http`]), and explicit timeouts and retries ([`sdk_timeout_config`],
+/// [`sdk_retry_config`]). No profile file, IMDS or STS: nothing is read or fetched at
+/// init.
 pub fn lambda_sdk_config(env: &impl Env) -> Result<SdkConfig, ConfigError> {
     use aws_config::environment::EnvironmentVariableCredentialsProvider;
     use aws_config::{BehaviorVersion, Region};
@@ -166,7 +205,9 @@ pub fn lambda_sdk_config(env: &impl Env) -> Result<SdkConfig, ConfigError> {
         .credentials_provider(SharedCredentialsProvider::new(
             EnvironmentVariableCredentialsProvider::new(),
         ))
-        .http_client(crate::http::SdkHttpClient::shared());
+        .http_client(crate::http::SdkHttpClient::shared())
+        .timeout_config(sdk_timeout_config())
+        .retry_config(sdk_retry_config());
     if let Some(endpoint) = env.get("AWS_ENDPOINT_URL") {
         builder = builder.endpoint_url(endpoint.trim());
     }
@@ -663,6 +704,40 @@ mod tests {
         ]);
         assert!(file.check(&local).is_ok());
         assert!(file.check(&env(&[])).is_ok());
+    }
+
+    #[test]
+    fn the_sdk_config_carries_explicit_timeouts_and_retries() {
+        use aws_config::retry::RetryMode;
+        let aws = lambda_sdk_config(&env(&[("AWS_REGION", "eu-west-1")])).unwrap();
+        let timeouts = aws.timeout_config().expect("timeouts are set");
+        assert_eq!(timeouts.connect_timeout(), Some(Duration::from_secs(1)));
+        assert_eq!(
+            timeouts.operation_attempt_timeout(),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(timeouts.operation_timeout(), Some(Duration::from_secs(5)));
+        let retry = aws.retry_config().expect("retries are set");
+        assert_eq!(retry.mode(), RetryMode::Standard);
+        assert_eq!(retry.max_attempts(), 3);
+        assert_eq!(retry.max_backoff(), Duration::from_secs(1));
+        // A retry is possible within the operation's budget, and the whole call ends
+        // within the poller's default deadline margin (POLL_DEADLINE_MARGIN_MS, 5 s).
+        assert!(SDK_ATTEMPT_TIMEOUT * 2 + SDK_MAX_BACKOFF <= SDK_OPERATION_TIMEOUT);
+        assert!(SDK_CONNECT_TIMEOUT < SDK_ATTEMPT_TIMEOUT);
+        assert!(SDK_OPERATION_TIMEOUT <= Duration::from_millis(5000));
+        // A local endpoint changes nothing of that.
+        let local = lambda_sdk_config(&env(&[
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:5000"),
+        ]))
+        .unwrap();
+        assert_eq!(local.timeout_config(), aws.timeout_config());
+        assert_eq!(local.endpoint_url(), Some("http://127.0.0.1:5000"));
+        assert!(matches!(
+            lambda_sdk_config(&env(&[])),
+            Err(ConfigError::Missing("AWS_REGION"))
+        ));
     }
 
     #[test]
