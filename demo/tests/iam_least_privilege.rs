@@ -319,7 +319,6 @@ fn called_names(body: &str) -> BTreeSet<String> {
             while i < bytes.len() && is_ident(bytes[i]) {
                 i += 1;
             }
-            let name = &body[start..i];
             let after = body[i..].trim_start();
             let path = body[..start].ends_with("::");
             if after.starts_with("::") && !after.starts_with("::<") {
