@@ -25,40 +25,54 @@ use demo::lambda::cargo::workspace_root;
 use demo::lambda::template::{LocalResource, StackSettings, Template};
 use serde_json::Value;
 
-/// Statements of the roles that grant what no SDK call of the function's code makes.
-const EXCEPTIONS: &[(&str, &str)] = &[
+/// Statements of the roles that grant what no SDK call of the function's code makes:
+/// each with the only actions it may hold and why. Those naming `kms:` actions must also
+/// restrict them to use through a service (`kms:ViaService`).
+const EXCEPTIONS: &[(&str, &[&str], &str)] = &[
     (
         "Logs",
+        &["logs:CreateLogStream", "logs:PutLogEvents"],
         "Lambda writes the function's log lines with the execution role",
     ),
     (
         "XRay",
+        &["xray:PutTraceSegments", "xray:PutTelemetryRecords"],
         "Lambda sends the active-tracing segments (Tracing: Active) with the execution role",
     ),
     (
         "RequestsStream",
+        &[
+            "dynamodb:DescribeStream",
+            "dynamodb:GetRecords",
+            "dynamodb:GetShardIterator",
+        ],
         "Lambda's event source mapping reads the requests stream with the worker's role",
     ),
     (
         "ListStreams",
+        &["dynamodb:ListStreams"],
         "Lambda's event source mapping lists the table's streams (no resource-level permission)",
     ),
     (
         "DeadLetterQueue",
+        &["sqs:SendMessage"],
         "Lambda's event source mapping sends failed batches' metadata to the on-failure queue",
     ),
     (
         "KeyThroughServices",
+        &["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey"],
         "DynamoDB, SQS and Secrets Manager use the connector key on the worker's behalf \
          (server-side encryption: kms:ViaService only)",
     ),
     (
         "KeyThroughDynamoDbAndSecretsManager",
+        &["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey"],
         "DynamoDB and Secrets Manager use the connector key on the poller's behalf \
          (server-side encryption: kms:ViaService only)",
     ),
     (
         "ExistingSecretKey",
+        &["kms:Decrypt"],
         "Secrets Manager decrypts an existing secret with its own key (kms:ViaService only)",
     ),
 ];
@@ -545,9 +559,12 @@ fn strings(value: &Value) -> Vec<String> {
     }
 }
 
-/// Statement Sid → its (action, resource) pairs, for a role of a stack deployed with
-/// these parameters (besides the client id).
-fn grants(role: &str, parameters: &[(&str, &str)]) -> BTreeMap<String, BTreeSet<(String, String)>> {
+/// Statement Sid → its (action, resource) pairs and its condition, for a role of a stack
+/// deployed with these parameters (besides the client id).
+fn statements(
+    role: &str,
+    parameters: &[(&str, &str)],
+) -> BTreeMap<String, (BTreeSet<(String, String)>, Value)> {
     let template = Template::load(&workspace_root().join("template.yaml")).unwrap();
     let settings = StackSettings {
         stack_name: "triplink".into(),
@@ -594,8 +611,9 @@ fn grants(role: &str, parameters: &[(&str, &str)]) -> BTreeMap<String, BTreeSet<
                         .map(move |arn| (action.clone(), logical(&arn)))
                 })
                 .collect();
+            let condition = statement.get("Condition").cloned().unwrap_or(Value::Null);
             assert!(
-                by_sid.insert(sid.clone(), pairs).is_none(),
+                by_sid.insert(sid.clone(), (pairs, condition)).is_none(),
                 "{role}: Sid {sid} twice"
             );
         }
@@ -603,11 +621,19 @@ fn grants(role: &str, parameters: &[(&str, &str)]) -> BTreeMap<String, BTreeSet<
     by_sid
 }
 
+/// Statement Sid → its (action, resource) pairs.
+fn grants(role: &str, parameters: &[(&str, &str)]) -> BTreeMap<String, BTreeSet<(String, String)>> {
+    statements(role, parameters)
+        .into_iter()
+        .map(|(sid, (pairs, _))| (sid, pairs))
+        .collect()
+}
+
 fn check(function: &str, role: &str) -> BTreeSet<(String, String)> {
     let root = workspace_root();
     let used = operations_used(&root, function);
     let grants = grants(role, &[]);
-    let exception = |sid: &str| EXCEPTIONS.iter().any(|(s, _)| *s == sid);
+    let exception = |sid: &str| EXCEPTIONS.iter().any(|(s, _, _)| *s == sid);
     let granted: BTreeSet<(String, String)> = grants
         .iter()
         .filter(|(sid, _)| !exception(sid))
@@ -658,11 +684,49 @@ fn every_exception_names_a_statement_of_a_role() {
             sids
         })
         .collect();
-    for (sid, reason) in EXCEPTIONS {
+    for (sid, _, reason) in EXCEPTIONS {
         assert!(
             sids.contains(*sid),
             "exception {sid} ({reason}) names no statement: {sids:?}"
         );
+    }
+}
+
+/// An exception grants only the actions it names, and a key it names only through a
+/// service: it is no back door for what the code calls.
+#[test]
+fn exceptions_grant_only_what_they_name() {
+    let existing_secret = [
+        (
+            "ExistingConcurSecretArn",
+            "arn:aws:secretsmanager:us-east-1:123456789012:secret:concur",
+        ),
+        (
+            "ExistingConcurSecretKmsKeyArn",
+            "arn:aws:kms:us-east-1:123456789012:key/secret-key",
+        ),
+    ];
+    for role in ["PollerRole", "WorkerRole"] {
+        for parameters in [&[][..], &existing_secret[..]] {
+            for (sid, (pairs, condition)) in statements(role, parameters) {
+                let Some((_, allowed, _)) = EXCEPTIONS.iter().find(|(s, _, _)| *s == sid) else {
+                    continue;
+                };
+                for (action, _) in &pairs {
+                    assert!(
+                        allowed.contains(&action.as_str()),
+                        "{role} {sid}: {action} is not among {allowed:?}"
+                    );
+                    if action.starts_with("kms:") {
+                        let via = &condition["StringEquals"]["kms:ViaService"];
+                        assert!(
+                            via.is_string() || via.is_array(),
+                            "{role} {sid}: {action} without kms:ViaService: {condition}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }
 
