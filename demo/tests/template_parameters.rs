@@ -249,3 +249,54 @@ fn only_a_local_stack_may_read_its_secret_from_a_variable() {
     );
     ConcurSettings::for_functions(&local).unwrap();
 }
+
+/// An AWS call's whole budget (the SDK's operation timeout, retries included) fits the
+/// deadlines of a default deploy: a call the poller starts before it stops paging ends
+/// before its Lambda deadline, and the smallest timeout the template allows leaves the
+/// worker time for a call after its own margin.
+#[test]
+fn an_aws_call_fits_within_the_functions_deadlines() {
+    use std::time::Duration;
+    use triplink_shared::config::{lambda_sdk_config, SDK_OPERATION_TIMEOUT};
+
+    let template = Template::load(&workspace_root().join("template.yaml")).unwrap();
+    let settings = StackSettings {
+        stack_name: "triplink".into(),
+        region: "us-east-1".into(),
+        account_id: "123456789012".into(),
+    };
+    let overrides = [("ConcurClientId".to_owned(), "client-id".to_owned())];
+    let stack = template.stack(settings, &overrides, resources()).unwrap();
+    let env = |function: &str| -> HashMap<String, String> {
+        let mut env: HashMap<String, String> = stack
+            .function(function)
+            .unwrap()
+            .environment
+            .into_iter()
+            .collect();
+        env.insert("AWS_REGION".into(), "us-east-1".into());
+        env
+    };
+    let operation = lambda_sdk_config(&env("PollerFunction"))
+        .unwrap()
+        .timeout_config()
+        .and_then(|t| t.operation_timeout())
+        .expect("an operation timeout");
+    assert_eq!(operation, SDK_OPERATION_TIMEOUT);
+
+    let poller = PollerSettings::from_env(&env("PollerFunction")).unwrap();
+    assert!(
+        operation <= poller.deadline_margin,
+        "{operation:?} > the poller's margin {:?}",
+        poller.deadline_margin
+    );
+    let worker = WorkerSettings::from_env(&env("WorkerFunction")).unwrap();
+    let smallest = |parameter: &str| {
+        let seconds = template.root()["Parameters"][parameter]["MinValue"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{parameter} has no MinValue"));
+        Duration::from_secs(seconds)
+    };
+    assert!(smallest("WorkerTimeoutSeconds") >= worker.deadline_margin + operation);
+    assert!(smallest("PollerTimeoutSeconds") >= poller.deadline_margin + operation);
+}
