@@ -1156,8 +1156,14 @@ where
         let failures: Vec<String> = futures::stream::iter(groups)
             .map(|(request_id, group)| {
                 // Every line logged while a request is handled (the store's, the vault's,
-                // the Concur client's with its correlation ids) carries its request_id.
-                let span = tracing::info_span!("request", request_id = %request_id);
+                // the Concur client's with its correlation ids) carries its request_id, and
+                // the invocation's (the lease owner: Lambda's request id), which the
+                // runtime's own span would show outside this one.
+                let span = tracing::info_span!(
+                    "request",
+                    request_id = %request_id,
+                    aws_request_id = %owner
+                );
                 async move {
                     for record in group {
                         let started = Instant::now();

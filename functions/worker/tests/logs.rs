@@ -58,5 +58,6 @@ async fn every_line_names_its_request_and_concur_calls_their_correlation_id() {
             "{call}"
         );
         assert!(call["span"]["request_id"].is_string(), "{call}");
+        assert_eq!(call["span"]["aws_request_id"], "invocation-1", "{call}");
     }
 }
