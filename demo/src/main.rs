@@ -269,7 +269,7 @@ async fn run(args: Args) -> Result<bool, Error> {
             }
             requeued_total += summary.requeued;
             println!(
-                "    [{phase}] poller: {} pages, {} seen, {} new, {} requeued, {} already stored ({:?})",
+                "    [{phase}] poller: {} pages, {} seen, {} new, {} requeued, {} already stored ({})",
                 summary.pages, summary.seen, summary.new, summary.requeued,
                 summary.token_refreshed + summary.unchanged, summary.stop_reason
             );

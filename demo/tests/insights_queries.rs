@@ -228,15 +228,29 @@ fn the_saved_queries_answer_from_a_real_run() {
     let (query, groups) = saved_query(&run.template, "RequestHistoryQuery", id);
     assert_eq!(groups, [poller.as_str(), worker.as_str()]);
     let history = run_over(&query, &groups, &run.events);
+    // A line names its request at the top level or in the worker's `request` span.
     let mine = run
         .events
         .iter()
-        .filter(|e| json_of(e)["request_id"] == id)
+        .filter(|e| json_of(e)["request_id"] == id || json_of(e)["span"]["request_id"] == id)
         .count();
     assert_eq!(
         history.rows.len(),
         mine,
         "every line of the request, no other"
+    );
+    // Its Concur calls are there, each with Concur's correlation id.
+    let calls: Vec<_> = history
+        .rows
+        .iter()
+        .filter(|r| r.get("message") == Some(&json!("concur call")))
+        .collect();
+    assert!(!calls.is_empty(), "{:#?}", history.rows);
+    assert!(
+        calls.iter().all(|r| r["concur_correlation_id"]
+            .as_str()
+            .is_some_and(|c| !c.is_empty())),
+        "{calls:#?}"
     );
     let times: Vec<i64> = history
         .rows

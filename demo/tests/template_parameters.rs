@@ -206,3 +206,103 @@ fn the_default_deploy_is_safe_until_enabled() {
         );
     }
 }
+
+/// The `env:` secret source is allowed only to a local stack: the template gives
+/// `TRIPLINK_ALLOW_ENV_SECRETS=1` only with `LocalAwsEndpointUrl`, and a function of a
+/// deployed stack (in a Lambda environment) refuses `env:`.
+#[test]
+fn only_a_local_stack_may_read_its_secret_from_a_variable() {
+    let template = Template::load(&workspace_root().join("template.yaml")).unwrap();
+    let settings = StackSettings {
+        stack_name: "triplink".into(),
+        region: "us-east-1".into(),
+        account_id: "123456789012".into(),
+    };
+    let environment = |overrides: &[(&str, &str)]| {
+        let mut all = vec![("ConcurClientId".to_owned(), "client-id".to_owned())];
+        all.extend(
+            overrides
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        let stack = template.stack(settings.clone(), &all, resources()).unwrap();
+        let mut env: HashMap<String, String> = stack
+            .function("WorkerFunction")
+            .unwrap()
+            .environment
+            .into_iter()
+            .collect();
+        // As Lambda (or sam local, or cargo lambda watch) runs it, the secret from a variable.
+        env.insert("AWS_LAMBDA_FUNCTION_NAME".into(), "triplink-worker".into());
+        env.insert(
+            "CONCUR_CLIENT_SECRET_SOURCE".into(),
+            "env:CONCUR_CLIENT_SECRET".into(),
+        );
+        env
+    };
+    let deployed = environment(&[]);
+    assert_eq!(deployed.get("TRIPLINK_ALLOW_ENV_SECRETS"), None);
+    let err = ConcurSettings::for_functions(&deployed).unwrap_err();
+    assert!(
+        err.to_string().contains("TRIPLINK_ALLOW_ENV_SECRETS"),
+        "{err}"
+    );
+
+    let local = environment(&[("LocalAwsEndpointUrl", "http://127.0.0.1:5000")]);
+    assert_eq!(
+        local.get("TRIPLINK_ALLOW_ENV_SECRETS").map(String::as_str),
+        Some("1")
+    );
+    ConcurSettings::for_functions(&local).unwrap();
+}
+
+/// An AWS call's whole budget (the SDK's operation timeout, retries included) fits the
+/// deadlines of a default deploy: a call the poller starts before it stops paging ends
+/// before its Lambda deadline, and the smallest timeout the template allows leaves the
+/// worker time for a call after its own margin.
+#[test]
+fn an_aws_call_fits_within_the_functions_deadlines() {
+    use std::time::Duration;
+    use triplink_shared::config::{lambda_sdk_config, SDK_OPERATION_TIMEOUT};
+
+    let template = Template::load(&workspace_root().join("template.yaml")).unwrap();
+    let settings = StackSettings {
+        stack_name: "triplink".into(),
+        region: "us-east-1".into(),
+        account_id: "123456789012".into(),
+    };
+    let overrides = [("ConcurClientId".to_owned(), "client-id".to_owned())];
+    let stack = template.stack(settings, &overrides, resources()).unwrap();
+    let env = |function: &str| -> HashMap<String, String> {
+        let mut env: HashMap<String, String> = stack
+            .function(function)
+            .unwrap()
+            .environment
+            .into_iter()
+            .collect();
+        env.insert("AWS_REGION".into(), "us-east-1".into());
+        env
+    };
+    let operation = lambda_sdk_config(&env("PollerFunction"))
+        .unwrap()
+        .timeout_config()
+        .and_then(|t| t.operation_timeout())
+        .expect("an operation timeout");
+    assert_eq!(operation, SDK_OPERATION_TIMEOUT);
+
+    let poller = PollerSettings::from_env(&env("PollerFunction")).unwrap();
+    assert!(
+        operation <= poller.deadline_margin,
+        "{operation:?} > the poller's margin {:?}",
+        poller.deadline_margin
+    );
+    let worker = WorkerSettings::from_env(&env("WorkerFunction")).unwrap();
+    let smallest = |parameter: &str| {
+        let seconds = template.root()["Parameters"][parameter]["MinValue"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{parameter} has no MinValue"));
+        Duration::from_secs(seconds)
+    };
+    assert!(smallest("WorkerTimeoutSeconds") >= worker.deadline_margin + operation);
+    assert!(smallest("PollerTimeoutSeconds") >= poller.deadline_margin + operation);
+}

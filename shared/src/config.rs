@@ -12,9 +12,11 @@
 //!
 //! The secret is either the client secret itself or a JSON object
 //! `{"client_id": "...", "client_secret": "..."}` (the `client_id` there wins over
-//! `CONCUR_CLIENT_ID`). In a deployed Lambda (`AWS_LAMBDA_FUNCTION_NAME` set and not
-//! under `sam local`, which sets `AWS_SAM_LOCAL=true`), `env:` and `file:` are refused:
-//! a secret never sits in a plain environment variable in the cloud.
+//! `CONCUR_CLIENT_ID`). Inside a Lambda execution environment (`AWS_LAMBDA_FUNCTION_NAME`
+//! is set: in AWS, and under `sam local invoke` or `cargo lambda watch`), `env:` and
+//! `file:` are refused unless [`ALLOW_ENV_SECRETS`]` =1` says this is a local run: a
+//! secret never sits in a plain environment variable in the cloud, and the template sets
+//! that variable only for a local stack.
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -105,6 +107,37 @@ fn base_url(env: &impl Env, key: &'static str) -> Result<Option<BaseUrl>, Config
         .transpose()
 }
 
+/// The explicit local override: `1` lets a Lambda execution environment read its
+/// secrets from `env:` and `file:` sources (`sam local invoke`, `cargo lambda watch`).
+pub const ALLOW_ENV_SECRETS: &str = "TRIPLINK_ALLOW_ENV_SECRETS";
+
+/// Whether `env:` and `file:` secret sources may be used here: always outside a Lambda
+/// execution environment (tests, the CLI); inside one (`AWS_LAMBDA_FUNCTION_NAME` set)
+/// only with [`ALLOW_ENV_SECRETS`]`=1`. `AWS_SAM_LOCAL` alone does not allow them.
+pub fn local_secrets_allowed(env: &impl Env) -> Result<bool, ConfigError> {
+    let allowed = match env.get(ALLOW_ENV_SECRETS) {
+        None => false,
+        Some(value) => match value.trim().to_ascii_lowercase().as_str() {
+            "1" | "true" => true,
+            "0" | "false" => false,
+            _ => {
+                return Err(ConfigError::Invalid {
+                    key: ALLOW_ENV_SECRETS,
+                    value,
+                    reason: "expected 1 (allow env: and file: secret sources) or 0".into(),
+                })
+            }
+        },
+    };
+    Ok(allowed || env.get("AWS_LAMBDA_FUNCTION_NAME").is_none())
+}
+
+/// Why an `env:` or `file:` source is refused in a Lambda execution environment.
+pub const LOCAL_SOURCE_REFUSAL: &str = "env: and file: sources are for local runs only: \
+AWS_LAMBDA_FUNCTION_NAME is set and TRIPLINK_ALLOW_ENV_SECRETS is not 1. In AWS use \
+secretsmanager: or ssm:; for a local run (sam local invoke, cargo lambda watch) set \
+TRIPLINK_ALLOW_ENV_SECRETS=1";
+
 /// True inside a deployed Lambda function (not `sam local invoke`).
 pub fn in_deployed_lambda(env: &impl Env) -> bool {
     env.get("AWS_LAMBDA_FUNCTION_NAME").is_some()
@@ -113,11 +146,50 @@ pub fn in_deployed_lambda(env: &impl Env) -> bool {
             .is_some_and(|v| v.eq_ignore_ascii_case("true"))
 }
 
+/// Connect timeout of an AWS call: the regional endpoints answer a TCP and TLS
+/// handshake in milliseconds from Lambda.
+pub const SDK_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// One attempt of an AWS call (DynamoDB, KMS, Secrets Manager, SSM): they answer in tens
+/// of milliseconds; an attempt that hangs is cut off and retried.
+pub const SDK_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+/// A whole AWS call, retries and backoff included. Not longer than the poller's default
+/// `POLL_DEADLINE_MARGIN_MS` (5 s): a call started before the poller stops paging ends
+/// before its deadline; the worker, whose margin is 3 s, holds its lease 2 s past its
+/// deadline, and the template's smallest timeout (10 s) leaves room for one call.
+pub const SDK_OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
+/// Attempts of an AWS call (throttling, 5xx, timeouts, broken connections).
+pub const SDK_MAX_ATTEMPTS: u32 = 3;
+/// The longest backoff between attempts (the SDK's default is 20 s, far past a deadline).
+pub const SDK_MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The timeouts of every AWS call of the functions ([`SDK_CONNECT_TIMEOUT`],
+/// [`SDK_ATTEMPT_TIMEOUT`], [`SDK_OPERATION_TIMEOUT`]; an attempt's read is bounded by
+/// its attempt timeout).
+pub fn sdk_timeout_config() -> aws_config::timeout::TimeoutConfig {
+    aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(SDK_CONNECT_TIMEOUT)
+        .operation_attempt_timeout(SDK_ATTEMPT_TIMEOUT)
+        .operation_timeout(SDK_OPERATION_TIMEOUT)
+        .build()
+}
+
+/// The retries of every AWS call: the standard mode (not adaptive: its client-side rate
+/// limiter would make a call wait for tokens, which a warm function carries from one
+/// invocation to the next, with no regard for the deadline), [`SDK_MAX_ATTEMPTS`]
+/// attempts, backoff at most [`SDK_MAX_BACKOFF`].
+pub fn sdk_retry_config() -> aws_config::retry::RetryConfig {
+    aws_config::retry::RetryConfig::standard()
+        .with_max_attempts(SDK_MAX_ATTEMPTS)
+        .with_max_backoff(SDK_MAX_BACKOFF)
+}
+
 /// The AWS SDK configuration of a function, from its environment alone: the region
 /// (`AWS_REGION`, else `AWS_DEFAULT_REGION`), the execution role's credentials from
 /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN` (Lambda exports
-/// them), `AWS_ENDPOINT_URL` when set (local runs), and the shared HTTP stack
-/// ([`crate::http`]). No profile file, IMDS or STS: nothing is read or fetched at init.
+/// them), `AWS_ENDPOINT_URL` when set (local runs), the shared HTTP stack
+/// ([`crate::http`]), and explicit timeouts and retries ([`sdk_timeout_config`],
+/// [`sdk_retry_config`]). No profile file, IMDS or STS: nothing is read or fetched at
+/// init.
 pub fn lambda_sdk_config(env: &impl Env) -> Result<SdkConfig, ConfigError> {
     use aws_config::environment::EnvironmentVariableCredentialsProvider;
     use aws_config::{BehaviorVersion, Region};
@@ -133,7 +205,9 @@ pub fn lambda_sdk_config(env: &impl Env) -> Result<SdkConfig, ConfigError> {
         .credentials_provider(SharedCredentialsProvider::new(
             EnvironmentVariableCredentialsProvider::new(),
         ))
-        .http_client(crate::http::SdkHttpClient::shared());
+        .http_client(crate::http::SdkHttpClient::shared())
+        .timeout_config(sdk_timeout_config())
+        .retry_config(sdk_retry_config());
     if let Some(endpoint) = env.get("AWS_ENDPOINT_URL") {
         builder = builder.endpoint_url(endpoint.trim());
     }
@@ -181,18 +255,19 @@ impl SecretSource {
         }
     }
 
-    /// Refuse `env:`/`file:` in a deployed function (no fetch, no network).
+    /// Refuse `env:`/`file:` in a Lambda execution environment without the local
+    /// override ([`local_secrets_allowed`]; no fetch, no network).
     pub fn check(&self, env: &impl Env) -> Result<(), ConfigError> {
-        if in_deployed_lambda(env) && self.is_local_only() {
+        if self.is_local_only() && !local_secrets_allowed(env)? {
             return Err(ConfigError::Secret {
                 source_name: self.name(),
-                message: "env: and file: sources are for local runs only".into(),
+                message: LOCAL_SOURCE_REFUSAL.into(),
             });
         }
         Ok(())
     }
 
-    /// Fetch the secret, refusing `env:`/`file:` in a deployed function.
+    /// Fetch the secret, refusing `env:`/`file:` as [`Self::check`] does.
     pub async fn fetch_checked(
         &self,
         aws: &SdkConfig,
@@ -351,11 +426,11 @@ impl ConcurSettings {
                 reason,
             })?;
         let in_lambda = in_deployed_lambda(env);
-        if in_lambda && secret_source.is_local_only() {
+        if secret_source.is_local_only() && !local_secrets_allowed(env)? {
             return Err(ConfigError::Invalid {
                 key: "CONCUR_CLIENT_SECRET_SOURCE",
                 value: raw_source,
-                reason: "env: and file: sources are for local runs only; use secretsmanager: or ssm: in a deployed function".into(),
+                reason: LOCAL_SOURCE_REFUSAL.into(),
             });
         }
         let max_attempts: u32 = env.parsed("CONCUR_MAX_ATTEMPTS", 4)?;
@@ -565,10 +640,104 @@ mod tests {
             ("AWS_LAMBDA_FUNCTION_NAME", "poller"),
         ];
         let err = ConcurSettings::from_env(&env(&base)).unwrap_err();
-        assert!(err.to_string().contains("local runs only"), "{err}");
-        let mut local = base.to_vec();
-        local.push(("AWS_SAM_LOCAL", "true"));
-        assert!(ConcurSettings::from_env(&env(&local)).is_ok());
+        assert_eq!(err.error_type(), "Config.Invalid");
+        let message = err.to_string();
+        assert!(message.contains("local runs only"), "{message}");
+        assert!(
+            message.contains("TRIPLINK_ALLOW_ENV_SECRETS=1"),
+            "{message}"
+        );
+        // `sam local` alone is no longer enough: the override is explicit.
+        let mut sam_local = base.to_vec();
+        sam_local.push(("AWS_SAM_LOCAL", "true"));
+        assert!(ConcurSettings::from_env(&env(&sam_local)).is_err());
+        for refused in ["0", "false", " "] {
+            let mut vars = base.to_vec();
+            vars.push((ALLOW_ENV_SECRETS, refused));
+            assert!(
+                ConcurSettings::from_env(&env(&vars)).is_err(),
+                "{refused:?}"
+            );
+        }
+        for allowed in ["1", "true", " 1 "] {
+            let mut vars = base.to_vec();
+            vars.push((ALLOW_ENV_SECRETS, allowed));
+            assert!(ConcurSettings::from_env(&env(&vars)).is_ok(), "{allowed:?}");
+        }
+        // A value that is neither says which variable is wrong.
+        let mut vars = base.to_vec();
+        vars.push((ALLOW_ENV_SECRETS, "yes"));
+        let err = ConcurSettings::from_env(&env(&vars)).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(r#"TRIPLINK_ALLOW_ENV_SECRETS="yes" is invalid"#),
+            "{err}"
+        );
+        // Outside a Lambda execution environment (tests, the CLI) nothing is needed.
+        let outside: Vec<_> = base
+            .iter()
+            .copied()
+            .filter(|(k, _)| *k != "AWS_LAMBDA_FUNCTION_NAME")
+            .collect();
+        assert!(ConcurSettings::from_env(&env(&outside)).is_ok());
+        // Secret-backed sources are never affected.
+        let mut cloud = base.to_vec();
+        cloud[1] = ("CONCUR_CLIENT_SECRET_SOURCE", "secretsmanager:concur");
+        assert!(ConcurSettings::from_env(&env(&cloud)).is_ok());
+    }
+
+    #[test]
+    fn secret_source_checks_follow_the_same_override() {
+        let file = SecretSource::File("/tmp/secret".into());
+        let vault = SecretSource::Ssm("/triplink/x".into());
+        let lambda = env(&[("AWS_LAMBDA_FUNCTION_NAME", "worker")]);
+        let err = file.check(&lambda).unwrap_err();
+        assert_eq!(err.error_type(), "Config.SecretUnavailable");
+        assert!(
+            err.to_string().contains("TRIPLINK_ALLOW_ENV_SECRETS"),
+            "{err}"
+        );
+        assert!(vault.check(&lambda).is_ok());
+        let local = env(&[
+            ("AWS_LAMBDA_FUNCTION_NAME", "worker"),
+            (ALLOW_ENV_SECRETS, "1"),
+        ]);
+        assert!(file.check(&local).is_ok());
+        assert!(file.check(&env(&[])).is_ok());
+    }
+
+    #[test]
+    fn the_sdk_config_carries_explicit_timeouts_and_retries() {
+        use aws_config::retry::RetryMode;
+        let aws = lambda_sdk_config(&env(&[("AWS_REGION", "eu-west-1")])).unwrap();
+        let timeouts = aws.timeout_config().expect("timeouts are set");
+        assert_eq!(timeouts.connect_timeout(), Some(Duration::from_secs(1)));
+        assert_eq!(
+            timeouts.operation_attempt_timeout(),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(timeouts.operation_timeout(), Some(Duration::from_secs(5)));
+        let retry = aws.retry_config().expect("retries are set");
+        assert_eq!(retry.mode(), RetryMode::Standard);
+        assert_eq!(retry.max_attempts(), 3);
+        assert_eq!(retry.max_backoff(), Duration::from_secs(1));
+        // A retry is possible within the operation's budget, and the whole call ends
+        // within the poller's default deadline margin (POLL_DEADLINE_MARGIN_MS, 5 s).
+        assert!(SDK_ATTEMPT_TIMEOUT * 2 + SDK_MAX_BACKOFF <= SDK_OPERATION_TIMEOUT);
+        assert!(SDK_CONNECT_TIMEOUT < SDK_ATTEMPT_TIMEOUT);
+        assert!(SDK_OPERATION_TIMEOUT <= Duration::from_millis(5000));
+        // A local endpoint changes nothing of that.
+        let local = lambda_sdk_config(&env(&[
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:5000"),
+        ]))
+        .unwrap();
+        assert_eq!(local.timeout_config(), aws.timeout_config());
+        assert_eq!(local.endpoint_url(), Some("http://127.0.0.1:5000"));
+        assert!(matches!(
+            lambda_sdk_config(&env(&[])),
+            Err(ConfigError::Missing("AWS_REGION"))
+        ));
     }
 
     #[test]

@@ -26,7 +26,18 @@ where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let _ = json_subscriber(writer, filter).try_init();
+}
+
+/// The functions' log subscriber: JSON lines, the event's fields at the top level, the
+/// current span's fields (a request's `request_id`) under `span`. [`init_logging_to`]
+/// installs it process-wide; tests install it for a scope to read what a function
+/// would print.
+pub fn json_subscriber<W>(writer: W, filter: EnvFilter) -> impl tracing::Subscriber + Send + Sync
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt()
         .json()
         .with_env_filter(filter)
         .flatten_event(true)
@@ -36,7 +47,6 @@ where
         .with_ansi(false)
         .with_writer(writer)
         .finish()
-        .try_init();
 }
 
 /// Where lines go instead of stdout: [`Metrics::printing_to`] gives it each EMF line,

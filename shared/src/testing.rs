@@ -168,3 +168,61 @@ pub async fn scan_requests(
     items.sort_by(|a, b| a.request_id.cmp(&b.request_id));
     items
 }
+
+/// Log lines captured as the functions print them ([`crate::telemetry::json_subscriber`]),
+/// on the current thread while this lives (a `#[tokio::test]` runs its tasks there).
+pub struct CapturedLogs {
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    _guard: tracing::subscriber::DefaultGuard,
+}
+
+impl CapturedLogs {
+    /// Every line so far, parsed (a line that is not JSON fails the test).
+    pub fn lines(&self) -> Vec<serde_json::Value> {
+        self.lines
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|line| {
+                serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("a log line is not JSON ({e}): {line}"))
+            })
+            .collect()
+    }
+
+    /// The lines whose `message` is `message`.
+    pub fn with_message(&self, message: &str) -> Vec<serde_json::Value> {
+        self.lines()
+            .into_iter()
+            .filter(|line| line["message"] == message)
+            .collect()
+    }
+}
+
+/// Capture the log lines of this thread at `filter` (a `RUST_LOG` directive such as
+/// `info` or `debug`) until the returned value is dropped.
+pub fn capture_logs(filter: &str) -> CapturedLogs {
+    // tracing caches each callsite's interest process-wide. With a single registered
+    // dispatcher it asks the *current thread's* default when a callsite is first hit, so
+    // a test on another thread (no subscriber) would cache "never" for a line this
+    // capture wants. A second dispatcher, kept for the process, makes tracing combine
+    // every registered one instead.
+    static SECOND: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+    SECOND.get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = {
+        let lines = lines.clone();
+        crate::telemetry::LineSink::new(move |line| {
+            lines
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(line.to_owned())
+        })
+    };
+    let subscriber =
+        crate::telemetry::json_subscriber(sink, tracing_subscriber::EnvFilter::new(filter));
+    CapturedLogs {
+        lines,
+        _guard: tracing::subscriber::set_default(subscriber),
+    }
+}

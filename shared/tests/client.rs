@@ -650,10 +650,23 @@ async fn a_foreign_host_next_page_gives_only_its_offset() {
     let mut pager = client.pages(1);
     let first = pager.next_page(soon()).await.unwrap().unwrap();
     assert_eq!(first.next_offset.as_deref(), Some("1"));
+    // The foreign host is reported with the page, for the caller to log once per run.
+    let called = url::Url::parse(&server.uri()).unwrap();
+    assert_eq!(
+        first.foreign_next_page,
+        Some(triplink_shared::concur::ForeignNextPage {
+            next_page_host: "integration.concursolutions.com".into(),
+            api_host: called.host_str().unwrap().into(),
+        })
+    );
     // The item's URI names another host too: the id comes from `ID`.
     assert_eq!(first.items[0].id, "a");
     let second = pager.next_page(soon()).await.unwrap().unwrap();
     assert_eq!(second.items[0].id, "b");
+    assert_eq!(
+        second.foreign_next_page, None,
+        "a last page has no NextPage"
+    );
     // Every request reached the configured server, none the foreign host.
     assert_eq!(requests_to(&server, LIST).await.len(), 2);
 }

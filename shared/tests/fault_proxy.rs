@@ -538,6 +538,74 @@ async fn delay_lets_the_operation_timeout_fire_and_writes_late() {
     put(&via, &table, "l2").await.unwrap();
 }
 
+/// The functions' own SDK configuration (`lambda_sdk_config`, the explicit timeouts and
+/// retries): a DynamoDB call that hangs (the proxy holds every GetItem for a minute) is
+/// cut off by the attempt timeout, retried, and fails as a timeout well before it would
+/// have been answered; the proxy saw more than one attempt, so it was the attempt
+/// timeout, not the operation's, that ended the first.
+#[tokio::test]
+async fn the_functions_sdk_config_cuts_a_hanging_attempt_off_and_retries() {
+    use triplink_shared::config::{lambda_sdk_config, SDK_MAX_ATTEMPTS};
+    let proxy = proxy();
+    let table = table("hang", false).await;
+    put(&no_retries(&proxy), &table, "h1").await.unwrap();
+    let rule = proxy.add(
+        Rule::new(Op::GetItem)
+            .table(&table)
+            .delay(Duration::from_secs(60))
+            .always(),
+    );
+    let vars: HashMap<String, String> = [
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ENDPOINT_URL", proxy.endpoint()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    // The execution role's credentials come from the process environment in Lambda;
+    // the test's are moto's dummies.
+    let config = lambda_sdk_config(&vars)
+        .unwrap()
+        .into_builder()
+        .credentials_provider(testing::sdk_config().credentials_provider().unwrap())
+        .build();
+    let via = Client::new(&config);
+
+    let call = via
+        .get_item()
+        .table_name(&table)
+        .key("pk", s("h1"))
+        .consistent_read(true)
+        .send();
+    // A guard against a hang only (the call's own budget is 5 s).
+    let result = tokio::time::timeout(Duration::from_secs(45), call)
+        .await
+        .expect("the hanging call was never cut off");
+    let error = result.unwrap_err();
+    assert!(
+        matches!(error, SdkError::TimeoutError(_)),
+        "expected a timeout: {error:?}"
+    );
+    let attempts = proxy.fired(rule);
+    assert!(
+        (2..=u64::from(SDK_MAX_ATTEMPTS)).contains(&attempts),
+        "attempts cut off and retried: {attempts}"
+    );
+
+    // Without the hang the same client reads the item.
+    proxy.clear();
+    let item = via
+        .get_item()
+        .table_name(&table)
+        .key("pk", s("h1"))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item;
+    assert!(item.is_some());
+}
+
 #[tokio::test]
 async fn rules_match_operation_table_and_body_and_can_be_cleared() {
     let proxy = proxy();

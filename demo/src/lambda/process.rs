@@ -130,8 +130,8 @@ impl FunctionConfig {
             ("TZ", ":UTC".into()),
             ("LANG", "en_US.UTF-8".into()),
             ("PATH", "/usr/local/bin:/usr/bin/:/bin:/opt/bin".into()),
-            // What `sam local invoke` adds; the connector allows its `env:` secret
-            // source only with it.
+            // What `sam local invoke` adds. (The `env:` secret source needs
+            // TRIPLINK_ALLOW_ENV_SECRETS=1, which the template sets for a local stack.)
             ("AWS_SAM_LOCAL", "true".into()),
         ]
         .into_iter()

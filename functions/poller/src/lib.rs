@@ -33,7 +33,9 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
-use triplink_shared::concur::{ConcurClient, ConcurError, Page, CONCUR_PAUSE, MAX_PAGE_LIMIT};
+use triplink_shared::concur::{
+    ConcurClient, ConcurError, ForeignNextPage, Page, CONCUR_PAUSE, MAX_PAGE_LIMIT,
+};
 use triplink_shared::config::{ConcurSettings, ConfigError, Env};
 use triplink_shared::store::lifecycle::{self, SweepStore, SweepSummary};
 use triplink_shared::store::{
@@ -194,6 +196,36 @@ impl StopReason {
     }
 }
 
+/// A run's summary as one log line: the same fields (snake_case values) whatever the
+/// level.
+macro_rules! log_summary {
+    ($level:expr, $summary:expr, $message:literal) => {
+        tracing::event!(
+            $level,
+            pages = $summary.pages,
+            seen = $summary.seen,
+            new = $summary.new,
+            requeued = $summary.requeued,
+            token_refreshed = $summary.token_refreshed,
+            unchanged = $summary.unchanged,
+            recovered = $summary.recovered,
+            quarantined = $summary.quarantined,
+            degraded = $summary.degraded,
+            failed = $summary.failed,
+            stop_reason = $summary.stop_reason.as_str(),
+            error = $summary.error.as_deref().unwrap_or(""),
+            duration_ms = $summary.duration_ms,
+            $message
+        )
+    };
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One run's summary: logged, returned, and published as metrics. No personal data.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct PollSummary {
@@ -319,6 +351,8 @@ pub async fn poll<C: PendingSource, S: RequestStore>(
     let mut stop: Option<StopReason> = None;
     let mut concur_error: Option<ConcurError> = None;
     let mut store_error: Option<StoreError> = None;
+    // A NextPage naming another host: logged once per run, with the pages that did.
+    let mut foreign_next_page: Option<(ForeignNextPage, u32)> = None;
     loop {
         if stop.is_none() {
             if summary.pages >= settings.max_pages {
@@ -373,6 +407,9 @@ pub async fn poll<C: PendingSource, S: RequestStore>(
                 summary.seen += fetched.page.items.len() as u32;
                 summary.quarantined += fetched.page.quarantined.len() as u32;
                 summary.degraded += fetched.page.degraded.len() as u32;
+                if let Some(foreign) = fetched.page.foreign_next_page.take() {
+                    foreign_next_page.get_or_insert((foreign, 0)).1 += 1;
+                }
                 match fetched.page.next_offset.take() {
                     Some(next) => offset = Some(next),
                     None => stop = Some(StopReason::Drained),
@@ -403,6 +440,14 @@ pub async fn poll<C: PendingSource, S: RequestStore>(
                 concur_error = Some(e);
             }
         }
+    }
+    if let Some((foreign, pages)) = foreign_next_page {
+        warn!(
+            next_page_host = %foreign.next_page_host,
+            api_host = %foreign.api_host,
+            pages,
+            "NextPage names another host; only its offset is used"
+        );
     }
     summary.stop_reason = stop.unwrap_or_default();
     summary.duration_ms = started.elapsed().as_millis() as u64;
@@ -587,23 +632,13 @@ impl<C: PendingSource, S: RequestStore + SweepStore> Poller<C, S> {
                     StopReason::ConcurError | StopReason::ConcurPaused
                 ) || summary.failed > 0
                 {
-                    warn!(summary = ?summary, "poll run finished with errors");
-                } else {
-                    info!(
-                        pages = summary.pages,
-                        seen = summary.seen,
-                        new = summary.new,
-                        requeued = summary.requeued,
-                        token_refreshed = summary.token_refreshed,
-                        unchanged = summary.unchanged,
-                        recovered = summary.recovered,
-                        quarantined = summary.quarantined,
-                        degraded = summary.degraded,
-                        failed = summary.failed,
-                        stop_reason = summary.stop_reason.as_str(),
-                        duration_ms = summary.duration_ms,
-                        "poll run finished"
+                    log_summary!(
+                        tracing::Level::WARN,
+                        summary,
+                        "poll run finished with errors"
                     );
+                } else {
+                    log_summary!(tracing::Level::INFO, summary, "poll run finished");
                 }
                 self.publish(summary, 0);
             }

@@ -451,6 +451,54 @@ async fn a_foreign_host_next_page_is_not_followed() {
         .starts_with("https://us.api.concursolutions.com/")));
 }
 
+/// Every page of that run names the foreign host; the run logs it once, with the count
+/// of pages, and each page's Concur call at info with its correlation id.
+#[tokio::test]
+async fn a_foreign_next_page_host_is_logged_once_per_run() {
+    let sandbox = sandbox(35, |c| {
+        c.public_base_url = Some("https://us.api.concursolutions.com".into())
+    })
+    .await;
+    let (concur, store) = (client(&sandbox), store().await);
+    let logs = testing::capture_logs("info,concur_sandbox=off");
+    let summary = poll(&concur, &store, &settings(), far()).await.unwrap();
+    assert_eq!((summary.pages, summary.new), (4, 35), "{summary:?}");
+
+    let foreign = logs.with_message("NextPage names another host; only its offset is used");
+    assert_eq!(foreign.len(), 1, "{foreign:#?}");
+    assert_eq!(foreign[0]["level"], "WARN");
+    assert_eq!(foreign[0]["next_page_host"], "us.api.concursolutions.com");
+    assert_eq!(foreign[0]["api_host"], "127.0.0.1");
+    // The three pages with a NextPage (the last one has none).
+    assert_eq!(foreign[0]["pages"], 3);
+
+    let calls: Vec<_> = logs
+        .with_message("concur call")
+        .into_iter()
+        .filter(|line| line["op"] == "list")
+        .collect();
+    assert_eq!(calls.len(), 4, "{calls:#?}");
+    for call in &calls {
+        assert_eq!(call["level"], "INFO");
+        assert!(
+            call["correlation_id"]
+                .as_str()
+                .is_some_and(|c| !c.is_empty()),
+            "{call}"
+        );
+    }
+
+    // A second run logs it again (once per run, not once per process).
+    drop(logs);
+    let logs = testing::capture_logs("info,concur_sandbox=off");
+    poll(&concur, &store, &settings(), far()).await.unwrap();
+    assert_eq!(
+        logs.with_message("NextPage names another host; only its offset is used")
+            .len(),
+        1
+    );
+}
+
 #[tokio::test]
 async fn two_pollers_at_once_store_every_request_once() {
     let sandbox = sandbox(35, |_| {}).await;

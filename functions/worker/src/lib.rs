@@ -41,7 +41,7 @@ use secrecy::ExposeSecret;
 use secrecy::SecretString;
 use serde_json::{json, Map};
 use tokio::time::Instant;
-use tracing::{error, info, warn};
+use tracing::{error, info, warn, Instrument};
 use triplink_shared::concur::retry::{Decision as RetryDecision, RetryPolicy};
 use triplink_shared::concur::{ConcurClient, ConcurError, OAuthErrorKind, UserTokens};
 use triplink_shared::config::{ConcurSettings, ConfigError, Env};
@@ -320,6 +320,22 @@ pub enum RecordOutcome {
     DryRun { status: ConnectionStatus },
     /// Another worker took the lease over; it finishes the attempt.
     LeaseLost,
+}
+
+impl RecordOutcome {
+    /// The outcome's snake_case name in logs (a reported one is its status code).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Ignored(_) => "ignored",
+            Self::AlreadyDone => "already_done",
+            Self::Busy { .. } => "busy",
+            Self::Reported { status, .. } => status.as_str(),
+            Self::Released { .. } => "released",
+            Self::Parked { .. } => "parked",
+            Self::DryRun { .. } => "dry_run",
+            Self::LeaseLost => "lease_lost",
+        }
+    }
 }
 
 /// A record that must be retried by Lambda (a batch item failure).
@@ -1080,7 +1096,15 @@ where
                 self.metrics
                     .emit(&[("Parked", 1.0, Unit::Count)], properties);
             }
-            Ok(other) => info!(request_id, outcome = ?other, "record needs no report"),
+            Ok(other) => info!(
+                request_id,
+                outcome = other.as_str(),
+                why = match other {
+                    RecordOutcome::Ignored(why) => why,
+                    _ => "",
+                },
+                "record needs no report"
+            ),
             Err(e) => {
                 error!(
                     request_id,
@@ -1135,22 +1159,34 @@ where
         }
 
         let failures: Vec<String> = futures::stream::iter(groups)
-            .map(|(request_id, group)| async move {
-                for record in group {
-                    let started = Instant::now();
-                    let result = if Instant::now() >= deadline {
-                        Err(RecordError::OutOfTime)
-                    } else {
-                        self.process(record, owner, lease_until_ms, deadline).await
-                    };
-                    self.log_and_measure(record, &request_id, started, &result);
-                    self.observe(&result);
-                    if result.is_err() {
-                        // Later records of this request are retried from here anyway.
-                        return record.change.sequence_number.clone();
+            .map(|(request_id, group)| {
+                // Every line logged while a request is handled (the store's, the vault's,
+                // the Concur client's with its correlation ids) carries its request_id, and
+                // the invocation's (the lease owner: Lambda's request id), which the
+                // runtime's own span would show outside this one.
+                let span = tracing::info_span!(
+                    "request",
+                    request_id = %request_id,
+                    aws_request_id = %owner
+                );
+                async move {
+                    for record in group {
+                        let started = Instant::now();
+                        let result = if Instant::now() >= deadline {
+                            Err(RecordError::OutOfTime)
+                        } else {
+                            self.process(record, owner, lease_until_ms, deadline).await
+                        };
+                        self.log_and_measure(record, &request_id, started, &result);
+                        self.observe(&result);
+                        if result.is_err() {
+                            // Later records of this request are retried from here anyway.
+                            return record.change.sequence_number.clone();
+                        }
                     }
+                    None
                 }
-                None
+                .instrument(span)
             })
             .buffer_unordered(self.settings.concurrency)
             .filter_map(|failed| async move { failed })

@@ -17,7 +17,7 @@ use reqwest::{Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 use url::Url;
 
 use super::auth::{
@@ -106,6 +106,18 @@ pub struct Page {
     /// The offset to ask for next (taken from `NextPage`); `None` when the queue is drained.
     pub next_offset: Option<String>,
     pub correlation_id: Option<String>,
+    /// `NextPage` named another host than the one called: only its offset is used. Left
+    /// to the caller to log (once per run, not once per page).
+    pub foreign_next_page: Option<ForeignNextPage>,
+}
+
+/// The hosts of a `NextPage` that names another host than the one called.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignNextPage {
+    /// The host `NextPage` names (never called).
+    pub next_page_host: String,
+    /// The host the page was read from (where the next page is asked for).
+    pub api_host: String,
 }
 
 #[derive(Clone)]
@@ -373,10 +385,13 @@ impl ConcurClient {
             bytes.extend_from_slice(&chunk);
         }
         let body = String::from_utf8_lossy(&bytes).into_owned();
-        debug!(
+        // At info: the one line that ties a call to Concur's correlation id (a request's
+        // lines carry its request_id through the caller's span).
+        info!(
             op = call.op,
             status = status.as_u16(),
             correlation_id = info.correlation_id.as_deref().unwrap_or(""),
+            attempt = send,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "concur call"
         );
@@ -431,6 +446,7 @@ impl ConcurClient {
                         wait_ms = wait.as_millis() as u64,
                         error = %error,
                         error_kind = error.kind(),
+                        correlation_id = error.correlation_id().unwrap_or(""),
                         "transient Concur failure, retrying"
                     );
                     tokio::time::sleep(wait).await;
@@ -451,9 +467,10 @@ impl ConcurClient {
             .send(&call, Some(&session.token), deadline, api_status_error)
             .await;
         let response = match first {
-            Err(ConcurError::Unauthorized { .. } | ConcurError::Forbidden { .. }) => {
+            Err(e @ (ConcurError::Unauthorized { .. } | ConcurError::Forbidden { .. })) => {
                 warn!(
                     op = call.op,
+                    correlation_id = e.correlation_id().unwrap_or(""),
                     "Concur refused the app token, refreshing it once"
                 );
                 self.invalidate_app_token(&session.token).await;
@@ -828,19 +845,23 @@ impl ConcurClient {
 
     /// The offset of a `NextPage` URI. Only the offset is taken: the URI's host is never
     /// followed. It may name another host than the one called (the app token's
-    /// geolocation, or the configured base): that is logged.
-    fn next_offset(&self, response: &Response, next_page: &str) -> Result<String, ConcurError> {
+    /// geolocation, or the configured base): that is returned, for the caller to log.
+    fn next_offset(
+        &self,
+        response: &Response,
+        next_page: &str,
+    ) -> Result<(String, Option<ForeignNextPage>), ConcurError> {
         let url = Url::parse(next_page)
             .or_else(|_| response.url.join(next_page))
             .map_err(|e| response.malformed(format!("NextPage is not a URL: {e}")))?;
+        let mut foreign = None;
         if let Some(host) = url.host_str() {
             let called = response.url.host_str().unwrap_or_default();
             if !host.eq_ignore_ascii_case(called) {
-                warn!(
-                    next_page_host = host,
-                    api_host = called,
-                    "NextPage names another host; only its offset is used"
-                );
+                foreign = Some(ForeignNextPage {
+                    next_page_host: host.to_owned(),
+                    api_host: called.to_owned(),
+                });
             }
         }
         let offset = url
@@ -851,7 +872,7 @@ impl ConcurClient {
         self.check_offset(&offset).map_err(|_| {
             response.malformed(format!("NextPage offset {offset:?} is not an integer"))
         })?;
-        Ok(offset)
+        Ok((offset, foreign))
     }
 
     fn parse_body<T>(
@@ -903,9 +924,12 @@ impl ConcurClient {
         let wire: WireCollection =
             self.parse_body(&response, xml::parse_collection, json::parse_collection)?;
         let page = ConnectionRequestPage::from_wire(wire);
-        let next_offset = match page.next_page.as_deref() {
-            Some(next) => Some(self.next_offset(&response, next)?),
-            None => None,
+        let (next_offset, foreign_next_page) = match page.next_page.as_deref() {
+            Some(next) => {
+                let (offset, foreign) = self.next_offset(&response, next)?;
+                (Some(offset), foreign)
+            }
+            None => (None, None),
         };
         Ok(Page {
             items: page.items,
@@ -913,6 +937,7 @@ impl ConcurClient {
             degraded: page.degraded,
             next_offset,
             correlation_id: response.info.correlation_id,
+            foreign_next_page,
         })
     }
 

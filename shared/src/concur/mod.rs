@@ -10,8 +10,8 @@ pub mod version;
 pub use auth::{OAuthError, OAuthErrorKind, UserTokens};
 pub use base_url::{BaseUrl, BaseUrlError, GLZ_BASE_URL};
 pub use client::{
-    ConcurClient, ConcurConfig, Page, Pager, SecretFuture, SecretProvider, DEFAULT_CALL_TIMEOUT,
-    MAX_PAGE_LIMIT,
+    ConcurClient, ConcurConfig, ForeignNextPage, Page, Pager, SecretFuture, SecretProvider,
+    DEFAULT_CALL_TIMEOUT, MAX_PAGE_LIMIT,
 };
 pub use error::{CallInfo, ConcurError, CONCUR_PAUSE};
 pub use retry::RetryPolicy;
