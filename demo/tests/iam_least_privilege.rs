@@ -533,6 +533,12 @@ fn arn_resources() -> BTreeMap<String, LocalResource> {
                 .with("Arn", arn("sqs", "WorkerDeadLetterQueue"))
                 .with("QueueName", "dlq"),
         ),
+        (
+            "UnlinkDeadLetterQueue".to_owned(),
+            LocalResource::new("https://sqs.example/unlink")
+                .with("Arn", arn("sqs", "UnlinkDeadLetterQueue"))
+                .with("QueueName", "unlink"),
+        ),
         ("PollerLogGroup".to_owned(), group("PollerLogGroup")),
         ("WorkerLogGroup".to_owned(), group("WorkerLogGroup")),
     ])
@@ -741,7 +747,7 @@ fn the_poller_role_grants_exactly_what_the_poller_calls() {
     for expected in [
         pair("dynamodb:PutItem", "RequestsTable"),
         pair("dynamodb:Query", "RequestsTable"),
-        pair("dynamodb:Scan", "ConnectionsTable"),
+        pair("dynamodb:Query", "ConnectionsTable"),
         pair("dynamodb:DeleteItem", "ConnectionsTable"),
         pair("kms:Decrypt", "ConnectorKey"),
         pair("secretsmanager:GetSecretValue", "ConcurClientSecret"),
@@ -758,6 +764,8 @@ fn the_worker_role_grants_exactly_what_the_worker_calls() {
         pair("dynamodb:UpdateItem", "RequestsTable"),
         pair("dynamodb:Query", "MembersTable"),
         pair("dynamodb:PutItem", "ConnectionsTable"),
+        // The unlink hook: revoke, then delete.
+        pair("dynamodb:DeleteItem", "ConnectionsTable"),
         pair("kms:Encrypt", "ConnectorKey"),
         pair("secretsmanager:GetSecretValue", "ConcurClientSecret"),
     ] {
