@@ -251,7 +251,7 @@ pub struct World {
     pub access_tokens: HashMap<String, AccessToken>,
     pub refresh_tokens: HashMap<String, RefreshToken>,
     /// Expected outcomes of the seeded requests (for `GET /_sandbox/verify`).
-    pub expectations: Vec<crate::seed::Expectation>,
+    pub expectations: Vec<crate::cases::Expectation>,
     seq: u64,
     rng: StdRng,
 }
