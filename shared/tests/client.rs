@@ -1478,3 +1478,134 @@ async fn absurd_token_lifetimes_are_clamped_and_oversized_answers_refused() {
         assert!(!err.to_string().contains("aaaa") && !err.to_string().contains("rrrr"));
     }
 }
+
+// ----- what errors may show ---------------------------------------------------------------
+
+/// A loopback port nothing listens on.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    port
+}
+
+fn assert_hides(err: &ConcurError, secrets: &[&str]) {
+    let shown = format!("{err} / {err:?}");
+    for secret in secrets {
+        assert!(!shown.contains(secret), "{secret} leaked in {shown}");
+    }
+}
+
+/// Input that reaches an error (a token answer serde refuses, a server's message, an OAuth
+/// description, the URL of a failed call) is never quoted whole by the error's Display
+/// or Debug.
+#[tokio::test]
+async fn errors_do_not_quote_tokens_logins_or_personal_data() {
+    // A token answer whose access_token is a number: serde quotes it.
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(TOKEN))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_string(r#"{"access_token": 5314636889, "expires_in": 3600}"#),
+        )
+        .mount(&server)
+        .await;
+    let err = client(&server).app_token(soon()).await.unwrap_err();
+    assert!(matches!(err, ConcurError::Malformed { .. }), "{err:?}");
+    assert!(err.to_string().contains("token response"), "{err}");
+    assert_hides(&err, &["5314636889"]);
+
+    // A 400 whose message names a user, and an OAuth refusal describing one.
+    let (err, _) = error_for(ResponseTemplate::new(400).set_body_json(
+        json!({"Error": {"Message": "user maria.smith@example.com has loyalty 5314636889"}}),
+    ))
+    .await;
+    assert!(matches!(err, ConcurError::BadRequest { .. }), "{err:?}");
+    assert_hides(&err, &["maria.smith", "example.com", "5314636889"]);
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(TOKEN))
+        .respond_with(ResponseTemplate::new(400).set_body_json(json!({
+            "code": 5, "error": "invalid_grant",
+            "error_description": "no user maria.smith@example.com"
+        })))
+        .mount(&server)
+        .await;
+    let err = client(&server)
+        .exchange_request_token("user-1", &SecretString::from("rt-secret-1"), soon())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ConcurError::OAuth { .. }), "{err:?}");
+    assert_hides(&err, &["maria.smith", "rt-secret-1", "s3cret"]);
+
+    // A call whose URL names the user's login fails to connect: the URL is not shown.
+    let server = MockServer::start().await;
+    let geolocation = format!("http://127.0.0.1:{}", closed_port());
+    Mock::given(method("POST"))
+        .and(path(TOKEN))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "access_token": "app-1", "expires_in": "3600", "geolocation": geolocation
+        })))
+        .mount(&server)
+        .await;
+    let mut config = config(&server);
+    config.retry = RetryPolicy::none();
+    let err = ConcurClient::new(config)
+        .unwrap()
+        .create_for_user("maria.smith@example.com", soon())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ConcurError::Connection { .. }), "{err:?}");
+    assert_hides(&err, &["maria.smith", "app-1"]);
+}
+
+/// Bodies past the caps are refused as malformed, not read whole: a token answer above
+/// `MAX_TOKEN_BODY`, a page above `MAX_API_BODY`.
+#[tokio::test]
+async fn answers_larger_than_the_caps_are_malformed() {
+    use triplink_shared::concur::{MAX_API_BODY, MAX_TOKEN_BODY};
+    let server = MockServer::start().await;
+    let padding = "x".repeat(MAX_TOKEN_BODY);
+    Mock::given(method("POST"))
+        .and(path(TOKEN))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "access_token": "app-1", "expires_in": "3600", "padding": padding
+        })))
+        .mount(&server)
+        .await;
+    let err = client(&server).app_token(soon()).await.unwrap_err();
+    assert!(
+        err.to_string().contains("larger than"),
+        "{err}: a token answer above the cap"
+    );
+
+    let server = MockServer::start().await;
+    app_token(&server, "t").await;
+    let mut body = page(&["a"], None);
+    body["padding"] = json!("x".repeat(MAX_API_BODY));
+    Mock::given(method("GET"))
+        .and(path(LIST))
+        .respond_with(ResponseTemplate::new(200).set_body_json(body))
+        .mount(&server)
+        .await;
+    let err = client(&server)
+        .list_page(10, None, soon())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ConcurError::Malformed { .. }), "{err:?}");
+    assert!(err.to_string().contains("larger than"), "{err}");
+
+    // Just under the cap is read.
+    let server = MockServer::start().await;
+    app_token(&server, "t").await;
+    let mut body = page(&["a"], None);
+    body["padding"] = json!("x".repeat(MAX_API_BODY - 1024));
+    Mock::given(method("GET"))
+        .and(path(LIST))
+        .respond_with(ResponseTemplate::new(200).set_body_json(body))
+        .mount(&server)
+        .await;
+    let page = client(&server).list_page(10, None, soon()).await.unwrap();
+    assert_eq!(page.items.len(), 1);
+}

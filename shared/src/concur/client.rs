@@ -31,6 +31,7 @@ use crate::model::{
     json, xml, ConnectionRequest, ConnectionRequestPage, ConnectionStatus, ModelError,
     WireCollection, WireConnectionRequest,
 };
+use crate::privacy;
 
 /// The largest page the API serves.
 pub const MAX_PAGE_LIMIT: u32 = 10;
@@ -175,7 +176,7 @@ impl Response {
         match error {
             Some(error) => Err(ConcurError::ErrorBody {
                 info: self.info,
-                message: error.message,
+                message: error.message.as_deref().map(privacy::free_text),
                 error_id: error.id,
             }),
             None => Ok(self),
@@ -201,7 +202,9 @@ fn api_status_error(response: Response) -> ConcurError {
         StatusCode::BAD_REQUEST => {
             let message = json::parse_error_body(&response.body)
                 .or_else(|| xml::parse_error_body(&response.body))
-                .and_then(|e| e.message);
+                .and_then(|e| e.message)
+                .as_deref()
+                .map(privacy::free_text);
             ConcurError::BadRequest { info, message }
         }
         StatusCode::TOO_MANY_REQUESTS => ConcurError::RateLimited {
@@ -228,6 +231,20 @@ fn token_status_error(response: Response) -> ConcurError {
         }
     }
     api_status_error(response)
+}
+
+/// A transport failure's message with its causes, never its URL (the query of a create
+/// call names the user's login).
+fn transport_message(error: reqwest::Error) -> String {
+    let error = error.without_url();
+    let mut message = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&privacy::without_values(&cause.to_string()));
+        source = cause.source();
+    }
+    message
 }
 
 fn deadline_left(deadline: Instant, op: &'static str) -> Result<Duration, ConcurError> {
@@ -345,9 +362,10 @@ impl ConcurClient {
                     cut_short,
                 }
             } else {
+                // Without the URL: a create call's query names the user's login.
                 ConcurError::Connection {
                     info: info.clone(),
-                    message: e.to_string(),
+                    message: transport_message(e),
                 }
             }
         };
@@ -569,8 +587,9 @@ impl ConcurClient {
             idempotent,
         };
         let response = self.send(&call, None, deadline, token_status_error).await?;
-        let parsed: TokenResponse = serde_json::from_str(&response.body)
-            .map_err(|e| response.malformed(format!("token response: {e}")))?;
+        let parsed: TokenResponse = serde_json::from_str(&response.body).map_err(|e| {
+            response.malformed(format!("token response: {}", privacy::json_error(&e)))
+        })?;
         if parsed.access_token.trim().is_empty() {
             return Err(response.malformed("token response without access_token"));
         }
@@ -820,7 +839,8 @@ impl ConcurClient {
     fn check_offset(&self, offset: &str) -> Result<(), ConcurError> {
         if self.config.version.integer_offsets() && offset.parse::<u32>().is_err() {
             return Err(ConcurError::Invalid(format!(
-                "offset {offset:?} is not a non-negative integer"
+                "offset {} is not a non-negative integer",
+                privacy::code(offset)
             )));
         }
         Ok(())
@@ -849,7 +869,10 @@ impl ConcurClient {
             .map(|(_, value)| value.into_owned())
             .ok_or_else(|| response.malformed("NextPage has no offset"))?;
         self.check_offset(&offset).map_err(|_| {
-            response.malformed(format!("NextPage offset {offset:?} is not an integer"))
+            response.malformed(format!(
+                "NextPage offset {} is not an integer",
+                privacy::code(&offset)
+            ))
         })?;
         Ok(offset)
     }

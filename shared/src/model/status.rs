@@ -38,9 +38,18 @@ pub enum ConnectionStatus {
 }
 
 /// A status value that none of the API pages describes.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown connection request status {0:?} (expected one of CRSUC, CREU1, CREU2, CREU3, CRRET, CRPA1, CRPA2, Pending, Processing, Connected, Failed, Retry)")]
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown connection request status {} (expected one of CRSUC, CREU1, CREU2, CREU3, CRRET, CRPA1, CRPA2, Pending, Processing, Connected, Failed, Retry)", crate::privacy::code(.0))]
 pub struct UnknownStatus(pub String);
+
+/// Like `Display`: the value only when it looks like a status code.
+impl fmt::Debug for UnknownStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("UnknownStatus")
+            .field(&crate::privacy::code(&self.0))
+            .finish()
+    }
+}
 
 impl ConnectionStatus {
     /// All values, in the order of the reference pages.
