@@ -379,17 +379,16 @@ impl ConcurClient {
         } else {
             MAX_API_BODY
         };
-        let mut response = response;
-        let mut bytes = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| transport(&info, e))? {
-            if bytes.len() + chunk.len() > max_body {
+        let bytes = match crate::http::read_body(response, max_body).await {
+            Ok(bytes) => bytes,
+            Err(crate::http::BodyError::Transport(e)) => return Err(transport(&info, e)),
+            Err(crate::http::BodyError::TooLarge { cap }) => {
                 return Err(ConcurError::Malformed {
                     info,
-                    message: format!("answer body larger than {max_body} bytes"),
-                });
+                    message: format!("answer body larger than {cap} bytes"),
+                })
             }
-            bytes.extend_from_slice(&chunk);
-        }
+        };
         let body = String::from_utf8_lossy(&bytes).into_owned();
         debug!(
             op = call.op,

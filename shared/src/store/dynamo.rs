@@ -101,7 +101,7 @@ where
 fn to_item(item: &RequestItem) -> Result<HashMap<String, AttributeValue>, StoreError> {
     serde_dynamo::to_item(item).map_err(|e| StoreError::Corrupt {
         id: item.request_id.clone(),
-        message: e.to_string(),
+        message: crate::privacy::dynamo_error(&e),
     })
 }
 
@@ -109,7 +109,7 @@ pub(crate) fn from_item(
     id: &str,
     item: HashMap<String, AttributeValue>,
 ) -> Result<RequestItem, StoreError> {
-    serde_dynamo::from_item(item).map_err(|e| StoreError::Corrupt {
+    super::image::decode(item).map_err(|e| StoreError::Corrupt {
         id: id.to_owned(),
         message: e.to_string(),
     })
@@ -675,7 +675,7 @@ impl WorkStore for DynamoRequestStore {
         let record =
             serde_dynamo::to_attribute_value(&record).map_err(|e| StoreError::Corrupt {
                 id: id.to_owned(),
-                message: e.to_string(),
+                message: crate::privacy::dynamo_error(&e),
             })?;
         let removed: Vec<&str> = attr::PERSONAL
             .iter()
