@@ -845,35 +845,22 @@ impl ConcurClient {
         Ok(())
     }
 
-    /// The offset of a `NextPage` URI. Only the offset is taken: the URI's host is never
-    /// followed. It may name another host than the one called (the app token's
-    /// geolocation, or the configured base): that is logged.
+    /// The offset of a `NextPage` URI (see [`next_page_offset`]); a foreign host is logged.
     fn next_offset(&self, response: &Response, next_page: &str) -> Result<String, ConcurError> {
-        let url = Url::parse(next_page)
-            .or_else(|_| response.url.join(next_page))
-            .map_err(|e| response.malformed(format!("NextPage is not a URL: {e}")))?;
-        if let Some(host) = url.host_str() {
-            let called = response.url.host_str().unwrap_or_default();
-            if !host.eq_ignore_ascii_case(called) {
-                warn!(
-                    next_page_host = host,
-                    api_host = called,
-                    "NextPage names another host; only its offset is used"
-                );
-            }
+        let next = next_page_offset(
+            &response.url,
+            next_page,
+            self.config.version.integer_offsets(),
+        )
+        .map_err(|e| response.malformed(e))?;
+        if let Some(host) = &next.foreign_host {
+            warn!(
+                next_page_host = host.as_str(),
+                api_host = response.url.host_str().unwrap_or_default(),
+                "NextPage names another host; only its offset is used"
+            );
         }
-        let offset = url
-            .query_pairs()
-            .find(|(key, _)| key.eq_ignore_ascii_case("offset"))
-            .map(|(_, value)| value.into_owned())
-            .ok_or_else(|| response.malformed("NextPage has no offset"))?;
-        self.check_offset(&offset).map_err(|_| {
-            response.malformed(format!(
-                "NextPage offset {} is not an integer",
-                privacy::code(&offset)
-            ))
-        })?;
-        Ok(offset)
+        Ok(next.offset)
     }
 
     fn parse_body<T>(
@@ -1013,6 +1000,49 @@ impl ConcurClient {
         self.api(call, deadline).await?;
         Ok(())
     }
+}
+
+/// What the client takes from a `NextPage` URI: its offset, nothing else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NextPage {
+    /// The `offset` query parameter (a non-negative integer where the API version has
+    /// integer offsets).
+    pub offset: String,
+    /// The URI's host when it is not the host that was called. It is never called: the
+    /// next page is asked of the same base as this one.
+    pub foreign_host: Option<String>,
+}
+
+/// Read a `NextPage` value against the URL that was `called`: an absolute URI or one
+/// relative to `called`. Only its `offset` is taken; its scheme, host, port and path are
+/// never followed. The error says what is wrong without quoting the value.
+pub fn next_page_offset(
+    called: &Url,
+    next_page: &str,
+    integer_offsets: bool,
+) -> Result<NextPage, String> {
+    let url = Url::parse(next_page)
+        .or_else(|_| called.join(next_page))
+        .map_err(|e| format!("NextPage is not a URL: {e}"))?;
+    let foreign_host = url
+        .host_str()
+        .filter(|host| !host.eq_ignore_ascii_case(called.host_str().unwrap_or_default()))
+        .map(str::to_owned);
+    let offset = url
+        .query_pairs()
+        .find(|(key, _)| key.eq_ignore_ascii_case("offset"))
+        .map(|(_, value)| value.into_owned())
+        .ok_or("NextPage has no offset")?;
+    if integer_offsets && offset.parse::<u32>().is_err() {
+        return Err(format!(
+            "NextPage offset {} is not an integer",
+            privacy::code(&offset)
+        ));
+    }
+    Ok(NextPage {
+        offset,
+        foreign_host,
+    })
 }
 
 /// Walks the queue page by page. Stops after the page whose `NextPage` is null.

@@ -10,8 +10,8 @@ pub mod version;
 pub use auth::{OAuthError, OAuthErrorKind, UserTokens};
 pub use base_url::{BaseUrl, BaseUrlError, GLZ_BASE_URL};
 pub use client::{
-    ConcurClient, ConcurConfig, Page, Pager, SecretFuture, SecretProvider, DEFAULT_CALL_TIMEOUT,
-    MAX_API_BODY, MAX_PAGE_LIMIT, MAX_TOKEN_BODY,
+    next_page_offset, ConcurClient, ConcurConfig, NextPage, Page, Pager, SecretFuture,
+    SecretProvider, DEFAULT_CALL_TIMEOUT, MAX_API_BODY, MAX_PAGE_LIMIT, MAX_TOKEN_BODY,
 };
 pub use error::{CallInfo, ConcurError, CONCUR_PAUSE};
 pub use retry::RetryPolicy;
