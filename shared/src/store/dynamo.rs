@@ -54,7 +54,8 @@ where
     };
     StoreError::Backend {
         op,
-        message: format!("{}", DisplayErrorContext(&error)),
+        // A validation message may quote part of the request (an item's values).
+        message: crate::privacy::without_values(&format!("{}", DisplayErrorContext(&error))),
         transient,
     }
 }
