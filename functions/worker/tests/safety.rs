@@ -9,7 +9,6 @@ use std::time::Duration;
 use chrono::Utc;
 use common::*;
 use secrecy::SecretString;
-use serde_json::json;
 use triplink_shared::concur::{BaseUrl, ConcurClient, ConcurConfig, RetryPolicy};
 use triplink_shared::members::dynamo::DynamoMemberDirectory;
 use triplink_shared::store::layout::{members as attr, RequestItem, RequestState};
@@ -153,12 +152,7 @@ async fn members_without_a_manifest_connect_but_decide_no_creu() {
 async fn a_failing_concur_opens_the_breaker_and_no_status_is_spent() {
     let env = setup(30).await;
     // Decided statuses are ready; then every PUT fails with a 500 (retried, then given up).
-    triplink_shared::testing::http_client()
-        .post(env.sandbox.url("/_sandbox/faults"))
-        .json(&json!({"rules": ["put:500"]}))
-        .send()
-        .await
-        .unwrap();
+    faults(&env, &["put:500"]).await;
     let mut worker = worker(&env, &env.concur, &env.members);
     worker.settings.concurrency = 1;
     let items = testing::scan_requests(&env.store).await;
@@ -338,15 +332,7 @@ async fn two_members_fitting_one_request() {
     let worker = worker(&env, &env.concur, &env.members);
 
     // One loyalty number, two records: the supplier's data is wrong; no status, parked.
-    let outcome = worker
-        .process(
-            &record(&by_number, "INSERT", 1),
-            "inv-1",
-            lambda_deadline_ms(),
-            far(),
-        )
-        .await
-        .unwrap();
+    let outcome = deliver(&worker, &by_number, 1, "inv-1").await;
     assert_eq!(
         outcome,
         RecordOutcome::Parked {
@@ -365,15 +351,7 @@ async fn two_members_fitting_one_request() {
 
     // One verified address shared by two members of one name: the traveller must
     // single one out (give the loyalty number): CREU3, "needs attention".
-    let outcome = worker
-        .process(
-            &record(&by_email, "INSERT", 2),
-            "inv-1",
-            lambda_deadline_ms(),
-            far(),
-        )
-        .await
-        .unwrap();
+    let outcome = deliver(&worker, &by_email, 2, "inv-1").await;
     assert!(
         matches!(outcome, RecordOutcome::Reported { status, .. } if status.as_str() == "CREU3"),
         "{outcome:?}"
