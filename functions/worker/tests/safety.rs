@@ -45,15 +45,7 @@ async fn day_one_an_empty_members_table_sends_no_creu() {
     let items = testing::scan_requests(&env.store).await;
     assert!(items.len() >= 20);
     for (i, item) in items.iter().enumerate() {
-        let outcome = worker
-            .process(
-                &record(item, "INSERT", i as u64 + 1),
-                "inv-1",
-                lambda_deadline_ms(),
-                far(),
-            )
-            .await
-            .unwrap();
+        let outcome = deliver(&worker, item, i as u64 + 1, "inv-1").await;
         // With no member anywhere every request would be CREU1: none is decided.
         assert_eq!(
             outcome,
@@ -91,15 +83,7 @@ async fn members_without_a_manifest_connect_but_decide_no_creu() {
     let (mut connected, mut held) = (0, 0);
     for (i, item) in items.iter().enumerate() {
         let expected = env.expected[&item.request_id].clone();
-        let outcome = worker
-            .process(
-                &record(item, "INSERT", i as u64 + 1),
-                "inv-1",
-                lambda_deadline_ms(),
-                far(),
-            )
-            .await
-            .unwrap();
+        let outcome = deliver(&worker, item, i as u64 + 1, "inv-1").await;
         match outcome {
             // Finding the member is positive evidence: the gate does not apply.
             RecordOutcome::Reported { status, .. } => {
@@ -229,15 +213,7 @@ async fn a_refused_app_spends_no_crret() {
     );
     assert_eq!(totals.get("Released"), Some(&1.0), "{totals:?}");
     for (i, item) in matched.iter().enumerate().skip(1) {
-        let outcome = worker
-            .process(
-                &record(item, "INSERT", i as u64 + 1),
-                "inv-1",
-                lambda_deadline_ms(),
-                far(),
-            )
-            .await
-            .unwrap();
+        let outcome = deliver(&worker, item, i as u64 + 1, "inv-1").await;
         assert_eq!(
             outcome,
             RecordOutcome::Released {

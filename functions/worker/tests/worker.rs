@@ -276,6 +276,13 @@ async fn a_matched_item(env: &Env) -> triplink_shared::store::layout::RequestIte
         .unwrap()
 }
 
+/// The request is due again no sooner than five minutes from now (Concur's pause).
+async fn assert_left_for_five_minutes(env: &Env, id: &str) {
+    let left = env.store.get(id).await.unwrap().unwrap();
+    let five_minutes = (chrono::Utc::now() + chrono::Duration::seconds(295)).timestamp_millis();
+    assert!(left.due_at.unwrap() >= five_minutes, "{left:?}");
+}
+
 #[tokio::test]
 async fn a_503_on_the_exchange_leaves_the_request_for_five_minutes() {
     let env = setup(20).await;
@@ -296,9 +303,7 @@ async fn a_503_on_the_exchange_leaves_the_request_for_five_minutes() {
         [1],
         "one grant, no retry after the 503"
     );
-    let left = env.store.get(&item.request_id).await.unwrap().unwrap();
-    let five_minutes = (chrono::Utc::now() + chrono::Duration::seconds(295)).timestamp_millis();
-    assert!(left.due_at.unwrap() >= five_minutes, "{left:?}");
+    assert_left_for_five_minutes(&env, &item.request_id).await;
     assert!(puts(&env.sandbox, &item.request_id).await.0.is_empty());
     assert_eq!(
         sweep_later(&env, 4).await.rearmed,
@@ -329,9 +334,7 @@ async fn an_exchange_without_an_answer_in_time_leaves_the_request_for_five_minut
         [1],
         "one grant, no retry after the timeout"
     );
-    let left = env.store.get(&item.request_id).await.unwrap().unwrap();
-    let five_minutes = (chrono::Utc::now() + chrono::Duration::seconds(295)).timestamp_millis();
-    assert!(left.due_at.unwrap() >= five_minutes, "{left:?}");
+    assert_left_for_five_minutes(&env, &item.request_id).await;
 }
 
 #[tokio::test]
