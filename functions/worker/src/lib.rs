@@ -1201,7 +1201,6 @@ mod tests {
         use aws_lambda_events::event::dynamodb::EventRecord;
         use proptest::prelude::*;
         use serde_dynamo::AttributeValue;
-        use triplink_shared::model::{ConnectionRequest, WireConnectionRequest};
 
         use super::*;
 
@@ -1229,20 +1228,7 @@ mod tests {
             })
         }
 
-        fn valid_image() -> HashMap<String, AttributeValue> {
-            let request = ConnectionRequest::from_wire(WireConnectionRequest {
-                id: Some("r-1".into()),
-                user_id: Some("u-1".into()),
-                first_name: Some("Maria".into()),
-                last_name: Some("Smith".into()),
-                loyalty_number: Some("5314636889".into()),
-                request_token: Some("tok-7781".into()),
-                ..Default::default()
-            })
-            .unwrap();
-            let item = RequestItem::received(&request, chrono::Utc::now());
-            serde_dynamo::to_item(item).unwrap()
-        }
+        use triplink_shared::testing::received_image as valid_image;
 
         fn record(image: HashMap<String, AttributeValue>) -> EventRecord {
             let mut record = EventRecord::default();

@@ -141,6 +141,21 @@ pub struct WireConnectionRequest {
     pub message: Option<String>,
 }
 
+/// A request's first, middle and last names for `Debug`: first letters only.
+fn masked_names<'a>(names: [Option<&'a str>; 3]) -> [privacy::Masked<'a>; 3] {
+    names.map(privacy::name)
+}
+
+impl WireConnectionRequest {
+    fn names(&self) -> [Option<&str>; 3] {
+        [
+            self.first_name.as_deref(),
+            self.middle_name.as_deref(),
+            self.last_name.as_deref(),
+        ]
+    }
+}
+
 impl fmt::Debug for WireConnectionRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let emails: Vec<_> = self
@@ -152,9 +167,7 @@ impl fmt::Debug for WireConnectionRequest {
             .field("id", &self.id)
             .field("uri", &self.uri)
             .field("user_id", &self.user_id)
-            .field("first_name", &privacy::name(self.first_name.as_deref()))
-            .field("middle_name", &privacy::name(self.middle_name.as_deref()))
-            .field("last_name", &privacy::name(self.last_name.as_deref()))
+            .field("names", &masked_names(self.names()))
             .field(
                 "loyalty_number",
                 &privacy::loyalty(self.loyalty_number.as_deref()),
@@ -331,6 +344,16 @@ impl ConnectionRequestPage {
 }
 
 /// Debug output is safe for logs: personal data masked, the request token redacted.
+impl ConnectionRequest {
+    fn names(&self) -> [Option<&str>; 3] {
+        [
+            self.first_name.as_deref(),
+            self.middle_name.as_deref(),
+            self.last_name.as_deref(),
+        ]
+    }
+}
+
 impl fmt::Debug for ConnectionRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let emails: Vec<_> = self
@@ -341,9 +364,7 @@ impl fmt::Debug for ConnectionRequest {
         f.debug_struct("ConnectionRequest")
             .field("id", &self.id)
             .field("user_id", &self.user_id)
-            .field("first_name", &privacy::name(self.first_name.as_deref()))
-            .field("middle_name", &privacy::name(self.middle_name.as_deref()))
-            .field("last_name", &privacy::name(self.last_name.as_deref()))
+            .field("names", &masked_names(self.names()))
             .field(
                 "loyalty_number",
                 &privacy::loyalty(self.loyalty_number.as_deref()),

@@ -82,23 +82,7 @@ mod tests {
     use super::*;
     use crate::store::RequestItem;
 
-    /// A received item's image, as the table's stream carries it.
-    pub(crate) fn image() -> HashMap<String, AttributeValue> {
-        let request =
-            crate::model::ConnectionRequest::from_wire(crate::model::WireConnectionRequest {
-                id: Some("r-1".into()),
-                user_id: Some("u-1".into()),
-                first_name: Some("Maria".into()),
-                last_name: Some("Smith".into()),
-                loyalty_number: Some("5314636889".into()),
-                request_token: Some("tok-7781".into()),
-                emails: [Some("maria@example.com".into()), None, None, None, None],
-                ..Default::default()
-            })
-            .unwrap();
-        let item = RequestItem::received(&request, chrono::Utc::now());
-        serde_dynamo::to_item(item).unwrap()
-    }
+    use crate::testing::received_image as image;
 
     #[test]
     fn a_readable_image_decodes() {
