@@ -91,6 +91,14 @@ async fn api_server(p: impl Into<String>, response: ResponseTemplate) -> MockSer
     server
 }
 
+/// A server whose `GET {LIST}slow` answers after two seconds.
+async fn slow_server() -> MockServer {
+    let slow = ResponseTemplate::new(200)
+        .set_body_json(item("slow"))
+        .set_delay(Duration::from_secs(2));
+    api_server(format!("{LIST}slow"), slow).await
+}
+
 /// A request token exchange against a server whose token endpoint answers `answer`
 /// (given the server, for answers that name it): the error it ends in. The server
 /// checks on drop that the grant was sent exactly once (never retried).
@@ -305,13 +313,7 @@ async fn a_503_is_returned_at_once_with_a_five_minute_pause() {
 
 #[tokio::test]
 async fn a_timeout_is_returned_at_once_with_a_five_minute_pause() {
-    let server = api_server(
-        format!("{LIST}slow"),
-        ResponseTemplate::new(200)
-            .set_body_json(item("slow"))
-            .set_delay(Duration::from_secs(2)),
-    )
-    .await;
+    let server = slow_server().await;
     let mut config = config(&server);
     config.call_timeout = Duration::from_millis(200);
     let started = std::time::Instant::now();
@@ -335,13 +337,7 @@ async fn a_timeout_is_returned_at_once_with_a_five_minute_pause() {
 
 #[tokio::test]
 async fn a_wait_cut_short_by_the_callers_deadline_asks_for_no_pause() {
-    let server = api_server(
-        format!("{LIST}slow"),
-        ResponseTemplate::new(200)
-            .set_body_json(item("slow"))
-            .set_delay(Duration::from_secs(2)),
-    )
-    .await;
+    let server = slow_server().await;
     // The default call timeout (60 s), a deadline 500 ms away.
     let base = BaseUrl::parse(&server.uri()).unwrap();
     let config = ConcurConfig::new(base, "client-1", SecretString::from("s3cret"));

@@ -142,18 +142,12 @@ pub struct WireConnectionRequest {
 }
 
 /// A request's first, middle and last names for `Debug`: first letters only.
-fn masked_names<'a>(names: [Option<&'a str>; 3]) -> [privacy::Masked<'a>; 3] {
-    names.map(privacy::name)
-}
-
-impl WireConnectionRequest {
-    fn names(&self) -> [Option<&str>; 3] {
-        [
-            self.first_name.as_deref(),
-            self.middle_name.as_deref(),
-            self.last_name.as_deref(),
-        ]
-    }
+fn masked_names<'a>(
+    first: &'a Option<String>,
+    middle: &'a Option<String>,
+    last: &'a Option<String>,
+) -> [privacy::Masked<'a>; 3] {
+    [first, middle, last].map(|name| privacy::name(name.as_deref()))
 }
 
 impl fmt::Debug for WireConnectionRequest {
@@ -167,7 +161,10 @@ impl fmt::Debug for WireConnectionRequest {
             .field("id", &self.id)
             .field("uri", &self.uri)
             .field("user_id", &self.user_id)
-            .field("names", &masked_names(self.names()))
+            .field(
+                "names",
+                &masked_names(&self.first_name, &self.middle_name, &self.last_name),
+            )
             .field(
                 "loyalty_number",
                 &privacy::loyalty(self.loyalty_number.as_deref()),
@@ -344,16 +341,6 @@ impl ConnectionRequestPage {
 }
 
 /// Debug output is safe for logs: personal data masked, the request token redacted.
-impl ConnectionRequest {
-    fn names(&self) -> [Option<&str>; 3] {
-        [
-            self.first_name.as_deref(),
-            self.middle_name.as_deref(),
-            self.last_name.as_deref(),
-        ]
-    }
-}
-
 impl fmt::Debug for ConnectionRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let emails: Vec<_> = self
@@ -364,7 +351,10 @@ impl fmt::Debug for ConnectionRequest {
         f.debug_struct("ConnectionRequest")
             .field("id", &self.id)
             .field("user_id", &self.user_id)
-            .field("names", &masked_names(self.names()))
+            .field(
+                "names",
+                &masked_names(&self.first_name, &self.middle_name, &self.last_name),
+            )
             .field(
                 "loyalty_number",
                 &privacy::loyalty(self.loyalty_number.as_deref()),
