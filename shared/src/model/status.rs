@@ -167,6 +167,23 @@ mod tests {
         assert_eq!("crret".parse(), Ok(ConnectionStatus::Retry));
     }
 
+    /// A code is shown (it helps an operator); anything else, a name or an address sent
+    /// where the status belongs, is withheld from Display, Debug and serde's message.
+    #[test]
+    fn unknown_values_that_are_not_codes_are_withheld() {
+        for value in ["Maria Smith", "maria@example.com", "5314636889"] {
+            let err = value.parse::<ConnectionStatus>().unwrap_err();
+            let shown = format!("{err} / {err:?}");
+            assert!(!shown.contains(value), "{shown}");
+            assert!(shown.contains("characters withheld"), "{shown}");
+            let serde = serde_json::from_str::<ConnectionStatus>(&format!("{value:?}"))
+                .unwrap_err()
+                .to_string();
+            assert!(!serde.contains(value), "{serde}");
+        }
+        assert!(format!("{:?}", UnknownStatus("CREU4".into())).contains("CREU4"));
+    }
+
     #[test]
     fn unknown_values_are_clear_errors() {
         let err = "CREU4".parse::<ConnectionStatus>().unwrap_err();
