@@ -151,16 +151,18 @@ const NAMES: &[(&str, &str)] = &[
 ];
 
 /// Set an update's expression and condition, with exactly the names and values they
-/// use (DynamoDB refuses unused ones): the common [`NAMES`] and `names`.
-fn expressions(
+/// use (DynamoDB refuses unused ones): every update of the requests and connections
+/// tables is built here. `names` is the table's placeholder list (unused ones are
+/// left out), `values` the values the caller may use.
+pub(crate) fn update_expressions<'n>(
     mut update: UpdateItemFluentBuilder,
     expression: &str,
-    condition: &str,
-    names: &[(&str, &str)],
+    condition: Option<&str>,
+    names: impl IntoIterator<Item = &'n (&'n str, &'n str)>,
     values: Vec<(&str, AttributeValue)>,
 ) -> UpdateItemFluentBuilder {
-    let text = format!("{expression} {condition}");
-    for (placeholder, name) in NAMES.iter().chain(names) {
+    let text = format!("{expression} {}", condition.unwrap_or_default());
+    for (placeholder, name) in names {
         if uses(&text, placeholder) {
             update = update.expression_attribute_names(*placeholder, *name);
         }
@@ -170,9 +172,28 @@ fn expressions(
             update = update.expression_attribute_values(placeholder, value);
         }
     }
-    update
-        .update_expression(expression)
-        .condition_expression(condition)
+    update = update.update_expression(expression);
+    match condition {
+        Some(condition) => update.condition_expression(condition),
+        None => update,
+    }
+}
+
+/// [`update_expressions`] for the requests table: its [`NAMES`] and `names`.
+fn expressions(
+    update: UpdateItemFluentBuilder,
+    expression: &str,
+    condition: &str,
+    names: &[(&str, &str)],
+    values: Vec<(&str, AttributeValue)>,
+) -> UpdateItemFluentBuilder {
+    update_expressions(
+        update,
+        expression,
+        Some(condition),
+        NAMES.iter().chain(names),
+        values,
+    )
 }
 
 fn state(value: RequestState) -> AttributeValue {
