@@ -15,47 +15,13 @@ use triplink_shared::testing;
 
 /// The stream ARN, shard id and record sequence numbers (in order) of a table's stream.
 async fn stream_of(table: &str) -> (String, String, Vec<String>) {
-    let described = dynamo()
-        .describe_table()
-        .table_name(table)
-        .send()
-        .await
-        .unwrap();
-    let arn = described.table.unwrap().latest_stream_arn.unwrap();
-    let streams = aws_sdk_dynamodbstreams::Client::new(&testing::sdk_config());
-    let stream = streams
-        .describe_stream()
-        .stream_arn(&arn)
-        .send()
-        .await
-        .unwrap();
-    let shard = stream.stream_description.unwrap().shards.unwrap()[0]
-        .shard_id
-        .clone()
-        .unwrap();
-    let iterator = streams
-        .get_shard_iterator()
-        .stream_arn(&arn)
-        .shard_id(&shard)
-        .shard_iterator_type(aws_sdk_dynamodbstreams::types::ShardIteratorType::TrimHorizon)
-        .send()
-        .await
-        .unwrap()
-        .shard_iterator
-        .unwrap();
-    let records = streams
-        .get_records()
-        .shard_iterator(iterator)
-        .send()
-        .await
-        .unwrap();
-    let sequences = records
+    let stream = read_stream(table).await;
+    let sequences = stream
         .records
-        .unwrap_or_default()
         .into_iter()
         .filter_map(|r| r.dynamodb.and_then(|d| d.sequence_number))
         .collect();
-    (arn, shard, sequences)
+    (stream.arn, stream.shard, sequences)
 }
 
 /// Lambda's on-failure record for a DynamoDB stream batch.

@@ -12,7 +12,6 @@ use triplink_cli::show::show;
 use triplink_cli::status::status_paged;
 use triplink_shared::model::ConnectionStatus;
 use triplink_shared::store::layout::{timestamp, RequestItem, RequestState};
-use triplink_shared::testing;
 
 #[tokio::test]
 async fn status_counts_states_outcomes_requeues_and_stuck_requests_over_several_pages() {
@@ -179,43 +178,9 @@ async fn retry_refuses_a_live_lease_unless_forced() {
 
 /// Stream records of `table` whose key is `id`.
 async fn stream_records(table: &str, id: &str) -> usize {
-    let described = dynamo()
-        .describe_table()
-        .table_name(table)
-        .send()
+    read_stream(table)
         .await
-        .unwrap();
-    let arn = described.table.unwrap().latest_stream_arn.unwrap();
-    let streams = aws_sdk_dynamodbstreams::Client::new(&testing::sdk_config());
-    let stream = streams
-        .describe_stream()
-        .stream_arn(&arn)
-        .send()
-        .await
-        .unwrap();
-    let shard = stream.stream_description.unwrap().shards.unwrap()[0]
-        .shard_id
-        .clone()
-        .unwrap();
-    let iterator = streams
-        .get_shard_iterator()
-        .stream_arn(&arn)
-        .shard_id(shard)
-        .shard_iterator_type(aws_sdk_dynamodbstreams::types::ShardIteratorType::TrimHorizon)
-        .send()
-        .await
-        .unwrap()
-        .shard_iterator
-        .unwrap();
-    let records = streams
-        .get_records()
-        .shard_iterator(iterator)
-        .send()
-        .await
-        .unwrap();
-    records
         .records
-        .unwrap_or_default()
         .iter()
         .filter(|r| {
             r.dynamodb

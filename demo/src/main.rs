@@ -313,6 +313,23 @@ async fn run(args: Args) -> Result<bool, Error> {
     .await?;
     if let Some(path) = &args.capture_logs {
         std::fs::write(path.with_extension("verify.json"), verify.to_string())?;
+        // What the captured lines must not show (tests/log_privacy.rs looks for each).
+        let mut secrets = sandbox.state.world().secrets();
+        secrets
+            .client_secrets
+            .push(sandbox.state.settings.client_secret.clone());
+        for member in &members {
+            secrets.names.extend(member.first_name.clone());
+            secrets.names.push(member.last_name.clone());
+            secrets.emails.extend(member.emails.iter().cloned());
+            secrets
+                .loyalty_numbers
+                .extend(member.loyalty_number.clone());
+        }
+        std::fs::write(
+            path.with_extension("secrets.json"),
+            serde_json::to_string(&secrets)?,
+        )?;
     }
     let results = verify["requests"].as_array().cloned().unwrap_or_default();
     let mut accepted: BTreeMap<String, usize> = BTreeMap::new();

@@ -17,6 +17,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod cases;
 pub mod clock;
 pub mod config;
 pub mod faults;

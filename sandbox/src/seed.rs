@@ -15,68 +15,8 @@ use unicode_normalization::char::is_combining_mark;
 use unicode_normalization::UnicodeNormalization;
 use uuid::Uuid;
 
+pub use crate::cases::{Case, Expectation, CYCLE};
 use crate::state::{uuid_from, User};
-
-/// The kind of case a seeded user exercises.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Case {
-    /// Concur has the plain spelling, the member the accented one (Muller / Müller).
-    AccentInMember,
-    /// Concur has the accented spelling, the member the plain one.
-    AccentInConcur,
-    /// García-López / Garcia Lopez.
-    Hyphenated,
-    /// van der Berg / Van Der Berg.
-    Compound,
-    /// O'Brien / OBrien, O’Connor / O'Connor.
-    Apostrophe,
-    /// St. John / St John.
-    Dotted,
-    /// Concur "Bob", member "Robert": matches, first names are not compared.
-    Nickname,
-    /// No loyalty number; the member is found by the user's first verified e-mail (other case).
-    EmailOnly,
-    /// No loyalty number; the member holds only the user's third verified e-mail.
-    EmailOnlyOtherAddress,
-    /// A loyalty number the supplier does not know: CREU1.
-    UnknownNumber,
-    /// Known number, different last name: CREU2.
-    NameMismatch,
-    /// Member closed: CREU3.
-    Closed,
-    /// Member locked: CREU3.
-    Locked,
-    /// Member unverified: CREU3.
-    Unverified,
-    /// An ordinary match.
-    Plain,
-}
-
-/// Fixed mix for every 20 users: the 14 hard cases first (so any N >= 14 has
-/// them all), then 6 plain ones.
-pub const CYCLE: [Case; 20] = [
-    Case::AccentInMember,
-    Case::AccentInConcur,
-    Case::Hyphenated,
-    Case::Compound,
-    Case::Apostrophe,
-    Case::Dotted,
-    Case::Nickname,
-    Case::EmailOnly,
-    Case::EmailOnlyOtherAddress,
-    Case::UnknownNumber,
-    Case::NameMismatch,
-    Case::Closed,
-    Case::Locked,
-    Case::Unverified,
-    Case::Plain,
-    Case::Plain,
-    Case::Plain,
-    Case::Plain,
-    Case::Plain,
-    Case::Plain,
-];
 
 /// A member of the supplier's loyalty programme, as written to the members file.
 #[derive(Debug, Clone, Serialize)]
@@ -94,19 +34,6 @@ pub struct Member {
     /// The Concur user the member was generated for.
     pub concur_user_id: String,
     pub case: Case,
-}
-
-/// The expected outcome of one seeded request.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Expectation {
-    pub request_id: String,
-    pub user_id: String,
-    pub login_id: String,
-    pub case: Case,
-    pub expected: String,
-    /// The member it should match (or that has its number), if any.
-    pub member_id: Option<String>,
 }
 
 /// Everything a seed produces.

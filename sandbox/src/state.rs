@@ -251,9 +251,43 @@ pub struct World {
     pub access_tokens: HashMap<String, AccessToken>,
     pub refresh_tokens: HashMap<String, RefreshToken>,
     /// Expected outcomes of the seeded requests (for `GET /_sandbox/verify`).
-    pub expectations: Vec<crate::seed::Expectation>,
+    pub expectations: Vec<crate::cases::Expectation>,
     seq: u64,
     rng: StdRng,
+}
+
+/// Every personal value and secret the sandbox holds or handed out: what no log line of
+/// a connector may show (a privacy test looks for each of them in the captured logs).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Secrets {
+    /// First, middle and last names.
+    pub names: Vec<String>,
+    pub emails: Vec<String>,
+    pub loyalty_numbers: Vec<String>,
+    pub logins: Vec<String>,
+    /// Request tokens, app and user access tokens, refresh tokens: every one issued.
+    pub tokens: Vec<String>,
+    /// The app's client secret.
+    pub client_secrets: Vec<String>,
+}
+
+impl World {
+    /// What [`Secrets`] lists, for every user and every token issued so far.
+    pub fn secrets(&self) -> Secrets {
+        let mut secrets = Secrets::default();
+        for user in &self.users {
+            secrets.names.push(user.first_name.clone());
+            secrets.names.extend(user.middle_name.clone());
+            secrets.names.push(user.last_name.clone());
+            secrets.emails.extend(user.emails.iter().cloned());
+            secrets.loyalty_numbers.extend(user.loyalty_number.clone());
+            secrets.logins.push(user.login_id.clone());
+        }
+        secrets.tokens.extend(self.request_tokens.keys().cloned());
+        secrets.tokens.extend(self.access_tokens.keys().cloned());
+        secrets.tokens.extend(self.refresh_tokens.keys().cloned());
+        secrets
+    }
 }
 
 /// A v4 UUID drawn from `rng` (deterministic for a seeded RNG).

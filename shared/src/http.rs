@@ -37,6 +37,34 @@ pub fn tls_config() -> Result<rustls::ClientConfig, String> {
     Ok(config)
 }
 
+/// Why [`read_body`] gave up.
+#[derive(Debug)]
+pub enum BodyError {
+    /// The body grew past the cap: the rest was not read.
+    TooLarge { cap: usize },
+    /// The connection broke or timed out while reading.
+    Transport(reqwest::Error),
+}
+
+/// Read a response body, at most `cap` bytes: a longer body is an error once the cap is
+/// passed, never read whole (every answer read by the connector goes through this).
+pub async fn read_body(mut response: reqwest::Response, cap: usize) -> Result<Vec<u8>, BodyError> {
+    if response
+        .content_length()
+        .is_some_and(|length| length > cap as u64)
+    {
+        return Err(BodyError::TooLarge { cap });
+    }
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(BodyError::Transport)? {
+        if bytes.len() + chunk.len() > cap {
+            return Err(BodyError::TooLarge { cap });
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
+
 /// A reqwest client builder on the shared TLS configuration, with the connector's user
 /// agent. Callers add their timeouts and policies.
 pub fn client_builder() -> Result<reqwest::ClientBuilder, String> {

@@ -92,9 +92,11 @@
 //!    = `Garcia Lopez`, `van der Berg` = `Van Der Berg`, `Mac Donald` = `MacDonald`,
 //!    `O'Brien` = `OBrien` = `O’Brien`, `St. John` = `St John`.
 //!
+//! 6. The result is cut at [`MAX_NAME_CHARS`] characters.
+//!
 //! Every step works character by character (NFKD only reorders combining marks, which
 //! are removed), so the normaliser of a concatenation is the concatenation of the
-//! normalisers. The tests check every Unicode scalar value `c` for `n(n(c)) = n(c)` and
+//! normalisers (up to the cut). The tests check every Unicode scalar value `c` for `n(n(c)) = n(c)` and
 //! `n(upper(c)) = n(lower(c))`, which makes the normaliser idempotent and blind to case
 //! (Unicode's default, locale-free case mappings) for every string.
 //!
@@ -151,21 +153,47 @@ fn spell_out(c: char) -> Option<&'static str> {
     })
 }
 
-/// A name in the form names are compared in (see the module documentation).
+/// The longest normalised name, in characters: names are compared on at most this many
+/// (a name is a few dozen; a hostile page may carry megabytes in one field).
+pub const MAX_NAME_CHARS: usize = 256;
+
+/// A name in the form names are compared in (see the module documentation): at most
+/// [`MAX_NAME_CHARS`] characters, computed lazily so that a long input costs no more
+/// memory than that.
 pub fn normalize_name(name: &str) -> String {
-    let mut folded = String::with_capacity(name.len());
-    for c in name.nfkd() {
-        for lower in c.to_lowercase() {
-            match spell_out(lower) {
-                Some(spelled) => folded.push_str(spelled),
-                None => folded.push(lower),
-            }
-        }
-    }
-    folded
+    name.nfkd()
+        .flat_map(char::to_lowercase)
+        .flat_map(Folded::of)
         .nfkd()
         .filter(|&c| !is_combining_mark(c) && !is_name_separator(c))
+        .take(MAX_NAME_CHARS)
         .collect()
+}
+
+/// A lower-cased character after step 3: spelled out, or itself.
+enum Folded {
+    Spelled(std::str::Chars<'static>),
+    Itself(Option<char>),
+}
+
+impl Folded {
+    fn of(c: char) -> Self {
+        match spell_out(c) {
+            Some(spelled) => Self::Spelled(spelled.chars()),
+            None => Self::Itself(Some(c)),
+        }
+    }
+}
+
+impl Iterator for Folded {
+    type Item = char;
+
+    fn next(&mut self) -> Option<char> {
+        match self {
+            Self::Spelled(chars) => chars.next(),
+            Self::Itself(c) => c.take(),
+        }
+    }
 }
 
 /// The key a loyalty number is stored and looked up under: trimmed, white space and
@@ -996,6 +1024,21 @@ mod tests {
         fn never_panics_and_is_idempotent(s in any::<String>()) {
             let once = normalize_name(&s);
             prop_assert_eq!(normalize_name(&once), once);
+        }
+
+        /// Arbitrary Unicode, up to far past the cap: no panic, idempotent, bounded, and
+        /// the cut keeps a prefix of what an uncut normaliser would give.
+        #[test]
+        fn long_names_are_bounded_and_stay_idempotent(
+            s in "\\PC{0,64}",
+            repeat in 1usize..40,
+        ) {
+            let long = s.repeat(repeat);
+            let once = normalize_name(&long);
+            prop_assert!(once.chars().count() <= MAX_NAME_CHARS);
+            prop_assert_eq!(normalize_name(&once), once.clone());
+            let short = normalize_name(&s);
+            prop_assert!(short.repeat(repeat).starts_with(&once));
         }
 
         #[test]

@@ -226,3 +226,22 @@ pub fn capture_logs(filter: &str) -> CapturedLogs {
         _guard: tracing::subscriber::set_default(subscriber),
     }
 }
+
+/// A received request's item as the requests table's stream carries it (a new image):
+/// Maria Smith, loyalty number 5314636889, request token `tok-7781`.
+pub fn received_image() -> std::collections::HashMap<String, serde_dynamo::AttributeValue> {
+    let wire = crate::model::WireConnectionRequest {
+        id: Some("r-1".into()),
+        user_id: Some("u-1".into()),
+        first_name: Some("Maria".into()),
+        last_name: Some("Smith".into()),
+        loyalty_number: Some("5314636889".into()),
+        request_token: Some("tok-7781".into()),
+        emails: [Some("maria@example.com".into()), None, None, None, None],
+        ..Default::default()
+    };
+    let request = crate::model::ConnectionRequest::from_wire(wire)
+        .unwrap_or_else(|e| panic!("the fixture request is readable: {e}"));
+    let item = crate::store::RequestItem::received(&request, chrono::Utc::now());
+    serde_dynamo::to_item(item).unwrap_or_else(|e| panic!("the fixture item serialises: {e}"))
+}

@@ -31,7 +31,7 @@ use tracing::{error, info, warn};
 use crate::concur::{
     BaseUrl, ConcurClient, ConcurError, OAuthErrorKind, UserTokens, DEFAULT_CALL_TIMEOUT,
 };
-use crate::store::dynamo::sdk_error;
+use crate::store::dynamo::{sdk_error, update_expressions as expressions};
 use crate::store::layout::{members, timestamp};
 use crate::store::StoreError;
 use crate::telemetry::{Metrics, Unit};
@@ -437,14 +437,27 @@ fn version_condition(version: u64) -> &'static str {
     }
 }
 
-fn version_value(version: u64) -> Option<HashMap<String, AttributeValue>> {
-    (version != 0).then(|| {
-        HashMap::from([(
-            ":version".to_owned(),
-            AttributeValue::N(version.to_string()),
-        )])
-    })
+/// The value [`version_condition`] may use (left out of the update when it does not).
+fn version_value(version: u64) -> (&'static str, AttributeValue) {
+    (":version", AttributeValue::N(version.to_string()))
 }
+
+/// The placeholders of attribute names any connections-table update may use.
+const NAMES: &[(&str, &str)] = &[
+    ("#id", attr::MEMBER_ID),
+    ("#geo", attr::GEOLOCATION),
+    ("#cipher", attr::REFRESH_TOKEN_CIPHERTEXT),
+    ("#request", attr::REQUEST_ID),
+    ("#connected", attr::CONNECTED_AT),
+    ("#refreshed", attr::REFRESHED_AT),
+    ("#expires", attr::REFRESH_EXPIRES_AT),
+    ("#state", attr::TOKEN_STATE),
+    ("#version", attr::TOKEN_VERSION),
+    ("#owner", attr::LEASE_OWNER),
+    ("#until", attr::LEASE_UNTIL),
+    ("#user", attr::CONCUR_USER_ID),
+    ("#renew", attr::RENEW_AT),
+];
 
 /// The connections table with its encryption.
 pub struct TokenVault<E> {
@@ -456,6 +469,17 @@ pub struct TokenVault<E> {
 }
 
 impl<E: Encryptor> TokenVault<E> {
+    /// An update of the connection under `key`.
+    fn update(
+        &self,
+        key: &str,
+    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+        self.dynamo
+            .update_item()
+            .table_name(&self.table)
+            .key(attr::MEMBER_ID, s(key))
+    }
+
     pub fn new(dynamo: aws_sdk_dynamodb::Client, table: impl Into<String>, encryptor: E) -> Self {
         Self {
             dynamo,
@@ -527,43 +551,27 @@ impl<E: Encryptor> TokenVault<E> {
             "SET #geo = :geo, #cipher = :cipher, #request = :request, #connected = :now, \
              #refreshed = :now, #expires = :expires, #state = :active, #renew = :renew",
         );
-        let mut update = self
-            .dynamo
-            .update_item()
-            .table_name(&self.table)
-            .key(attr::MEMBER_ID, s(member_id))
-            .expression_attribute_names("#geo", attr::GEOLOCATION)
-            .expression_attribute_names("#cipher", attr::REFRESH_TOKEN_CIPHERTEXT)
-            .expression_attribute_names("#request", attr::REQUEST_ID)
-            .expression_attribute_names("#connected", attr::CONNECTED_AT)
-            .expression_attribute_names("#refreshed", attr::REFRESHED_AT)
-            .expression_attribute_names("#expires", attr::REFRESH_EXPIRES_AT)
-            .expression_attribute_names("#state", attr::TOKEN_STATE)
-            .expression_attribute_names("#version", attr::TOKEN_VERSION)
-            .expression_attribute_names("#owner", attr::LEASE_OWNER)
-            .expression_attribute_names("#until", attr::LEASE_UNTIL)
-            .expression_attribute_names("#user", attr::CONCUR_USER_ID)
-            .expression_attribute_names("#renew", attr::RENEW_AT)
-            .expression_attribute_values(":renew", self.renew_value(now, tokens.refresh_expires_at))
-            .expression_attribute_values(":geo", s(tokens.geolocation.as_str()))
-            .expression_attribute_values(":cipher", AttributeValue::B(Blob::new(ciphertext)))
-            .expression_attribute_values(":request", s(request_id))
-            .expression_attribute_values(":now", s(timestamp(now)))
-            .expression_attribute_values(":expires", s(timestamp(tokens.refresh_expires_at)))
-            .expression_attribute_values(":active", s(TokenState::Active.as_str()))
-            .expression_attribute_values(":one", AttributeValue::N("1".into()))
-            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld);
+        let mut values = vec![
+            (":geo", s(tokens.geolocation.as_str())),
+            (":cipher", AttributeValue::B(Blob::new(ciphertext))),
+            (":request", s(request_id)),
+            (":now", s(timestamp(now))),
+            (":expires", s(timestamp(tokens.refresh_expires_at))),
+            (":active", s(TokenState::Active.as_str())),
+            (":one", AttributeValue::N("1".into())),
+            (":renew", self.renew_value(now, tokens.refresh_expires_at)),
+        ];
         let mut remove = String::from(" REMOVE #owner, #until");
         match &tokens.user_id {
             Some(user_id) => {
                 set.push_str(", #user = :user");
-                update = update.expression_attribute_values(":user", s(user_id.clone()));
+                values.push((":user", s(user_id.clone())));
             }
             None => remove.push_str(", #user"),
         }
         let expression = format!("{set} ADD #version :one{remove}");
-        let output = update
-            .update_expression(expression)
+        let output = expressions(self.update(member_id), &expression, None, NAMES, values)
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
             .send()
             .await
             .map_err(|e| sdk_error("UpdateItem", e))?;
@@ -695,19 +703,17 @@ impl<E: Encryptor> TokenVault<E> {
                     .encryptor
                     .encrypt(&tokens.refresh_token, context)
                     .await?;
-                self.dynamo
-                    .update_item()
-                    .table_name(&self.table)
-                    .key(attr::MEMBER_ID, s(key))
-                    .update_expression("SET #cipher = :cipher")
-                    .expression_attribute_names("#cipher", attr::REFRESH_TOKEN_CIPHERTEXT)
-                    .expression_attribute_values(
-                        ":cipher",
-                        AttributeValue::B(Blob::new(ciphertext)),
-                    )
-                    .send()
-                    .await
-                    .map_err(|e| sdk_error("UpdateItem", e))?;
+                let cipher = (":cipher", AttributeValue::B(Blob::new(ciphertext)));
+                expressions(
+                    self.update(key),
+                    "SET #cipher = :cipher",
+                    None,
+                    NAMES,
+                    vec![cipher],
+                )
+                .send()
+                .await
+                .map_err(|e| sdk_error("UpdateItem", e))?;
                 concur
                     .revoke_connection(&tokens.geolocation, &tokens.access_token, deadline)
                     .await?;
@@ -752,24 +758,20 @@ impl<E: Encryptor> TokenVault<E> {
     ) -> Result<StoredConnection, VaultError> {
         let now = Utc::now().timestamp_millis();
         let until = now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
-        let result = self
-            .dynamo
-            .update_item()
-            .table_name(&self.table)
-            .key(attr::MEMBER_ID, s(member_id))
-            .update_expression("SET #owner = :owner, #until = :until")
-            .condition_expression(
-                "attribute_exists(#id) AND (attribute_not_exists(#until) OR #until < :now)",
-            )
-            .expression_attribute_names("#id", attr::MEMBER_ID)
-            .expression_attribute_names("#owner", attr::LEASE_OWNER)
-            .expression_attribute_names("#until", attr::LEASE_UNTIL)
-            .expression_attribute_values(":owner", s(owner))
-            .expression_attribute_values(":until", AttributeValue::N(until.to_string()))
-            .expression_attribute_values(":now", AttributeValue::N(now.to_string()))
-            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
-            .send()
-            .await;
+        let result = expressions(
+            self.update(member_id),
+            "SET #owner = :owner, #until = :until",
+            Some("attribute_exists(#id) AND (attribute_not_exists(#until) OR #until < :now)"),
+            NAMES,
+            vec![
+                (":owner", s(owner)),
+                (":until", AttributeValue::N(until.to_string())),
+                (":now", AttributeValue::N(now.to_string())),
+            ],
+        )
+        .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
+        .send()
+        .await;
         match result {
             Ok(output) => parse(member_id, output.attributes.unwrap_or_default()),
             Err(e) if is_condition_failure(&e) => match self.get(member_id).await? {
@@ -805,18 +807,15 @@ impl<E: Encryptor> TokenVault<E> {
     /// Give the lease up without a new token (a refresh that failed before Concur
     /// answered with one). Fenced by owner: a lease taken over is left alone.
     async fn release(&self, member_id: &str, owner: &str) -> Result<(), VaultError> {
-        let result = self
-            .dynamo
-            .update_item()
-            .table_name(&self.table)
-            .key(attr::MEMBER_ID, s(member_id))
-            .condition_expression("#owner = :owner")
-            .update_expression("REMOVE #owner, #until")
-            .expression_attribute_names("#owner", attr::LEASE_OWNER)
-            .expression_attribute_names("#until", attr::LEASE_UNTIL)
-            .expression_attribute_values(":owner", s(owner))
-            .send()
-            .await;
+        let result = expressions(
+            self.update(member_id),
+            "REMOVE #owner, #until",
+            Some("#owner = :owner"),
+            NAMES,
+            vec![(":owner", s(owner))],
+        )
+        .send()
+        .await;
         match result {
             Ok(_) => Ok(()),
             Err(e) if is_condition_failure(&e) => Ok(()),
@@ -827,25 +826,18 @@ impl<E: Encryptor> TokenVault<E> {
     /// Mark a connection whose refresh token Concur refused (108), fenced by the version
     /// that was refused (a newer token stored meanwhile is left alone).
     async fn mark_expired(&self, member_id: &str, version: u64) -> Result<(), VaultError> {
-        let result = self
-            .dynamo
-            .update_item()
-            .table_name(&self.table)
-            .key(attr::MEMBER_ID, s(member_id))
-            .condition_expression(version_condition(version))
-            .update_expression("SET #state = :expired REMOVE #owner, #until, #renew")
-            .expression_attribute_names("#state", attr::TOKEN_STATE)
-            .expression_attribute_names("#renew", attr::RENEW_AT)
-            .expression_attribute_names("#version", attr::TOKEN_VERSION)
-            .expression_attribute_names("#owner", attr::LEASE_OWNER)
-            .expression_attribute_names("#until", attr::LEASE_UNTIL)
-            .set_expression_attribute_values(Some({
-                let mut values = version_value(version).unwrap_or_default();
-                values.insert(":expired".into(), s(TokenState::Expired.as_str()));
-                values
-            }))
-            .send()
-            .await;
+        let result = expressions(
+            self.update(member_id),
+            "SET #state = :expired REMOVE #owner, #until, #renew",
+            Some(version_condition(version)),
+            NAMES,
+            vec![
+                version_value(version),
+                (":expired", s(TokenState::Expired.as_str())),
+            ],
+        )
+        .send()
+        .await;
         match result {
             Ok(_) => Ok(()),
             Err(e) if is_condition_failure(&e) => Ok(()),
@@ -864,40 +856,27 @@ impl<E: Encryptor> TokenVault<E> {
             .encryptor
             .encrypt(&tokens.refresh_token, member_id)
             .await?;
-        let mut values = version_value(version).unwrap_or_default();
-        values.insert(":cipher".into(), AttributeValue::B(Blob::new(ciphertext)));
-        values.insert(":geo".into(), s(tokens.geolocation.as_str()));
         let now = Utc::now();
-        values.insert(":now".into(), s(timestamp(now)));
-        values.insert(":expires".into(), s(timestamp(tokens.refresh_expires_at)));
-        values.insert(
-            ":renew".into(),
-            self.renew_value(now, tokens.refresh_expires_at),
-        );
-        values.insert(":active".into(), s(TokenState::Active.as_str()));
-        values.insert(":next".into(), AttributeValue::N((version + 1).to_string()));
-        let result = self
-            .dynamo
-            .update_item()
-            .table_name(&self.table)
-            .key(attr::MEMBER_ID, s(member_id))
-            .condition_expression(version_condition(version))
-            .update_expression(
-                "SET #cipher = :cipher, #geo = :geo, #refreshed = :now, #expires = :expires, \
-                 #state = :active, #version = :next, #renew = :renew REMOVE #owner, #until",
-            )
-            .expression_attribute_names("#renew", attr::RENEW_AT)
-            .expression_attribute_names("#cipher", attr::REFRESH_TOKEN_CIPHERTEXT)
-            .expression_attribute_names("#geo", attr::GEOLOCATION)
-            .expression_attribute_names("#refreshed", attr::REFRESHED_AT)
-            .expression_attribute_names("#expires", attr::REFRESH_EXPIRES_AT)
-            .expression_attribute_names("#state", attr::TOKEN_STATE)
-            .expression_attribute_names("#version", attr::TOKEN_VERSION)
-            .expression_attribute_names("#owner", attr::LEASE_OWNER)
-            .expression_attribute_names("#until", attr::LEASE_UNTIL)
-            .set_expression_attribute_values(Some(values))
-            .send()
-            .await;
+        let values = vec![
+            version_value(version),
+            (":cipher", AttributeValue::B(Blob::new(ciphertext))),
+            (":geo", s(tokens.geolocation.as_str())),
+            (":now", s(timestamp(now))),
+            (":expires", s(timestamp(tokens.refresh_expires_at))),
+            (":renew", self.renew_value(now, tokens.refresh_expires_at)),
+            (":active", s(TokenState::Active.as_str())),
+            (":next", AttributeValue::N((version + 1).to_string())),
+        ];
+        let result = expressions(
+            self.update(member_id),
+            "SET #cipher = :cipher, #geo = :geo, #refreshed = :now, #expires = :expires, \
+             #state = :active, #version = :next, #renew = :renew REMOVE #owner, #until",
+            Some(version_condition(version)),
+            NAMES,
+            values,
+        )
+        .send()
+        .await;
         match result {
             Ok(_) => Ok(RotationWrite::Stored),
             Err(e) if is_condition_failure(&e) => Ok(RotationWrite::Superseded),

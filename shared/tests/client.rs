@@ -13,7 +13,7 @@ use triplink_shared::concur::{
 };
 use triplink_shared::model::ConnectionStatus;
 use wiremock::matchers::{body_string, body_string_contains, header, method, path, query_param};
-use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+use wiremock::{Mock, MockBuilder, MockServer, Request, ResponseTemplate};
 
 const LIST: &str = "/api/v3.2/common/connectionrequests/";
 const TOKEN: &str = "/oauth2/v0/token";
@@ -50,8 +50,7 @@ fn token_body(token: &str, expires_in: &str) -> serde_json::Value {
 }
 
 async fn app_token(server: &MockServer, token: &str) {
-    Mock::given(method("POST"))
-        .and(path(TOKEN))
+    on("POST", TOKEN)
         .and(body_string_contains("grant_type=client_credentials"))
         .respond_with(ResponseTemplate::new(200).set_body_json(token_body(token, "3600")))
         .mount(server)
@@ -72,6 +71,50 @@ fn page(ids: &[&str], next: Option<String>) -> serde_json::Value {
     json!({ "Items": ids.iter().map(|id| item(id)).collect::<Vec<_>>(), "NextPage": next })
 }
 
+/// A mock of `verb path` (chain matchers and the answer on it).
+fn on(verb: &str, p: impl Into<String>) -> MockBuilder {
+    Mock::given(method(verb)).and(path(p))
+}
+
+/// A client whose authtoken grants go to `glz` and every other call to `api`.
+fn authtoken_client(api: &MockServer, glz: &MockServer) -> ConcurClient {
+    let mut config = config(api);
+    config.authtoken_base = BaseUrl::parse(&glz.uri()).unwrap();
+    ConcurClient::new(config).unwrap()
+}
+
+/// A server with an app token (`t`) whose `GET path` answers `response`.
+async fn api_server(p: impl Into<String>, response: ResponseTemplate) -> MockServer {
+    let server = MockServer::start().await;
+    app_token(&server, "t").await;
+    on("GET", p).respond_with(response).mount(&server).await;
+    server
+}
+
+/// A server whose `GET {LIST}slow` answers after two seconds.
+async fn slow_server() -> MockServer {
+    let slow = ResponseTemplate::new(200)
+        .set_body_json(item("slow"))
+        .set_delay(Duration::from_secs(2));
+    api_server(format!("{LIST}slow"), slow).await
+}
+
+/// A request token exchange against a server whose token endpoint answers `answer`
+/// (given the server, for answers that name it): the error it ends in. The server
+/// checks on drop that the grant was sent exactly once (never retried).
+async fn exchange_error(answer: impl FnOnce(&MockServer) -> ResponseTemplate) -> ConcurError {
+    let server = MockServer::start().await;
+    on("POST", TOKEN)
+        .respond_with(answer(&server))
+        .expect(1)
+        .mount(&server)
+        .await;
+    client(&server)
+        .exchange_request_token("u", &SecretString::from("rt"), soon())
+        .await
+        .unwrap_err()
+}
+
 async fn requests_to(server: &MockServer, p: &str) -> Vec<Request> {
     server
         .received_requests()
@@ -87,8 +130,7 @@ async fn requests_to(server: &MockServer, p: &str) -> Vec<Request> {
 #[tokio::test]
 async fn app_token_is_a_form_encoded_client_credentials_grant_and_is_cached() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(TOKEN))
+    on("POST", TOKEN)
         .and(header("content-type", "application/x-www-form-urlencoded"))
         .and(body_string(
             "client_id=client-1&client_secret=s3cret&grant_type=client_credentials",
@@ -97,8 +139,7 @@ async fn app_token_is_a_form_encoded_client_credentials_grant_and_is_cached() {
         .expect(1)
         .mount(&server)
         .await;
-    Mock::given(method("GET"))
-        .and(path(LIST))
+    on("GET", LIST)
         .and(header("authorization", "Bearer app-1"))
         .and(header("accept", "application/json"))
         .respond_with(ResponseTemplate::new(200).set_body_json(page(&["a"], None)))
@@ -116,8 +157,7 @@ async fn app_token_is_a_form_encoded_client_credentials_grant_and_is_cached() {
 #[tokio::test]
 async fn app_token_is_refreshed_before_it_expires() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(TOKEN))
+    on("POST", TOKEN)
         .respond_with(ResponseTemplate::new(200).set_body_json(token_body("short", "2")))
         .expect(2)
         .mount(&server)
@@ -145,21 +185,18 @@ async fn app_token_is_refreshed_before_it_expires() {
 #[tokio::test]
 async fn a_401_refreshes_the_app_token_once_then_succeeds() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(TOKEN))
+    on("POST", TOKEN)
         .respond_with(ResponseTemplate::new(200).set_body_json(token_body("old", "3600")))
         .up_to_n_times(1)
         .mount(&server)
         .await;
     app_token(&server, "new").await;
-    Mock::given(method("GET"))
-        .and(path(LIST))
+    on("GET", LIST)
         .and(header("authorization", "Bearer old"))
         .respond_with(ResponseTemplate::new(401))
         .mount(&server)
         .await;
-    Mock::given(method("GET"))
-        .and(path(LIST))
+    on("GET", LIST)
         .and(header("authorization", "Bearer new"))
         .respond_with(ResponseTemplate::new(200).set_body_json(page(&["x"], None)))
         .mount(&server)
@@ -173,15 +210,11 @@ async fn a_401_refreshes_the_app_token_once_then_succeeds() {
 #[tokio::test]
 async fn a_second_401_or_403_is_a_clear_auth_error_with_the_correlation_id() {
     for (status, want) in [(401, "unauthorized"), (403, "forbidden")] {
-        let server = MockServer::start().await;
-        app_token(&server, "t").await;
-        Mock::given(method("GET"))
-            .and(path(LIST))
-            .respond_with(
-                ResponseTemplate::new(status).insert_header("concur-correlationid", "corr-auth"),
-            )
-            .mount(&server)
-            .await;
+        let server = api_server(
+            LIST,
+            ResponseTemplate::new(status).insert_header("concur-correlationid", "corr-auth"),
+        )
+        .await;
         let err = client(&server)
             .list_page(5, None, soon())
             .await
@@ -201,8 +234,7 @@ async fn a_second_401_or_403_is_a_clear_auth_error_with_the_correlation_id() {
 #[tokio::test]
 async fn bad_client_secret_is_a_typed_oauth_error_without_retries() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(TOKEN))
+    on("POST", TOKEN)
         .respond_with(
             ResponseTemplate::new(401)
                 .insert_header("concur-correlationid", "corr-oauth")
@@ -226,13 +258,7 @@ async fn bad_client_secret_is_a_typed_oauth_error_without_retries() {
 // ----- response classes -------------------------------------------------------------
 
 async fn error_for(template: ResponseTemplate) -> (ConcurError, usize) {
-    let server = MockServer::start().await;
-    app_token(&server, "t").await;
-    Mock::given(method("GET"))
-        .and(path(format!("{LIST}some-id")))
-        .respond_with(template)
-        .mount(&server)
-        .await;
+    let server = api_server(format!("{LIST}some-id"), template).await;
     let err = client(&server).get("some-id", soon()).await.unwrap_err();
     let calls = requests_to(&server, &format!("{LIST}some-id")).await.len();
     (err, calls)
@@ -287,17 +313,7 @@ async fn a_503_is_returned_at_once_with_a_five_minute_pause() {
 
 #[tokio::test]
 async fn a_timeout_is_returned_at_once_with_a_five_minute_pause() {
-    let server = MockServer::start().await;
-    app_token(&server, "t").await;
-    Mock::given(method("GET"))
-        .and(path(format!("{LIST}slow")))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(item("slow"))
-                .set_delay(Duration::from_secs(2)),
-        )
-        .mount(&server)
-        .await;
+    let server = slow_server().await;
     let mut config = config(&server);
     config.call_timeout = Duration::from_millis(200);
     let started = std::time::Instant::now();
@@ -321,17 +337,7 @@ async fn a_timeout_is_returned_at_once_with_a_five_minute_pause() {
 
 #[tokio::test]
 async fn a_wait_cut_short_by_the_callers_deadline_asks_for_no_pause() {
-    let server = MockServer::start().await;
-    app_token(&server, "t").await;
-    Mock::given(method("GET"))
-        .and(path(format!("{LIST}slow")))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(item("slow"))
-                .set_delay(Duration::from_secs(2)),
-        )
-        .mount(&server)
-        .await;
+    let server = slow_server().await;
     // The default call timeout (60 s), a deadline 500 ms away.
     let base = BaseUrl::parse(&server.uri()).unwrap();
     let config = ConcurConfig::new(base, "client-1", SecretString::from("s3cret"));
@@ -361,8 +367,7 @@ async fn a_broken_connection_is_still_retried() {
     let server = MockServer::start().await;
     app_token(&server, "t").await;
     // The first two answers promise more body than they send: the connection breaks.
-    Mock::given(method("GET"))
-        .and(path(format!("{LIST}flaky")))
+    on("GET", format!("{LIST}flaky"))
         .respond_with(
             ResponseTemplate::new(200)
                 .insert_header("content-length", "500")
@@ -371,8 +376,7 @@ async fn a_broken_connection_is_still_retried() {
         .up_to_n_times(2)
         .mount(&server)
         .await;
-    Mock::given(method("GET"))
-        .and(path(format!("{LIST}flaky")))
+    on("GET", format!("{LIST}flaky"))
         .respond_with(ResponseTemplate::new(200).set_body_json(item("flaky")))
         .mount(&server)
         .await;
@@ -391,14 +395,12 @@ async fn a_broken_connection_is_still_retried() {
 async fn unavailable_then_success_recovers() {
     let server = MockServer::start().await;
     app_token(&server, "t").await;
-    Mock::given(method("GET"))
-        .and(path(LIST))
+    on("GET", LIST)
         .respond_with(ResponseTemplate::new(500))
         .up_to_n_times(2)
         .mount(&server)
         .await;
-    Mock::given(method("GET"))
-        .and(path(LIST))
+    on("GET", LIST)
         .respond_with(ResponseTemplate::new(200).set_body_json(page(&["ok"], None)))
         .mount(&server)
         .await;
@@ -411,14 +413,12 @@ async fn unavailable_then_success_recovers() {
 async fn rate_limiting_honours_retry_after() {
     let server = MockServer::start().await;
     app_token(&server, "t").await;
-    Mock::given(method("GET"))
-        .and(path(LIST))
+    on("GET", LIST)
         .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "1"))
         .up_to_n_times(1)
         .mount(&server)
         .await;
-    Mock::given(method("GET"))
-        .and(path(LIST))
+    on("GET", LIST)
         .respond_with(ResponseTemplate::new(200).set_body_json(page(&["r"], None)))
         .mount(&server)
         .await;
@@ -434,17 +434,13 @@ async fn rate_limiting_honours_retry_after() {
 
 #[tokio::test]
 async fn rate_limiting_past_the_deadline_returns_the_retry_after() {
-    let server = MockServer::start().await;
-    app_token(&server, "t").await;
-    Mock::given(method("GET"))
-        .and(path(LIST))
-        .respond_with(
-            ResponseTemplate::new(429)
-                .insert_header("retry-after", "120")
-                .insert_header("concur-correlationid", "c429"),
-        )
-        .mount(&server)
-        .await;
+    let server = api_server(
+        LIST,
+        ResponseTemplate::new(429)
+            .insert_header("retry-after", "120")
+            .insert_header("concur-correlationid", "c429"),
+    )
+    .await;
     let started = std::time::Instant::now();
     let err = client(&server)
         .list_page(10, None, soon())
@@ -461,17 +457,13 @@ async fn rate_limiting_past_the_deadline_returns_the_retry_after() {
 
 #[tokio::test]
 async fn a_slow_server_is_a_timeout() {
-    let server = MockServer::start().await;
-    app_token(&server, "t").await;
-    Mock::given(method("GET"))
-        .and(path(LIST))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(page(&[], None))
-                .set_delay(Duration::from_secs(3)),
-        )
-        .mount(&server)
-        .await;
+    let server = api_server(
+        LIST,
+        ResponseTemplate::new(200)
+            .set_body_json(page(&[], None))
+            .set_delay(Duration::from_secs(3)),
+    )
+    .await;
     let mut config = config(&server);
     config.call_timeout = Duration::from_millis(200);
     config.retry = RetryPolicy::none();
@@ -503,18 +495,14 @@ async fn a_refused_connection_is_a_connection_error() {
 #[tokio::test]
 async fn malformed_payloads_are_typed() {
     for body in ["{\"Items\": [", "[1,2]"] {
-        let server = MockServer::start().await;
-        app_token(&server, "t").await;
-        Mock::given(method("GET"))
-            .and(path(LIST))
-            .respond_with(
-                ResponseTemplate::new(200)
-                    .insert_header("content-type", "application/json")
-                    .insert_header("concur-correlationid", "cmal")
-                    .set_body_string(body),
-            )
-            .mount(&server)
-            .await;
+        let server = api_server(
+            LIST,
+            ResponseTemplate::new(200)
+                .insert_header("content-type", "application/json")
+                .insert_header("concur-correlationid", "cmal")
+                .set_body_string(body),
+        )
+        .await;
         let err = client(&server)
             .list_page(10, None, soon())
             .await
@@ -529,19 +517,11 @@ async fn malformed_payloads_are_typed() {
 
 #[tokio::test]
 async fn an_item_with_an_unknown_status_or_without_an_id_does_not_fail_the_page() {
-    let server = MockServer::start().await;
-    app_token(&server, "t").await;
-    Mock::given(method("GET"))
-        .and(path(LIST))
-        .respond_with(
-            ResponseTemplate::new(200)
+    let server = api_server(LIST, ResponseTemplate::new(200)
                 .insert_header("content-type", "application/json")
                 .set_body_string(
                     r#"{"Items":[{"ID":"a","status":"Bogus"},{"lastName":"x"},{"ID":"b"}],"NextPage":null}"#,
-                ),
-        )
-        .mount(&server)
-        .await;
+                ),).await;
     let page = client(&server).list_page(10, None, soon()).await.unwrap();
     let ids: Vec<_> = page.items.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(ids, ["a", "b"]);
@@ -563,18 +543,10 @@ async fn http_200_with_an_error_body_is_an_error_in_json_and_xml() {
             "<Error><Message>Internal failure</Message><Server-Time>x</Server-Time><Id>ERR-9</Id></Error>",
         ),
     ] {
-        let server = MockServer::start().await;
-        app_token(&server, "t").await;
-        Mock::given(method("GET"))
-            .and(path(LIST))
-            .respond_with(
-                ResponseTemplate::new(200)
+        let server = api_server(LIST, ResponseTemplate::new(200)
                     .insert_header("content-type", content_type)
                     .insert_header("concur-correlationid", "c200")
-                    .set_body_string(body),
-            )
-            .mount(&server)
-            .await;
+                    .set_body_string(body),).await;
         let err = client(&server).list_page(10, None, soon()).await.unwrap_err();
         match &err {
             ConcurError::ErrorBody {
@@ -601,9 +573,7 @@ async fn pages_follow_next_page_offsets_to_the_end() {
         (Some("2"), vec!["c", "d"], next(4)),
         (Some("4"), vec!["e"], None),
     ] {
-        let mut mock = Mock::given(method("GET"))
-            .and(path(LIST))
-            .and(query_param("limit", "2"));
+        let mut mock = on("GET", LIST).and(query_param("limit", "2"));
         mock = match offset {
             Some(o) => mock.and(query_param("offset", o)),
             None => mock.and(wiremock::matchers::query_param_is_missing("offset")),
@@ -628,8 +598,7 @@ async fn pages_follow_next_page_offsets_to_the_end() {
 async fn a_foreign_host_next_page_gives_only_its_offset() {
     let server = MockServer::start().await;
     app_token(&server, "t").await;
-    Mock::given(method("GET"))
-        .and(path(LIST))
+    on("GET", LIST)
         .and(wiremock::matchers::query_param_is_missing("offset"))
         .respond_with(ResponseTemplate::new(200).set_body_json(page(
             &["a"],
@@ -639,8 +608,7 @@ async fn a_foreign_host_next_page_gives_only_its_offset() {
         )))
         .mount(&server)
         .await;
-    Mock::given(method("GET"))
-        .and(path(LIST))
+    on("GET", LIST)
         .and(query_param("offset", "1"))
         .respond_with(ResponseTemplate::new(200).set_body_json(page(&["b"], None)))
         .expect(1)
@@ -680,8 +648,7 @@ async fn xml_is_read_when_the_server_ignores_accept_json() {
         env!("CARGO_MANIFEST_DIR")
     ))
     .unwrap();
-    Mock::given(method("GET"))
-        .and(path(LIST))
+    on("GET", LIST)
         .respond_with(
             ResponseTemplate::new(200)
                 .insert_header("content-type", "application/xml; charset=utf-8")
@@ -699,8 +666,7 @@ async fn xml_is_read_when_the_server_ignores_accept_json() {
 async fn a_next_page_without_an_integer_offset_is_malformed() {
     let server = MockServer::start().await;
     app_token(&server, "t").await;
-    Mock::given(method("GET"))
-        .and(path(LIST))
+    on("GET", LIST)
         .respond_with(ResponseTemplate::new(200).set_body_json(page(
             &["a"],
             Some(format!("{}{LIST}?limit=1&offset=abc", server.uri())),
@@ -745,13 +711,11 @@ async fn a_passed_deadline_sends_nothing() {
 
 #[tokio::test]
 async fn the_deadline_bounds_retries_and_slow_answers() {
-    let server = MockServer::start().await;
-    app_token(&server, "t").await;
-    Mock::given(method("GET"))
-        .and(path(LIST))
-        .respond_with(ResponseTemplate::new(500).set_delay(Duration::from_millis(300)))
-        .mount(&server)
-        .await;
+    let server = api_server(
+        LIST,
+        ResponseTemplate::new(500).set_delay(Duration::from_millis(300)),
+    )
+    .await;
     let mut config = config(&server);
     config.retry = RetryPolicy {
         max_attempts: 100,
@@ -827,8 +791,7 @@ async fn status_updates_send_each_versions_body() {
 async fn status_update_is_not_retried_after_a_503() {
     let server = MockServer::start().await;
     app_token(&server, "t").await;
-    Mock::given(method("PUT"))
-        .and(path(format!("{LIST}id-3")))
+    on("PUT", format!("{LIST}id-3"))
         .respond_with(ResponseTemplate::new(503))
         .mount(&server)
         .await;
@@ -844,14 +807,12 @@ async fn status_update_is_not_retried_after_a_503() {
 async fn status_update_is_retried_after_a_502_and_refuses_non_partner_statuses() {
     let server = MockServer::start().await;
     app_token(&server, "t").await;
-    Mock::given(method("PUT"))
-        .and(path(format!("{LIST}id-2")))
+    on("PUT", format!("{LIST}id-2"))
         .respond_with(ResponseTemplate::new(502))
         .up_to_n_times(1)
         .mount(&server)
         .await;
-    Mock::given(method("PUT"))
-        .and(path(format!("{LIST}id-2")))
+    on("PUT", format!("{LIST}id-2"))
         .and(body_string(r#"{"status":"CREU1"}"#))
         .respond_with(ResponseTemplate::new(204))
         .expect(1)
@@ -873,8 +834,7 @@ async fn status_update_is_retried_after_a_502_and_refuses_non_partner_statuses()
 async fn ids_are_path_encoded() {
     let server = MockServer::start().await;
     app_token(&server, "t").await;
-    Mock::given(method("GET"))
-        .and(path(format!("{LIST}a%2Fb%20c")))
+    on("GET", format!("{LIST}a%2Fb%20c"))
         .respond_with(ResponseTemplate::new(200).set_body_json(item("a/b c")))
         .expect(1)
         .mount(&server)
@@ -888,8 +848,7 @@ async fn ids_are_path_encoded() {
 async fn create_for_user_posts_the_login_and_is_not_retried_after_a_timeout() {
     let server = MockServer::start().await;
     app_token(&server, "t").await;
-    Mock::given(method("POST"))
-        .and(path(LIST))
+    on("POST", LIST)
         .and(query_param("user", "someone@example.com"))
         .and(header("content-length", "0"))
         .respond_with(
@@ -908,8 +867,7 @@ async fn create_for_user_posts_the_login_and_is_not_retried_after_a_timeout() {
 
     let slow = MockServer::start().await;
     app_token(&slow, "t").await;
-    Mock::given(method("POST"))
-        .and(path(LIST))
+    on("POST", LIST)
         .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(3)))
         .mount(&slow)
         .await;
@@ -941,8 +899,7 @@ fn id_token(sub: &str) -> String {
 async fn request_token_exchange_goes_to_the_authtoken_base_with_credtype_authtoken() {
     let api = MockServer::start().await;
     let glz = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(TOKEN))
+    on("POST", TOKEN)
         .and(body_string(
             "client_id=client-1&client_secret=s3cret&grant_type=password&credtype=authtoken&username=user-9&password=req-tok",
         ))
@@ -954,10 +911,7 @@ async fn request_token_exchange_goes_to_the_authtoken_base_with_credtype_authtok
         .expect(1)
         .mount(&glz)
         .await;
-    let mut config = config(&api);
-    config.authtoken_base = BaseUrl::parse(&glz.uri()).unwrap();
-    let tokens = ConcurClient::new(config)
-        .unwrap()
+    let tokens = authtoken_client(&api, &glz)
         .exchange_request_token("user-9", &SecretString::from("req-tok"), soon())
         .await
         .unwrap();
@@ -984,22 +938,15 @@ async fn request_token_errors_are_typed_oauth_errors_and_never_retried() {
         (108, OAuthErrorKind::RefreshTokenInvalid),
         (136, OAuthErrorKind::AuthTokenNotIssuedForYou),
     ] {
-        let server = MockServer::start().await;
         // Even with a geolocation in the body (Concur sends one with every 4xx), only a
         // code 16 is followed there.
-        Mock::given(method("POST"))
-            .and(path(TOKEN))
-            .respond_with(ResponseTemplate::new(400).set_body_json(json!({
+        let err = exchange_error(|server| {
+            ResponseTemplate::new(400).set_body_json(json!({
                 "code": code, "error": "invalid_request", "error_description": "nope",
                 "geolocation": server.uri()
-            })))
-            .expect(1)
-            .mount(&server)
-            .await;
-        let err = client(&server)
-            .exchange_request_token("u", &SecretString::from("rt"), soon())
-            .await
-            .unwrap_err();
+            }))
+        })
+        .await;
         match err {
             ConcurError::OAuth { error, .. } => assert_eq!(error.kind(), kind),
             other => panic!("expected OAuth {code}, got {other:?}"),
@@ -1013,19 +960,13 @@ async fn a_geolocation_outside_concur_is_refused_and_a_missing_one_is_malformed(
         (json!("https://evil.example.com"), "base_url"),
         (json!(null), "malformed"),
     ] {
-        let server = MockServer::start().await;
-        Mock::given(method("POST"))
-            .and(path(TOKEN))
-            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+        let err = exchange_error(|_| {
+            ResponseTemplate::new(200).set_body_json(json!({
                 "expires_in": "3600", "access_token": "a", "refresh_token": "r",
                 "geolocation": geolocation
-            })))
-            .mount(&server)
-            .await;
-        let err = client(&server)
-            .exchange_request_token("u", &SecretString::from("rt"), soon())
-            .await
-            .unwrap_err();
+            }))
+        })
+        .await;
         assert_eq!(err.kind(), want, "{err}");
     }
 }
@@ -1033,8 +974,7 @@ async fn a_geolocation_outside_concur_is_refused_and_a_missing_one_is_malformed(
 #[tokio::test]
 async fn refresh_returns_the_rotated_token_and_108_is_typed() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(TOKEN))
+    on("POST", TOKEN)
         .and(body_string_contains(
             "grant_type=refresh_token&refresh_token=old-refresh",
         ))
@@ -1044,8 +984,7 @@ async fn refresh_returns_the_rotated_token_and_108_is_typed() {
         })))
         .mount(&server)
         .await;
-    Mock::given(method("POST"))
-        .and(path(TOKEN))
+    on("POST", TOKEN)
         .and(body_string_contains("refresh_token=revoked"))
         .respond_with(ResponseTemplate::new(400).set_body_json(json!({
             "code": 108, "error": "invalid_grant", "error_description": "bad or expired refresh token"
@@ -1075,8 +1014,7 @@ async fn refresh_returns_the_rotated_token_and_108_is_typed() {
 #[tokio::test]
 async fn revoke_sends_delete_with_the_users_token() {
     let server = MockServer::start().await;
-    Mock::given(method("DELETE"))
-        .and(path("/app-mgmt/v0/connections"))
+    on("DELETE", "/app-mgmt/v0/connections")
         .and(header("authorization", "Bearer user-access"))
         .respond_with(ResponseTemplate::new(200))
         .expect(1)
@@ -1127,14 +1065,12 @@ fn lives_elsewhere(geolocation: &str) -> ResponseTemplate {
 async fn code_16_is_followed_once_to_the_users_geolocation() {
     let glz = MockServer::start().await;
     let home = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(TOKEN))
+    on("POST", TOKEN)
         .respond_with(lives_elsewhere(&home.uri()))
         .expect(1)
         .mount(&glz)
         .await;
-    Mock::given(method("POST"))
-        .and(path(TOKEN))
+    on("POST", TOKEN)
         .and(body_string(
             "client_id=client-1&client_secret=s3cret&grant_type=password&credtype=authtoken&username=user-16&password=req-tok",
         ))
@@ -1142,10 +1078,7 @@ async fn code_16_is_followed_once_to_the_users_geolocation() {
         .expect(1)
         .mount(&home)
         .await;
-    let mut config = config(&glz);
-    config.authtoken_base = BaseUrl::parse(&glz.uri()).unwrap();
-    let tokens = ConcurClient::new(config)
-        .unwrap()
+    let tokens = authtoken_client(&glz, &glz)
         .exchange_request_token("user-16", &SecretString::from("req-tok"), soon())
         .await
         .unwrap();
@@ -1160,13 +1093,11 @@ async fn a_second_code_16_is_not_followed() {
     let glz = MockServer::start().await;
     let second = MockServer::start().await;
     let third = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(TOKEN))
+    on("POST", TOKEN)
         .respond_with(lives_elsewhere(&second.uri()))
         .mount(&glz)
         .await;
-    Mock::given(method("POST"))
-        .and(path(TOKEN))
+    on("POST", TOKEN)
         .respond_with(lives_elsewhere(&third.uri()))
         .mount(&second)
         .await;
@@ -1191,20 +1122,13 @@ async fn a_code_16_geolocation_outside_concur_or_missing_is_not_called() {
         (json!("https://evil.example.com"), "base_url"),
         (json!(null), "oauth"),
     ] {
-        let server = MockServer::start().await;
-        Mock::given(method("POST"))
-            .and(path(TOKEN))
-            .respond_with(ResponseTemplate::new(400).set_body_json(json!({
+        let err = exchange_error(|_| {
+            ResponseTemplate::new(400).set_body_json(json!({
                 "code": 16, "error": "invalid_request", "error_description": "user lives elsewhere",
                 "geolocation": geolocation
-            })))
-            .expect(1)
-            .mount(&server)
-            .await;
-        let err = client(&server)
-            .exchange_request_token("u", &SecretString::from("rt"), soon())
-            .await
-            .unwrap_err();
+            }))
+        })
+        .await;
         assert_eq!(err.kind(), want, "{err}");
     }
 }
@@ -1215,8 +1139,7 @@ async fn a_code_16_geolocation_outside_concur_or_missing_is_not_called() {
 async fn calls_with_the_app_token_go_to_its_geolocation() {
     let configured = MockServer::start().await;
     let geo = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(TOKEN))
+    on("POST", TOKEN)
         .and(body_string_contains("grant_type=client_credentials"))
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({
             "expires_in": "3600", "token_type": "Bearer", "access_token": "app-geo",
@@ -1225,8 +1148,7 @@ async fn calls_with_the_app_token_go_to_its_geolocation() {
         .expect(1)
         .mount(&configured)
         .await;
-    Mock::given(method("GET"))
-        .and(path(LIST))
+    on("GET", LIST)
         .and(header("authorization", "Bearer app-geo"))
         .and(wiremock::matchers::query_param_is_missing("offset"))
         .respond_with(ResponseTemplate::new(200).set_body_json(page(
@@ -1236,21 +1158,18 @@ async fn calls_with_the_app_token_go_to_its_geolocation() {
         .expect(1)
         .mount(&geo)
         .await;
-    Mock::given(method("GET"))
-        .and(path(LIST))
+    on("GET", LIST)
         .and(query_param("offset", "1"))
         .respond_with(ResponseTemplate::new(200).set_body_json(page(&["b"], None)))
         .expect(1)
         .mount(&geo)
         .await;
-    Mock::given(method("GET"))
-        .and(path(format!("{LIST}b")))
+    on("GET", format!("{LIST}b"))
         .respond_with(ResponseTemplate::new(200).set_body_json(item("b")))
         .expect(1)
         .mount(&geo)
         .await;
-    Mock::given(method("PUT"))
-        .and(path(format!("{LIST}b")))
+    on("PUT", format!("{LIST}b"))
         .respond_with(ResponseTemplate::new(204))
         .expect(1)
         .mount(&geo)
@@ -1284,8 +1203,7 @@ async fn calls_with_the_app_token_go_to_its_geolocation() {
 #[tokio::test]
 async fn an_app_token_geolocation_outside_concur_is_refused() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(TOKEN))
+    on("POST", TOKEN)
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({
             "expires_in": "3600", "access_token": "a", "geolocation": "https://evil.example.com"
         })))
@@ -1313,8 +1231,7 @@ fn fixture(name: &str) -> String {
 async fn the_auth_pages_token_examples_are_read() {
     // The examples' geolocation is us.api.concursolutions.com: a Concur domain, accepted.
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(TOKEN))
+    on("POST", TOKEN)
         .and(body_string_contains("grant_type=client_credentials"))
         .respond_with(
             ResponseTemplate::new(200)
@@ -1326,8 +1243,7 @@ async fn the_auth_pages_token_examples_are_read() {
         ("grant_type=password", "oauth_token_password.json"),
         ("grant_type=refresh_token", "oauth_token_refresh.json"),
     ] {
-        Mock::given(method("POST"))
-            .and(path(TOKEN))
+        on("POST", TOKEN)
             .and(body_string_contains(grant))
             .respond_with(ResponseTemplate::new(200).set_body_string(fixture(file)))
             .mount(&server)
@@ -1376,8 +1292,7 @@ async fn the_auth_pages_token_examples_are_read() {
 #[tokio::test]
 async fn the_auth_pages_bad_login_example_is_a_typed_error() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(TOKEN))
+    on("POST", TOKEN)
         .respond_with(
             ResponseTemplate::new(401).set_body_string(fixture("oauth_error_bad_login.json")),
         )
@@ -1417,8 +1332,7 @@ fn the_auth_pages_id_token_claims_give_the_user_id() {
 async fn absurd_token_lifetimes_are_clamped_and_oversized_answers_refused() {
     let server = MockServer::start().await;
     // A huge app token lifetime: no overflow of the cache's refresh instant.
-    Mock::given(method("POST"))
-        .and(path(TOKEN))
+    on("POST", TOKEN)
         .and(body_string_contains("grant_type=client_credentials"))
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({
             "expires_in": "99999999999999999999999", "access_token": "app"
@@ -1430,8 +1344,7 @@ async fn absurd_token_lifetimes_are_clamped_and_oversized_answers_refused() {
         ("negative", json!(-3600), json!(-1)),
         ("huge", json!(u64::MAX), json!("99999999999999999999")),
     ] {
-        Mock::given(method("POST"))
-            .and(path(TOKEN))
+        on("POST", TOKEN)
             .and(body_string_contains(format!("refresh_token={refresh}")))
             .respond_with(ResponseTemplate::new(200).set_body_json(json!({
                 "expires_in": expires_in, "access_token": "a", "refresh_token": "next",
@@ -1440,8 +1353,7 @@ async fn absurd_token_lifetimes_are_clamped_and_oversized_answers_refused() {
             .mount(&server)
             .await;
     }
-    Mock::given(method("POST"))
-        .and(path(TOKEN))
+    on("POST", TOKEN)
         .and(body_string_contains("refresh_token=oversized"))
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({
             "expires_in": 3600, "access_token": "a".repeat(128 * 1024),
@@ -1449,8 +1361,7 @@ async fn absurd_token_lifetimes_are_clamped_and_oversized_answers_refused() {
         })))
         .mount(&server)
         .await;
-    Mock::given(method("POST"))
-        .and(path(TOKEN))
+    on("POST", TOKEN)
         .and(body_string_contains("refresh_token=long-refresh"))
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({
             "expires_in": 3600, "access_token": "a",
@@ -1490,4 +1401,129 @@ async fn absurd_token_lifetimes_are_clamped_and_oversized_answers_refused() {
         );
         assert!(!err.to_string().contains("aaaa") && !err.to_string().contains("rrrr"));
     }
+}
+
+// ----- what errors may show ---------------------------------------------------------------
+
+/// A loopback port nothing listens on.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    port
+}
+
+fn assert_hides(err: &ConcurError, secrets: &[&str]) {
+    let shown = format!("{err} / {err:?}");
+    for secret in secrets {
+        assert!(!shown.contains(secret), "{secret} leaked in {shown}");
+    }
+}
+
+/// Input that reaches an error (a token answer serde refuses, a server's message, an OAuth
+/// description, the URL of a failed call) is never quoted whole by the error's Display
+/// or Debug.
+#[tokio::test]
+async fn errors_do_not_quote_tokens_logins_or_personal_data() {
+    // A token answer whose access_token is a number: serde quotes it.
+    let server = MockServer::start().await;
+    on("POST", TOKEN)
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_string(r#"{"access_token": 5314636889, "expires_in": 3600}"#),
+        )
+        .mount(&server)
+        .await;
+    let err = client(&server).app_token(soon()).await.unwrap_err();
+    assert!(matches!(err, ConcurError::Malformed { .. }), "{err:?}");
+    assert!(err.to_string().contains("token response"), "{err}");
+    assert_hides(&err, &["5314636889"]);
+
+    // A 400 whose message names a user, and an OAuth refusal describing one.
+    let (err, _) = error_for(ResponseTemplate::new(400).set_body_json(
+        json!({"Error": {"Message": "user maria.smith@example.com has loyalty 5314636889"}}),
+    ))
+    .await;
+    assert!(matches!(err, ConcurError::BadRequest { .. }), "{err:?}");
+    assert_hides(&err, &["maria.smith", "example.com", "5314636889"]);
+    let server = MockServer::start().await;
+    on("POST", TOKEN)
+        .respond_with(ResponseTemplate::new(400).set_body_json(json!({
+            "code": 5, "error": "invalid_grant",
+            "error_description": "no user maria.smith@example.com"
+        })))
+        .mount(&server)
+        .await;
+    let err = client(&server)
+        .exchange_request_token("user-1", &SecretString::from("rt-secret-1"), soon())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ConcurError::OAuth { .. }), "{err:?}");
+    assert_hides(&err, &["maria.smith", "rt-secret-1", "s3cret"]);
+
+    // A call whose URL names the user's login fails to connect: the URL is not shown.
+    let server = MockServer::start().await;
+    let geolocation = format!("http://127.0.0.1:{}", closed_port());
+    on("POST", TOKEN)
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "access_token": "app-1", "expires_in": "3600", "geolocation": geolocation
+        })))
+        .mount(&server)
+        .await;
+    let mut config = config(&server);
+    config.retry = RetryPolicy::none();
+    let err = ConcurClient::new(config)
+        .unwrap()
+        .create_for_user("maria.smith@example.com", soon())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ConcurError::Connection { .. }), "{err:?}");
+    assert_hides(&err, &["maria.smith", "app-1"]);
+}
+
+/// Bodies past the caps are refused as malformed, not read whole: a token answer above
+/// `MAX_TOKEN_BODY`, a page above `MAX_API_BODY`.
+#[tokio::test]
+async fn answers_larger_than_the_caps_are_malformed() {
+    use triplink_shared::concur::{MAX_API_BODY, MAX_TOKEN_BODY};
+    let server = MockServer::start().await;
+    let padding = "x".repeat(MAX_TOKEN_BODY);
+    on("POST", TOKEN)
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "access_token": "app-1", "expires_in": "3600", "padding": padding
+        })))
+        .mount(&server)
+        .await;
+    let err = client(&server).app_token(soon()).await.unwrap_err();
+    assert!(
+        err.to_string().contains("larger than"),
+        "{err}: a token answer above the cap"
+    );
+
+    let server = MockServer::start().await;
+    app_token(&server, "t").await;
+    let mut body = page(&["a"], None);
+    body["padding"] = json!("x".repeat(MAX_API_BODY));
+    on("GET", LIST)
+        .respond_with(ResponseTemplate::new(200).set_body_json(body))
+        .mount(&server)
+        .await;
+    let err = client(&server)
+        .list_page(10, None, soon())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ConcurError::Malformed { .. }), "{err:?}");
+    assert!(err.to_string().contains("larger than"), "{err}");
+
+    // Just under the cap is read.
+    let server = MockServer::start().await;
+    app_token(&server, "t").await;
+    let mut body = page(&["a"], None);
+    body["padding"] = json!("x".repeat(MAX_API_BODY - 1024));
+    on("GET", LIST)
+        .respond_with(ResponseTemplate::new(200).set_body_json(body))
+        .mount(&server)
+        .await;
+    let page = client(&server).list_page(10, None, soon()).await.unwrap();
+    assert_eq!(page.items.len(), 1);
 }

@@ -725,3 +725,37 @@ fn http_requires_https_except_for_loopback() {
     let directory = HttpMemberDirectory::new(with_secret).unwrap();
     assert!(!format!("{directory:?}").contains("xyz"));
 }
+
+/// A lookup or health answer above `MAX_BODY` is refused as malformed, not read whole;
+/// one just under it is read.
+#[tokio::test]
+async fn http_bodies_larger_than_the_cap_are_malformed() {
+    use triplink_shared::members::http::MAX_BODY;
+    let server = MockServer::start().await;
+    let big = json!({"members": [member_json()], "padding": "x".repeat(MAX_BODY)});
+    let under = json!({"members": [member_json()], "padding": "x".repeat(MAX_BODY - 1024)});
+    for (loyalty, body) in [("1", &big), ("2", &under)] {
+        Mock::given(method("GET"))
+            .and(path("/api/v1/members"))
+            .and(query_param("loyaltyNumber", loyalty))
+            .respond_with(ResponseTemplate::new(200).set_body_json(body))
+            .mount(&server)
+            .await;
+    }
+    Mock::given(method("GET"))
+        .and(path("/api/v1/health"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(
+                json!({"status": "ok", "members": 1, "padding": "x".repeat(MAX_BODY)}),
+            ),
+        )
+        .mount(&server)
+        .await;
+    let directory = HttpMemberDirectory::new(http_config(&server, Duration::from_secs(5))).unwrap();
+    let err = directory.by_loyalty_number("1").await.unwrap_err();
+    assert!(matches!(err, DirectoryError::Malformed(_)), "{err:?}");
+    assert!(err.to_string().contains("larger than"), "{err}");
+    assert_eq!(directory.by_loyalty_number("2").await.unwrap().len(), 1);
+    let err = directory.health().await.unwrap_err();
+    assert!(err.to_string().contains("larger than"), "{err}");
+}

@@ -12,9 +12,12 @@ use tokio::time::Instant;
 use triplink_shared::concur::{
     BaseUrl, ConcurClient, ConcurConfig, ConcurError, OAuthErrorKind, UserTokens,
 };
+use triplink_shared::model::ConnectionRequest;
 use triplink_shared::store::tables;
 use triplink_shared::testing;
-use triplink_shared::vault::{Encryptor, KmsEncryptor, TokenState, TokenVault, VaultError};
+use triplink_shared::vault::{
+    Encryptor, KeepAliveSettings, KmsEncryptor, TokenState, TokenVault, VaultError,
+};
 
 /// KMS encryption that also remembers the last plaintext it encrypted (the newest
 /// refresh token), so a test can try that token at Concur.
@@ -91,14 +94,7 @@ async fn setup_on(
 async fn connect(concur: &ConcurClient) -> (String, UserTokens) {
     let page = concur.list_page(10, None, far()).await.unwrap();
     let request = &page.items[0];
-    let tokens = concur
-        .exchange_request_token(
-            request.user_id.as_deref().unwrap(),
-            request.request_token.as_ref().unwrap(),
-            far(),
-        )
-        .await
-        .unwrap();
+    let tokens = exchange(concur, request).await;
     (request.id.clone(), tokens)
 }
 
@@ -117,6 +113,34 @@ async fn refresh_fails_with_108(
         }
         other => panic!("expected 108, got {other:?}"),
     }
+}
+
+/// The user's tokens for a request the sandbox served (its single-use token exchanged).
+async fn exchange(concur: &ConcurClient, request: &ConnectionRequest) -> UserTokens {
+    concur
+        .exchange_request_token(
+            request.user_id.as_deref().unwrap(),
+            request.request_token.as_ref().unwrap(),
+            far(),
+        )
+        .await
+        .unwrap()
+}
+
+/// One keep-alive run now, with the default settings.
+async fn keep_alive_now(
+    vault: &TokenVault<Recording>,
+    concur: &ConcurClient,
+) -> triplink_shared::vault::KeepAliveSummary {
+    vault
+        .keep_alive(
+            concur,
+            "k",
+            Utc::now(),
+            &KeepAliveSettings::default(),
+            far(),
+        )
+        .await
 }
 
 #[tokio::test]
@@ -347,14 +371,7 @@ async fn advance(sandbox: &Sandbox, days: i64) {
 async fn connect_two(concur: &ConcurClient, vault: &TokenVault<Recording>) {
     let page = concur.list_page(10, None, far()).await.unwrap();
     for (member, request) in ["K1", "K2"].iter().zip(&page.items) {
-        let tokens = concur
-            .exchange_request_token(
-                request.user_id.as_deref().unwrap(),
-                request.request_token.as_ref().unwrap(),
-                far(),
-            )
-            .await
-            .unwrap();
+        let tokens = exchange(concur, request).await;
         vault
             .store_connection(member, &request.id, &tokens, Utc::now())
             .await
@@ -364,7 +381,6 @@ async fn connect_two(concur: &ConcurClient, vault: &TokenVault<Recording>) {
 
 #[tokio::test]
 async fn keep_alive_renews_tokens_due_and_marks_expired_ones_once() {
-    use triplink_shared::vault::KeepAliveSettings;
     let (sandbox, concur, vault) = setup().await;
     connect_two(&concur, &vault).await;
     let settings = KeepAliveSettings::default();
@@ -496,7 +512,7 @@ async fn no_token_appears_in_any_log_line() {
             &concur,
             "k",
             Utc::now() + chrono::Duration::days(60),
-            &triplink_shared::vault::KeepAliveSettings::default(),
+            &KeepAliveSettings::default(),
             far(),
         )
         .await;
@@ -537,19 +553,11 @@ fn live_refresh_tokens(sandbox: &Sandbox, user: &str) -> usize {
 
 #[tokio::test]
 async fn a_connection_of_another_user_replaced_is_revoked_at_concur_by_the_keep_alive() {
-    use triplink_shared::vault::KeepAliveSettings;
     let (sandbox, concur, vault) = setup().await;
     let page = concur.list_page(10, None, far()).await.unwrap();
     let mut users = Vec::new();
     for request in &page.items[..2] {
-        let tokens = concur
-            .exchange_request_token(
-                request.user_id.as_deref().unwrap(),
-                request.request_token.as_ref().unwrap(),
-                far(),
-            )
-            .await
-            .unwrap();
+        let tokens = exchange(&concur, request).await;
         let user = tokens.user_id.clone().unwrap();
         // The same member connects from two Concur users, one after the other.
         vault
@@ -562,15 +570,7 @@ async fn a_connection_of_another_user_replaced_is_revoked_at_concur_by_the_keep_
     let stored = vault.get("R").await.unwrap().unwrap();
     assert_eq!(stored.concur_user_id.as_deref(), Some(users[1].as_str()));
 
-    let summary = vault
-        .keep_alive(
-            &concur,
-            "k",
-            Utc::now(),
-            &KeepAliveSettings::default(),
-            far(),
-        )
-        .await;
+    let summary = keep_alive_now(&vault, &concur).await;
     assert_eq!(summary.replaced_revoked, 1, "{summary:?}");
     assert_eq!(
         live_refresh_tokens(&sandbox, &users[0]),
@@ -584,15 +584,7 @@ async fn a_connection_of_another_user_replaced_is_revoked_at_concur_by_the_keep_
     );
     vault.access_token(&concur, "R", "a", far()).await.unwrap();
     // Done once: nothing left to revoke.
-    let again = vault
-        .keep_alive(
-            &concur,
-            "k",
-            Utc::now(),
-            &KeepAliveSettings::default(),
-            far(),
-        )
-        .await;
+    let again = keep_alive_now(&vault, &concur).await;
     assert_eq!(again.replaced_revoked, 0);
 }
 

@@ -124,3 +124,56 @@ pub fn concur_env(base_url: &str) -> HashMap<String, String> {
 pub fn no_concur() -> HashMap<String, String> {
     HashMap::new()
 }
+
+/// A table's stream read from its start: its ARN, its (only) shard and its records.
+pub struct TableStream {
+    pub arn: String,
+    pub shard: String,
+    pub records: Vec<aws_sdk_dynamodbstreams::types::Record>,
+}
+
+/// Read `table`'s stream from the trim horizon (one shard, one page: the tests write a
+/// few items).
+pub async fn read_stream(table: &str) -> TableStream {
+    let described = dynamo()
+        .describe_table()
+        .table_name(table)
+        .send()
+        .await
+        .unwrap();
+    let arn = described.table.unwrap().latest_stream_arn.unwrap();
+    let streams = aws_sdk_dynamodbstreams::Client::new(&testing::sdk_config());
+    let stream = streams
+        .describe_stream()
+        .stream_arn(&arn)
+        .send()
+        .await
+        .unwrap();
+    let shard = stream.stream_description.unwrap().shards.unwrap()[0]
+        .shard_id
+        .clone()
+        .unwrap();
+    let iterator = streams
+        .get_shard_iterator()
+        .stream_arn(&arn)
+        .shard_id(&shard)
+        .shard_iterator_type(aws_sdk_dynamodbstreams::types::ShardIteratorType::TrimHorizon)
+        .send()
+        .await
+        .unwrap()
+        .shard_iterator
+        .unwrap();
+    let records = streams
+        .get_records()
+        .shard_iterator(iterator)
+        .send()
+        .await
+        .unwrap()
+        .records
+        .unwrap_or_default();
+    TableStream {
+        arn,
+        shard,
+        records,
+    }
+}

@@ -473,7 +473,7 @@ pub fn new_image(record: &EventRecord) -> Result<Option<RequestItem>, RecordErro
     if record.change.new_image.is_empty() {
         return Ok(None);
     }
-    serde_dynamo::from_item(record.change.new_image.clone())
+    triplink_shared::store::image::decode(record.change.new_image.clone())
         .map(Some)
         .map_err(|e| RecordError::BadRecord(e.to_string()))
 }
@@ -1321,5 +1321,105 @@ mod tests {
         let mut seqs = vec!["1000", "999", "20000000000000000000001", "0100"];
         seqs.sort_by(|a, b| sequence_order(a, b));
         assert_eq!(seqs, ["0100", "999", "1000", "20000000000000000000001"]);
+    }
+
+    mod images {
+        use std::collections::HashMap;
+
+        use aws_lambda_events::event::dynamodb::EventRecord;
+        use proptest::prelude::*;
+        use serde_dynamo::AttributeValue;
+
+        use super::*;
+
+        /// Values no error text contains by chance: `Zq` then letters and digits, or a
+        /// number of at least seven digits.
+        fn secret() -> impl Strategy<Value = String> {
+            prop_oneof!["Zq[a-zA-Z0-9@.]{6,12}", "[1-9][0-9]{6,12}"]
+        }
+
+        fn value() -> impl Strategy<Value = AttributeValue> {
+            let leaf = prop_oneof![
+                secret().prop_map(AttributeValue::S),
+                secret().prop_map(AttributeValue::N),
+                any::<bool>().prop_map(AttributeValue::Bool),
+                Just(AttributeValue::Null(true)),
+                secret().prop_map(|s| AttributeValue::B(s.into_bytes())),
+                prop::collection::vec(secret(), 1..3).prop_map(AttributeValue::Ss),
+            ];
+            leaf.prop_recursive(3, 12, 3, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..3).prop_map(AttributeValue::L),
+                    prop::collection::hash_map("[a-z_]{1,8}", inner, 0..3)
+                        .prop_map(AttributeValue::M),
+                ]
+            })
+        }
+
+        use triplink_shared::testing::received_image as valid_image;
+
+        fn record(image: HashMap<String, AttributeValue>) -> EventRecord {
+            let mut record = EventRecord::default();
+            record.change.new_image = image.into();
+            record
+        }
+
+        fn values(value: &AttributeValue, out: &mut Vec<String>) {
+            match value {
+                AttributeValue::S(s) | AttributeValue::N(s) => out.push(s.clone()),
+                AttributeValue::B(b) => out.push(String::from_utf8_lossy(b).into_owned()),
+                AttributeValue::Ss(v) | AttributeValue::Ns(v) => out.extend(v.iter().cloned()),
+                AttributeValue::M(m) => m.values().for_each(|v| values(v, out)),
+                AttributeValue::L(l) => l.iter().for_each(|v| values(v, out)),
+                AttributeValue::Bool(_) | AttributeValue::Null(_) | AttributeValue::Bs(_) => {}
+            }
+        }
+
+        proptest! {
+            /// A stream image of arbitrary attributes: decoded or refused, never a panic,
+            /// and a refusal never quotes a value.
+            #[test]
+            fn arbitrary_images_never_panic_nor_quote_values(
+                image in prop::collection::hash_map("[a-z_]{1,16}", value(), 0..12)
+            ) {
+                let mut secrets = Vec::new();
+                image.values().for_each(|v| values(v, &mut secrets));
+                if let Err(error) = new_image(&record(image)) {
+                    let shown = format!("{error} / {error:?}");
+                    for secret in secrets.iter().filter(|s| s.len() >= 7) {
+                        prop_assert!(!shown.contains(secret.as_str()), "{} leaked in {}", secret, shown);
+                    }
+                }
+            }
+
+            /// One attribute of a valid image replaced by a value of another shape: the
+            /// error, when there is one, names that attribute and not its value.
+            #[test]
+            fn a_bad_attribute_is_named_without_its_value(
+                pick in any::<prop::sample::Index>(),
+                bad in value(),
+            ) {
+                let mut image = valid_image();
+                let mut names: Vec<String> = image.keys().cloned().collect();
+                names.sort();
+                let name = pick.get(&names).clone();
+                let mut secrets = Vec::new();
+                values(&bad, &mut secrets);
+                image.insert(name.clone(), bad);
+                if let Err(error) = new_image(&record(image)) {
+                    let shown = format!("{error} / {error:?}");
+                    prop_assert!(shown.contains(&format!("attribute {name}")), "{}: {}", name, shown);
+                    for secret in &secrets {
+                        prop_assert!(!shown.contains(secret.as_str()), "{} leaked in {}", secret, shown);
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn the_valid_image_decodes() {
+            let item = new_image(&record(valid_image())).unwrap().unwrap();
+            assert_eq!(item.request_id, "r-1");
+        }
     }
 }

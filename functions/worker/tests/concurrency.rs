@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use chrono::Utc;
 use common::*;
-use serde_json::json;
 use triplink_shared::fault_proxy::{FaultProxy, Op, Rule};
 use triplink_shared::store::layout::RequestState;
 use triplink_shared::store::DynamoRequestStore;
@@ -23,16 +22,6 @@ use worker::Worker;
 
 /// How long a run may take before it is called stuck.
 const LIMIT: Duration = Duration::from_secs(90);
-
-async fn faults(env: &Env, rules: &[&str]) {
-    let response = triplink_shared::testing::http_client()
-        .post(env.sandbox.url("/_sandbox/faults"))
-        .json(&json!({ "rules": rules }))
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status().is_success());
-}
 
 /// Every seeded request has a status at Concur and nothing in the table is left.
 async fn finished(env: &Env, store: &DynamoRequestStore) -> bool {

@@ -9,7 +9,6 @@ use std::time::Duration;
 use chrono::Utc;
 use common::*;
 use secrecy::SecretString;
-use serde_json::json;
 use triplink_shared::concur::{BaseUrl, ConcurClient, ConcurConfig, RetryPolicy};
 use triplink_shared::members::dynamo::DynamoMemberDirectory;
 use triplink_shared::store::layout::{members as attr, RequestItem, RequestState};
@@ -46,15 +45,7 @@ async fn day_one_an_empty_members_table_sends_no_creu() {
     let items = testing::scan_requests(&env.store).await;
     assert!(items.len() >= 20);
     for (i, item) in items.iter().enumerate() {
-        let outcome = worker
-            .process(
-                &record(item, "INSERT", i as u64 + 1),
-                "inv-1",
-                lambda_deadline_ms(),
-                far(),
-            )
-            .await
-            .unwrap();
+        let outcome = deliver(&worker, item, i as u64 + 1, "inv-1").await;
         // With no member anywhere every request would be CREU1: none is decided.
         assert_eq!(
             outcome,
@@ -92,15 +83,7 @@ async fn members_without_a_manifest_connect_but_decide_no_creu() {
     let (mut connected, mut held) = (0, 0);
     for (i, item) in items.iter().enumerate() {
         let expected = env.expected[&item.request_id].clone();
-        let outcome = worker
-            .process(
-                &record(item, "INSERT", i as u64 + 1),
-                "inv-1",
-                lambda_deadline_ms(),
-                far(),
-            )
-            .await
-            .unwrap();
+        let outcome = deliver(&worker, item, i as u64 + 1, "inv-1").await;
         match outcome {
             // Finding the member is positive evidence: the gate does not apply.
             RecordOutcome::Reported { status, .. } => {
@@ -153,12 +136,7 @@ async fn members_without_a_manifest_connect_but_decide_no_creu() {
 async fn a_failing_concur_opens_the_breaker_and_no_status_is_spent() {
     let env = setup(30).await;
     // Decided statuses are ready; then every PUT fails with a 500 (retried, then given up).
-    triplink_shared::testing::http_client()
-        .post(env.sandbox.url("/_sandbox/faults"))
-        .json(&json!({"rules": ["put:500"]}))
-        .send()
-        .await
-        .unwrap();
+    faults(&env, &["put:500"]).await;
     let mut worker = worker(&env, &env.concur, &env.members);
     worker.settings.concurrency = 1;
     let items = testing::scan_requests(&env.store).await;
@@ -235,15 +213,7 @@ async fn a_refused_app_spends_no_crret() {
     );
     assert_eq!(totals.get("Released"), Some(&1.0), "{totals:?}");
     for (i, item) in matched.iter().enumerate().skip(1) {
-        let outcome = worker
-            .process(
-                &record(item, "INSERT", i as u64 + 1),
-                "inv-1",
-                lambda_deadline_ms(),
-                far(),
-            )
-            .await
-            .unwrap();
+        let outcome = deliver(&worker, item, i as u64 + 1, "inv-1").await;
         assert_eq!(
             outcome,
             RecordOutcome::Released {
@@ -338,15 +308,7 @@ async fn two_members_fitting_one_request() {
     let worker = worker(&env, &env.concur, &env.members);
 
     // One loyalty number, two records: the supplier's data is wrong; no status, parked.
-    let outcome = worker
-        .process(
-            &record(&by_number, "INSERT", 1),
-            "inv-1",
-            lambda_deadline_ms(),
-            far(),
-        )
-        .await
-        .unwrap();
+    let outcome = deliver(&worker, &by_number, 1, "inv-1").await;
     assert_eq!(
         outcome,
         RecordOutcome::Parked {
@@ -365,15 +327,7 @@ async fn two_members_fitting_one_request() {
 
     // One verified address shared by two members of one name: the traveller must
     // single one out (give the loyalty number): CREU3, "needs attention".
-    let outcome = worker
-        .process(
-            &record(&by_email, "INSERT", 2),
-            "inv-1",
-            lambda_deadline_ms(),
-            far(),
-        )
-        .await
-        .unwrap();
+    let outcome = deliver(&worker, &by_email, 2, "inv-1").await;
     assert!(
         matches!(outcome, RecordOutcome::Reported { status, .. } if status.as_str() == "CREU3"),
         "{outcome:?}"

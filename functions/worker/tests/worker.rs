@@ -77,15 +77,7 @@ async fn duplicated_records_report_once() {
         .process_batch(&twice, "inv-a", lambda_deadline_ms())
         .await;
     assert!(response.batch_item_failures.is_empty());
-    let again = worker
-        .process(
-            &record(&item, "INSERT", 1),
-            "inv-b",
-            lambda_deadline_ms(),
-            far(),
-        )
-        .await
-        .unwrap();
+    let again = deliver(&worker, &item, 1, "inv-b").await;
     assert_eq!(again, RecordOutcome::AlreadyDone);
     let (accepted, rejected) = puts(&env.sandbox, &item.request_id).await;
     assert_eq!((accepted.len(), rejected), (1, 0));
@@ -166,15 +158,7 @@ async fn a_put_that_fails_releases_the_lease_and_the_same_status_is_resent() {
         fail_ids: Mutex::new(vec![item.request_id.clone()]),
     };
     let first = worker(&env, failing, &env.members);
-    let outcome = first
-        .process(
-            &record(&item, "INSERT", 1),
-            "inv-1",
-            lambda_deadline_ms(),
-            far(),
-        )
-        .await
-        .unwrap();
+    let outcome = deliver(&first, &item, 1, "inv-1").await;
     assert_eq!(
         outcome,
         RecordOutcome::Released {
@@ -192,15 +176,7 @@ async fn a_put_that_fails_releases_the_lease_and_the_same_status_is_resent() {
 
     // Lambda delivers the same record again: the attempt is taken over and re-sent.
     let retry = worker(&env, &env.concur, &env.members);
-    let outcome = retry
-        .process(
-            &record(&item, "INSERT", 1),
-            "inv-2",
-            lambda_deadline_ms(),
-            far(),
-        )
-        .await
-        .unwrap();
+    let outcome = deliver(&retry, &item, 1, "inv-2").await;
     assert_eq!(
         outcome,
         RecordOutcome::Reported {
@@ -220,12 +196,7 @@ async fn a_503_leaves_the_request_pending_for_five_minutes_then_the_sweep_resend
     let env = setup(6).await;
     let item = testing::scan_requests(&env.store).await.remove(0);
     let worker = worker(&env, &env.concur, &env.members);
-    triplink_shared::testing::http_client()
-        .post(env.sandbox.url("/_sandbox/faults"))
-        .json(&json!({"rules": ["put:503:next=5"]}))
-        .send()
-        .await
-        .unwrap();
+    faults(&env, &["put:503:next=5"]).await;
     let failed = worker
         .process_batch(&[record(&item, "INSERT", 7)], "inv-1", lambda_deadline_ms())
         .await;
@@ -305,6 +276,13 @@ async fn a_matched_item(env: &Env) -> triplink_shared::store::layout::RequestIte
         .unwrap()
 }
 
+/// The request is due again no sooner than five minutes from now (Concur's pause).
+async fn assert_left_for_five_minutes(env: &Env, id: &str) {
+    let left = env.store.get(id).await.unwrap().unwrap();
+    let five_minutes = (chrono::Utc::now() + chrono::Duration::seconds(295)).timestamp_millis();
+    assert!(left.due_at.unwrap() >= five_minutes, "{left:?}");
+}
+
 #[tokio::test]
 async fn a_503_on_the_exchange_leaves_the_request_for_five_minutes() {
     let env = setup(20).await;
@@ -312,21 +290,8 @@ async fn a_503_on_the_exchange_leaves_the_request_for_five_minutes() {
     let worker = worker(&env, &env.concur, &env.members);
     // Warm the app token, so the next token call is the grant itself.
     env.concur.app_token(far()).await.unwrap();
-    triplink_shared::testing::http_client()
-        .post(env.sandbox.url("/_sandbox/faults"))
-        .json(&json!({"rules": ["token:503"]}))
-        .send()
-        .await
-        .unwrap();
-    let outcome = worker
-        .process(
-            &record(&item, "INSERT", 1),
-            "inv-1",
-            lambda_deadline_ms(),
-            far(),
-        )
-        .await
-        .unwrap();
+    faults(&env, &["token:503"]).await;
+    let outcome = deliver(&worker, &item, 1, "inv-1").await;
     assert_eq!(
         outcome,
         RecordOutcome::Released {
@@ -338,9 +303,7 @@ async fn a_503_on_the_exchange_leaves_the_request_for_five_minutes() {
         [1],
         "one grant, no retry after the 503"
     );
-    let left = env.store.get(&item.request_id).await.unwrap().unwrap();
-    let five_minutes = (chrono::Utc::now() + chrono::Duration::seconds(295)).timestamp_millis();
-    assert!(left.due_at.unwrap() >= five_minutes, "{left:?}");
+    assert_left_for_five_minutes(&env, &item.request_id).await;
     assert!(puts(&env.sandbox, &item.request_id).await.0.is_empty());
     assert_eq!(
         sweep_later(&env, 4).await.rearmed,
@@ -358,21 +321,8 @@ async fn an_exchange_without_an_answer_in_time_leaves_the_request_for_five_minut
     let impatient = ConcurClient::new(config).unwrap();
     impatient.app_token(far()).await.unwrap();
     let worker = worker(&env, &impatient, &env.members);
-    triplink_shared::testing::http_client()
-        .post(env.sandbox.url("/_sandbox/faults"))
-        .json(&json!({"rules": ["token:latency=1500"]}))
-        .send()
-        .await
-        .unwrap();
-    let outcome = worker
-        .process(
-            &record(&item, "INSERT", 1),
-            "inv-1",
-            lambda_deadline_ms(),
-            far(),
-        )
-        .await
-        .unwrap();
+    faults(&env, &["token:latency=1500"]).await;
+    let outcome = deliver(&worker, &item, 1, "inv-1").await;
     assert_eq!(
         outcome,
         RecordOutcome::Released {
@@ -384,9 +334,7 @@ async fn an_exchange_without_an_answer_in_time_leaves_the_request_for_five_minut
         [1],
         "one grant, no retry after the timeout"
     );
-    let left = env.store.get(&item.request_id).await.unwrap().unwrap();
-    let five_minutes = (chrono::Utc::now() + chrono::Duration::seconds(295)).timestamp_millis();
-    assert!(left.due_at.unwrap() >= five_minutes, "{left:?}");
+    assert_left_for_five_minutes(&env, &item.request_id).await;
 }
 
 #[tokio::test]
@@ -396,21 +344,8 @@ async fn a_lost_put_answer_is_not_reported_twice() {
     let worker = worker(&env, &env.concur, &env.members);
     // Concur takes the PUT, then the answer is lost: the client's retry finds the
     // request no longer outstanding.
-    triplink_shared::testing::http_client()
-        .post(env.sandbox.url("/_sandbox/faults"))
-        .json(&json!({"rules": ["put:500-after:next=1"]}))
-        .send()
-        .await
-        .unwrap();
-    let outcome = worker
-        .process(
-            &record(&item, "INSERT", 1),
-            "inv",
-            lambda_deadline_ms(),
-            far(),
-        )
-        .await
-        .unwrap();
+    faults(&env, &["put:500-after:next=1"]).await;
+    let outcome = deliver(&worker, &item, 1, "inv").await;
     assert!(
         matches!(
             outcome,
@@ -442,15 +377,7 @@ async fn a_404_on_the_first_put_is_not_counted_as_our_status_taken() {
         .await
         .unwrap();
     let worker = worker(&env, &env.concur, &env.members);
-    let outcome = worker
-        .process(
-            &record(&item, "INSERT", 1),
-            "inv",
-            lambda_deadline_ms(),
-            far(),
-        )
-        .await
-        .unwrap();
+    let outcome = deliver(&worker, &item, 1, "inv").await;
     assert!(
         matches!(
             outcome,
@@ -482,15 +409,7 @@ async fn a_live_lease_is_left_alone_and_an_expired_one_is_taken_over() {
         )
         .await
         .unwrap();
-    let busy = worker
-        .process(
-            &record(&item, "INSERT", 3),
-            "inv",
-            lambda_deadline_ms(),
-            far(),
-        )
-        .await
-        .unwrap();
+    let busy = deliver(&worker, &item, 3, "inv").await;
     assert!(
         matches!(busy, RecordOutcome::Busy { .. }),
         "left to the holder (or the sweep), not a batch failure: {busy:?}"
@@ -509,15 +428,7 @@ async fn a_live_lease_is_left_alone_and_an_expired_one_is_taken_over() {
         )
         .await
         .unwrap();
-    let outcome = worker
-        .process(
-            &record(&other, "INSERT", 4),
-            "inv",
-            lambda_deadline_ms(),
-            far(),
-        )
-        .await
-        .unwrap();
+    let outcome = deliver(&worker, &other, 4, "inv").await;
     assert!(
         matches!(outcome, RecordOutcome::Reported { .. }),
         "{outcome:?}"
@@ -588,15 +499,7 @@ async fn an_expired_request_token_is_read_again_once_and_the_current_one_connect
         .unwrap();
     let worker = worker(&env, &env.concur, &env.members);
     let item = a_matched_item(&env).await;
-    let outcome = worker
-        .process(
-            &record(&item, "INSERT", 1),
-            "inv",
-            lambda_deadline_ms(),
-            far(),
-        )
-        .await
-        .unwrap();
+    let outcome = deliver(&worker, &item, 1, "inv").await;
     assert!(
         matches!(
             outcome,
@@ -667,15 +570,7 @@ async fn a_refused_token_is_read_again_at_most_once_then_crret() {
     };
     let worker = worker(&env, &concur, &env.members);
     let item = a_matched_item(&env).await;
-    let outcome = worker
-        .process(
-            &record(&item, "INSERT", 1),
-            "inv",
-            lambda_deadline_ms(),
-            far(),
-        )
-        .await
-        .unwrap();
+    let outcome = deliver(&worker, &item, 1, "inv").await;
     assert!(
         matches!(
             outcome,
@@ -708,15 +603,7 @@ async fn a_token_superseded_by_a_later_get_is_read_again_not_reported_crret() {
     // (read when the request was polled) is dead.
     env.concur.get(&item.request_id, far()).await.unwrap();
     let worker = worker(&env, &env.concur, &env.members);
-    let outcome = worker
-        .process(
-            &record(&item, "INSERT", 1),
-            "inv",
-            lambda_deadline_ms(),
-            far(),
-        )
-        .await
-        .unwrap();
+    let outcome = deliver(&worker, &item, 1, "inv").await;
     assert!(
         matches!(
             outcome,
@@ -816,21 +703,8 @@ async fn a_grant_whose_answer_is_lost_is_not_repeated_with_the_same_token() {
     let worker = worker(&env, &env.concur, &env.members);
     // Warm the app token, so the next token call is the grant itself.
     env.concur.app_token(far()).await.unwrap();
-    triplink_shared::testing::http_client()
-        .post(env.sandbox.url("/_sandbox/faults"))
-        .json(&json!({"rules": ["token:drop-after:next=1"]}))
-        .send()
-        .await
-        .unwrap();
-    let outcome = worker
-        .process(
-            &record(&item, "INSERT", 1),
-            "inv-1",
-            lambda_deadline_ms(),
-            far(),
-        )
-        .await
-        .unwrap();
+    faults(&env, &["token:drop-after:next=1"]).await;
+    let outcome = deliver(&worker, &item, 1, "inv-1").await;
     assert_eq!(
         outcome,
         RecordOutcome::Released {

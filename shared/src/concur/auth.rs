@@ -171,7 +171,9 @@ pub struct UserTokens {
 }
 
 /// An OAuth2 error body: `{"code", "error", "error_description", "geolocation"}`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+/// Its `Display` and `Debug` pass the server's description through
+/// [`crate::privacy::free_text`].
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
 pub struct OAuthError {
     #[serde(default, deserialize_with = "opt_code")]
     pub code: Option<i64>,
@@ -226,6 +228,23 @@ impl OAuthError {
     }
 }
 
+impl fmt::Debug for OAuthError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OAuthError")
+            .field("code", &self.code)
+            .field("error", &self.error.as_deref().map(crate::privacy::code))
+            .field(
+                "error_description",
+                &self
+                    .error_description
+                    .as_deref()
+                    .map(crate::privacy::free_text),
+            )
+            .field("geolocation", &self.geolocation)
+            .finish()
+    }
+}
+
 impl fmt::Display for OAuthError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.error.as_deref().unwrap_or("error"))?;
@@ -233,7 +252,7 @@ impl fmt::Display for OAuthError {
             write!(f, " (code {code})")?;
         }
         if let Some(description) = &self.error_description {
-            write!(f, ": {description}")?;
+            write!(f, ": {}", crate::privacy::free_text(description))?;
         }
         Ok(())
     }

@@ -31,6 +31,7 @@ use crate::model::{
     json, xml, ConnectionRequest, ConnectionRequestPage, ConnectionStatus, ModelError,
     WireCollection, WireConnectionRequest,
 };
+use crate::privacy;
 
 /// The largest page the API serves.
 pub const MAX_PAGE_LIMIT: u32 = 10;
@@ -187,7 +188,7 @@ impl Response {
         match error {
             Some(error) => Err(ConcurError::ErrorBody {
                 info: self.info,
-                message: error.message,
+                message: error.message.as_deref().map(privacy::free_text),
                 error_id: error.id,
             }),
             None => Ok(self),
@@ -213,7 +214,9 @@ fn api_status_error(response: Response) -> ConcurError {
         StatusCode::BAD_REQUEST => {
             let message = json::parse_error_body(&response.body)
                 .or_else(|| xml::parse_error_body(&response.body))
-                .and_then(|e| e.message);
+                .and_then(|e| e.message)
+                .as_deref()
+                .map(privacy::free_text);
             ConcurError::BadRequest { info, message }
         }
         StatusCode::TOO_MANY_REQUESTS => ConcurError::RateLimited {
@@ -240,6 +243,20 @@ fn token_status_error(response: Response) -> ConcurError {
         }
     }
     api_status_error(response)
+}
+
+/// A transport failure's message with its causes, never its URL (the query of a create
+/// call names the user's login).
+fn transport_message(error: reqwest::Error) -> String {
+    let error = error.without_url();
+    let mut message = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&privacy::without_values(&cause.to_string()));
+        source = cause.source();
+    }
+    message
 }
 
 fn deadline_left(deadline: Instant, op: &'static str) -> Result<Duration, ConcurError> {
@@ -357,9 +374,10 @@ impl ConcurClient {
                     cut_short,
                 }
             } else {
+                // Without the URL: a create call's query names the user's login.
                 ConcurError::Connection {
                     info: info.clone(),
-                    message: e.to_string(),
+                    message: transport_message(e),
                 }
             }
         };
@@ -373,17 +391,16 @@ impl ConcurClient {
         } else {
             MAX_API_BODY
         };
-        let mut response = response;
-        let mut bytes = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| transport(&info, e))? {
-            if bytes.len() + chunk.len() > max_body {
+        let bytes = match crate::http::read_body(response, max_body).await {
+            Ok(bytes) => bytes,
+            Err(crate::http::BodyError::Transport(e)) => return Err(transport(&info, e)),
+            Err(crate::http::BodyError::TooLarge { cap }) => {
                 return Err(ConcurError::Malformed {
                     info,
-                    message: format!("answer body larger than {max_body} bytes"),
-                });
+                    message: format!("answer body larger than {cap} bytes"),
+                })
             }
-            bytes.extend_from_slice(&chunk);
-        }
+        };
         let body = String::from_utf8_lossy(&bytes).into_owned();
         // At info: the one line that ties a call to Concur's correlation id (a request's
         // lines carry its request_id through the caller's span).
@@ -586,8 +603,9 @@ impl ConcurClient {
             idempotent,
         };
         let response = self.send(&call, None, deadline, token_status_error).await?;
-        let parsed: TokenResponse = serde_json::from_str(&response.body)
-            .map_err(|e| response.malformed(format!("token response: {e}")))?;
+        let parsed: TokenResponse = serde_json::from_str(&response.body).map_err(|e| {
+            response.malformed(format!("token response: {}", privacy::json_error(&e)))
+        })?;
         if parsed.access_token.trim().is_empty() {
             return Err(response.malformed("token response without access_token"));
         }
@@ -837,42 +855,33 @@ impl ConcurClient {
     fn check_offset(&self, offset: &str) -> Result<(), ConcurError> {
         if self.config.version.integer_offsets() && offset.parse::<u32>().is_err() {
             return Err(ConcurError::Invalid(format!(
-                "offset {offset:?} is not a non-negative integer"
+                "offset {} is not a non-negative integer",
+                privacy::code(offset)
             )));
         }
         Ok(())
     }
 
-    /// The offset of a `NextPage` URI. Only the offset is taken: the URI's host is never
-    /// followed. It may name another host than the one called (the app token's
-    /// geolocation, or the configured base): that is returned, for the caller to log.
+    /// The offset of a `NextPage` URI (see [`next_page_offset`]). Only the offset is
+    /// taken: the URI's host is never followed. It may name another host than the one
+    /// called (the app token's geolocation, or the configured base): that is returned,
+    /// for the caller to log once per run.
     fn next_offset(
         &self,
         response: &Response,
         next_page: &str,
     ) -> Result<(String, Option<ForeignNextPage>), ConcurError> {
-        let url = Url::parse(next_page)
-            .or_else(|_| response.url.join(next_page))
-            .map_err(|e| response.malformed(format!("NextPage is not a URL: {e}")))?;
-        let mut foreign = None;
-        if let Some(host) = url.host_str() {
-            let called = response.url.host_str().unwrap_or_default();
-            if !host.eq_ignore_ascii_case(called) {
-                foreign = Some(ForeignNextPage {
-                    next_page_host: host.to_owned(),
-                    api_host: called.to_owned(),
-                });
-            }
-        }
-        let offset = url
-            .query_pairs()
-            .find(|(key, _)| key.eq_ignore_ascii_case("offset"))
-            .map(|(_, value)| value.into_owned())
-            .ok_or_else(|| response.malformed("NextPage has no offset"))?;
-        self.check_offset(&offset).map_err(|_| {
-            response.malformed(format!("NextPage offset {offset:?} is not an integer"))
-        })?;
-        Ok((offset, foreign))
+        let next = next_page_offset(
+            &response.url,
+            next_page,
+            self.config.version.integer_offsets(),
+        )
+        .map_err(|e| response.malformed(e))?;
+        let foreign = next.foreign_host.map(|host| ForeignNextPage {
+            next_page_host: host,
+            api_host: response.url.host_str().unwrap_or_default().to_owned(),
+        });
+        Ok((next.offset, foreign))
     }
 
     fn parse_body<T>(
@@ -1016,6 +1025,49 @@ impl ConcurClient {
         self.api(call, deadline).await?;
         Ok(())
     }
+}
+
+/// What the client takes from a `NextPage` URI: its offset, nothing else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NextPage {
+    /// The `offset` query parameter (a non-negative integer where the API version has
+    /// integer offsets).
+    pub offset: String,
+    /// The URI's host when it is not the host that was called. It is never called: the
+    /// next page is asked of the same base as this one.
+    pub foreign_host: Option<String>,
+}
+
+/// Read a `NextPage` value against the URL that was `called`: an absolute URI or one
+/// relative to `called`. Only its `offset` is taken; its scheme, host, port and path are
+/// never followed. The error says what is wrong without quoting the value.
+pub fn next_page_offset(
+    called: &Url,
+    next_page: &str,
+    integer_offsets: bool,
+) -> Result<NextPage, String> {
+    let url = Url::parse(next_page)
+        .or_else(|_| called.join(next_page))
+        .map_err(|e| format!("NextPage is not a URL: {e}"))?;
+    let foreign_host = url
+        .host_str()
+        .filter(|host| !host.eq_ignore_ascii_case(called.host_str().unwrap_or_default()))
+        .map(str::to_owned);
+    let offset = url
+        .query_pairs()
+        .find(|(key, _)| key.eq_ignore_ascii_case("offset"))
+        .map(|(_, value)| value.into_owned())
+        .ok_or("NextPage has no offset")?;
+    if integer_offsets && offset.parse::<u32>().is_err() {
+        return Err(format!(
+            "NextPage offset {} is not an integer",
+            privacy::code(&offset)
+        ));
+    }
+    Ok(NextPage {
+        offset,
+        foreign_host,
+    })
 }
 
 /// Walks the queue page by page. Stops after the page whose `NextPage` is null.

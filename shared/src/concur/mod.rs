@@ -10,8 +10,9 @@ pub mod version;
 pub use auth::{OAuthError, OAuthErrorKind, UserTokens};
 pub use base_url::{BaseUrl, BaseUrlError, GLZ_BASE_URL};
 pub use client::{
-    ConcurClient, ConcurConfig, ForeignNextPage, Page, Pager, SecretFuture, SecretProvider,
-    DEFAULT_CALL_TIMEOUT, MAX_PAGE_LIMIT,
+    next_page_offset, ConcurClient, ConcurConfig, ForeignNextPage, NextPage, Page, Pager,
+    SecretFuture, SecretProvider, DEFAULT_CALL_TIMEOUT, MAX_API_BODY, MAX_PAGE_LIMIT,
+    MAX_TOKEN_BODY,
 };
 pub use error::{CallInfo, ConcurError, CONCUR_PAUSE};
 pub use retry::RetryPolicy;

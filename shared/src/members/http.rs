@@ -63,6 +63,7 @@ use serde::Deserialize;
 use url::{Host, Url};
 
 use super::{without_values, DirectoryError, DirectoryHealth, MemberDirectory};
+use crate::http::{read_body, BodyError};
 use crate::matching::{email_key, loyalty_key, Member};
 
 /// Where and how to call the supplier's member service.
@@ -138,6 +139,23 @@ const MEMBER_NOT_FOUND: &str = "member_not_found";
 struct HealthBody {
     status: String,
     members: u64,
+}
+
+/// The largest answer body read from the member service (a lookup answers the few
+/// members holding one key; the health answer is a line).
+pub const MAX_BODY: usize = 1024 * 1024;
+
+/// A body that could not be read: too large is malformed (retrying will not shrink it),
+/// a broken read is an outage.
+fn body_error(what: &str, error: BodyError) -> DirectoryError {
+    match error {
+        BodyError::TooLarge { cap } => {
+            DirectoryError::Malformed(format!("{what}: larger than {cap} bytes"))
+        }
+        BodyError::Transport(e) => {
+            DirectoryError::Unavailable(format!("{what}: {}", e.without_url()))
+        }
+    }
 }
 
 fn config_error(message: String) -> DirectoryError {
@@ -235,7 +253,7 @@ impl HttpMemberDirectory {
         let status = response.status();
         if status == StatusCode::NOT_FOUND {
             // "Not found" only when the service says so; a bare 404 is an outage.
-            let body = response.bytes().await.unwrap_or_default();
+            let body = read_body(response, MAX_BODY).await.unwrap_or_default();
             return match serde_json::from_slice::<NotFoundBody>(&body) {
                 Ok(b) if b.error == MEMBER_NOT_FOUND => Ok(Vec::new()),
                 _ => Err(DirectoryError::Unavailable(format!(
@@ -254,12 +272,9 @@ impl HttpMemberDirectory {
                 "member service ({parameter}) answered HTTP {status}"
             )));
         }
-        let body = response.bytes().await.map_err(|e| {
-            DirectoryError::Unavailable(format!(
-                "member service ({parameter}) body: {}",
-                e.without_url()
-            ))
-        })?;
+        let body = read_body(response, MAX_BODY)
+            .await
+            .map_err(|e| body_error(&format!("member service ({parameter}) body"), e))?;
         serde_json::from_slice::<MembersBody>(&body)
             .map(|b| b.members)
             .map_err(|e| {
@@ -293,9 +308,9 @@ impl HttpMemberDirectory {
                 "member service health answered HTTP {status}"
             )));
         }
-        let body = response.bytes().await.map_err(|e| {
-            DirectoryError::Unavailable(format!("member service health body: {}", e.without_url()))
-        })?;
+        let body = read_body(response, MAX_BODY)
+            .await
+            .map_err(|e| body_error("member service health body", e))?;
         let health: HealthBody = serde_json::from_slice(&body).map_err(|e| {
             DirectoryError::Malformed(format!(
                 "member service health body: {}",

@@ -45,49 +45,7 @@ impl DirectoryError {
     }
 }
 
-/// A deserialisation message without the values it may quote: serde names the offending
-/// value (`invalid type: string "Müller"`, `` integer `5314636889` ``), which can be
-/// personal data. Double-quoted parts are replaced by `"…"`; back-quoted parts are kept
-/// only when they are made of ASCII letters and underscores (field and variant names).
-pub(crate) fn without_values(message: &str) -> String {
-    let mut out = String::with_capacity(message.len());
-    let mut rest = message;
-    while let Some(start) = rest.find(['"', '`']) {
-        let quote = rest[start..].chars().next().unwrap_or('"');
-        out.push_str(&rest[..=start]);
-        let after = &rest[start + 1..];
-        // Inside a debug-quoted string a quote may be escaped.
-        let mut end = None;
-        let mut escaped = false;
-        for (i, c) in after.char_indices() {
-            if escaped {
-                escaped = false;
-            } else if c == '\\' && quote == '"' {
-                escaped = true;
-            } else if c == quote {
-                end = Some(i);
-                break;
-            }
-        }
-        let Some(end) = end else {
-            out.push('…');
-            return out;
-        };
-        let inner = &after[..end];
-        if quote == '`'
-            && !inner.is_empty()
-            && inner.chars().all(|c| c.is_ascii_alphabetic() || c == '_')
-        {
-            out.push_str(inner);
-        } else {
-            out.push('…');
-        }
-        out.push(quote);
-        rest = &after[end + 1..];
-    }
-    out.push_str(rest);
-    out
-}
+pub(crate) use crate::privacy::without_values;
 
 /// The supplier's members, as the connector sees them.
 pub trait MemberDirectory: Send + Sync {
@@ -167,32 +125,4 @@ pub async fn match_request<D: MemberDirectory>(
         }
     };
     Ok(decide(request, &by_loyalty, &by_email, policy))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn messages_lose_the_values_they_quote() {
-        for (message, expected) in [
-            (
-                r#"invalid type: string "Müller", expected a sequence at line 1 column 9"#,
-                r#"invalid type: string "…", expected a sequence at line 1 column 9"#,
-            ),
-            (
-                "invalid type: integer `5314636889`, expected a string",
-                "invalid type: integer `…`, expected a string",
-            ),
-            (
-                "missing field `last_name`; unknown variant `gone`, expected one of `active`",
-                "missing field `last_name`; unknown variant `gone`, expected one of `active`",
-            ),
-            (r#"a "quoted \" value" b"#, r#"a "…" b"#),
-            (r#"unterminated "abc"#, r#"unterminated "…"#),
-            ("no quotes", "no quotes"),
-        ] {
-            assert_eq!(without_values(message), expected, "{message}");
-        }
-    }
 }

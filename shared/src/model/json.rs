@@ -147,8 +147,9 @@ impl From<JsonRequest> for WireConnectionRequest {
     }
 }
 
+/// serde_json's message without the values it quotes (they may be personal data).
 fn json_err(e: serde_json::Error) -> ModelError {
-    ModelError::Json(e.to_string())
+    ModelError::Json(crate::privacy::json_error(&e))
 }
 
 /// Read a collection (`Items` + `NextPage`, either absent or null at the end).

@@ -75,25 +75,56 @@ pub struct Degraded {
     pub ignored: Vec<&'static str>,
 }
 
-/// A payload that could not be read as what it should be.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// A payload that could not be read as what it should be. Neither its `Display` nor its
+/// `Debug` quotes the input (see [`crate::privacy::without_values`]).
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ModelError {
     #[error("malformed JSON: {0}")]
     Json(String),
     #[error("malformed XML: {0}")]
     Xml(String),
-    #[error("unexpected XML document root <{0}>")]
+    #[error("unexpected XML document root {}", root_name(.0))]
     UnexpectedRoot(String),
     #[error("connection request without an ID")]
     MissingId,
     #[error("connection request {id}: {source}")]
     Status { id: String, source: UnknownStatus },
-    #[error("connection request {id}: lastModified {value:?} is not a date and time")]
+    #[error(
+        "connection request {id}: lastModified {} is not a date and time",
+        crate::privacy::code(value)
+    )]
     LastModified { id: String, value: String },
 }
 
-/// The fields of a connection request as they appear on the wire, any version.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// A document root's name when it is one the API or a web server writes; any other
+/// name is input the connector does not know and is withheld.
+fn root_name(name: &str) -> String {
+    const KNOWN: [&str; 6] = [
+        "ConnectionRequests",
+        "ConnectionRequest",
+        "Error",
+        "Errors",
+        "html",
+        "HTML",
+    ];
+    if KNOWN.contains(&name) {
+        format!("<{name}>")
+    } else {
+        format!("(a name of {} characters)", name.chars().count())
+    }
+}
+
+impl fmt::Debug for ModelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ModelError")
+            .field(&format_args!("{self}"))
+            .finish()
+    }
+}
+
+/// The fields of a connection request as they appear on the wire, any version. Its
+/// `Debug` masks the personal data and withholds the request token.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct WireConnectionRequest {
     pub id: Option<String>,
     pub uri: Option<String>,
@@ -108,6 +139,53 @@ pub struct WireConnectionRequest {
     pub emails: [Option<String>; 5],
     pub discount_code: Option<String>,
     pub message: Option<String>,
+}
+
+/// A request's first, middle and last names for `Debug`: first letters only.
+fn masked_names<'a>(
+    first: &'a Option<String>,
+    middle: &'a Option<String>,
+    last: &'a Option<String>,
+) -> [privacy::Masked<'a>; 3] {
+    [first, middle, last].map(|name| privacy::name(name.as_deref()))
+}
+
+impl fmt::Debug for WireConnectionRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let emails: Vec<_> = self
+            .emails
+            .iter()
+            .map(|e| e.as_deref().map(|e| privacy::email(Some(e))))
+            .collect();
+        f.debug_struct("WireConnectionRequest")
+            .field("id", &self.id)
+            .field("uri", &self.uri)
+            .field("user_id", &self.user_id)
+            .field(
+                "names",
+                &masked_names(&self.first_name, &self.middle_name, &self.last_name),
+            )
+            .field(
+                "loyalty_number",
+                &privacy::loyalty(self.loyalty_number.as_deref()),
+            )
+            .field("status", &self.status.as_deref().map(privacy::code))
+            .field(
+                "request_token",
+                &self.request_token.as_ref().map(|_| "[REDACTED]"),
+            )
+            .field(
+                "last_modified",
+                &self.last_modified.as_deref().map(privacy::code),
+            )
+            .field("emails", &emails)
+            .field(
+                "discount_code",
+                &self.discount_code.as_deref().map(privacy::code),
+            )
+            .field("message", &self.message.as_deref().map(privacy::free_text))
+            .finish()
+    }
 }
 
 /// A collection as it appears on the wire: `Items` and `NextPage`.
@@ -273,9 +351,10 @@ impl fmt::Debug for ConnectionRequest {
         f.debug_struct("ConnectionRequest")
             .field("id", &self.id)
             .field("user_id", &self.user_id)
-            .field("first_name", &privacy::name(self.first_name.as_deref()))
-            .field("middle_name", &privacy::name(self.middle_name.as_deref()))
-            .field("last_name", &privacy::name(self.last_name.as_deref()))
+            .field(
+                "names",
+                &masked_names(&self.first_name, &self.middle_name, &self.last_name),
+            )
             .field(
                 "loyalty_number",
                 &privacy::loyalty(self.loyalty_number.as_deref()),
@@ -425,5 +504,83 @@ mod tests {
         }
         assert!(shown.contains("abc"));
         assert!(shown.contains("[REDACTED]"));
+    }
+
+    #[test]
+    fn wire_debug_masks_personal_data_and_redacts_the_token() {
+        let mut wire = wire();
+        wire.emails[0] = Some("maria@example.com".into());
+        wire.message = Some("call maria@example.com about 23242526".into());
+        let shown = format!("{wire:?}");
+        for secret in [
+            "Maria",
+            "Smith",
+            "23242526",
+            "maria@example.com",
+            "secret-token",
+        ] {
+            assert!(!shown.contains(secret), "{secret} leaked in {shown}");
+        }
+        assert!(shown.contains("abc"), "{shown}");
+        assert!(shown.contains("S***"), "{shown}");
+        let collection = format!(
+            "{:?}",
+            WireCollection {
+                items: vec![wire],
+                ..WireCollection::default()
+            }
+        );
+        assert!(!collection.contains("Smith"), "{collection}");
+    }
+
+    /// An e-mail, a name, a loyalty number and a token inside documents the parsers
+    /// refuse: the error (Display and Debug) says what is wrong, never what was there.
+    #[test]
+    fn parse_errors_do_not_quote_the_input() {
+        let secrets = ["maria.smith@example.com", "Smith", "5314636889", "tok-7781"];
+        let bodies_json = [
+            r#"{"Items": "maria.smith@example.com", "NextPage": null}"#,
+            r#"{"Items": [], "NextPage": ["Smith"]}"#,
+            r#"{"Items": [] "NextPage": maria.smith@example.com}"#,
+            r#"{"ID": "1", "emailAddresses": "maria.smith@example.com"}"#,
+            r#"{"ID": "1", "emailAddresses": {"email1": {"x": 5314636889}}}"#,
+            r#"{"ID": "1", "requestToken": "tok-7781"#,
+        ];
+        let mut errors: Vec<ModelError> = Vec::new();
+        for body in bodies_json {
+            let collection = json::parse_collection(body).err();
+            let request = json::parse_request(body).err();
+            assert!(
+                collection.is_some() || request.is_some(),
+                "{body} was accepted by both parsers"
+            );
+            errors.extend(collection);
+            errors.extend(request);
+        }
+        for body in [
+            "<ConnectionRequests><Items>&maria;</Items></ConnectionRequests>",
+            "<ConnectionRequests><Smith></Maria></ConnectionRequests>",
+            "<Smith/>",
+            "<ConnectionRequest><ID>1</ID><RequestToken>tok-7781",
+            "<ConnectionRequest a=5314636889><ID>1</ID></ConnectionRequest>",
+        ] {
+            let error = xml::parse_collection(body)
+                .err()
+                .unwrap_or_else(|| panic!("{body} was accepted"));
+            errors.push(error);
+        }
+        let mut request = wire();
+        request.last_modified = Some("maria.smith@example.com".into());
+        errors.push(ConnectionRequest::from_wire(request).unwrap_err());
+        let mut request = wire();
+        request.status = Some("Smith 5314636889".into());
+        errors.push(ConnectionRequest::from_wire(request).unwrap_err());
+        assert!(errors.len() >= 13, "{errors:?}");
+        for error in &errors {
+            let shown = format!("{error} / {error:?}");
+            for secret in secrets {
+                assert!(!shown.contains(secret), "{secret} leaked in {shown}");
+            }
+        }
     }
 }

@@ -38,9 +38,18 @@ pub enum ConnectionStatus {
 }
 
 /// A status value that none of the API pages describes.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown connection request status {0:?} (expected one of CRSUC, CREU1, CREU2, CREU3, CRRET, CRPA1, CRPA2, Pending, Processing, Connected, Failed, Retry)")]
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown connection request status {} (expected one of CRSUC, CREU1, CREU2, CREU3, CRRET, CRPA1, CRPA2, Pending, Processing, Connected, Failed, Retry)", crate::privacy::code(.0))]
 pub struct UnknownStatus(pub String);
+
+/// Like `Display`: the value only when it looks like a status code.
+impl fmt::Debug for UnknownStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("UnknownStatus")
+            .field(&crate::privacy::code(&self.0))
+            .finish()
+    }
+}
 
 impl ConnectionStatus {
     /// All values, in the order of the reference pages.
@@ -156,6 +165,23 @@ mod tests {
         assert_eq!("creu2".parse(), Ok(ConnectionStatus::AccountMismatch));
         assert_eq!("retry".parse(), Ok(ConnectionStatus::StateRetry));
         assert_eq!("crret".parse(), Ok(ConnectionStatus::Retry));
+    }
+
+    /// A code is shown (it helps an operator); anything else, a name or an address sent
+    /// where the status belongs, is withheld from Display, Debug and serde's message.
+    #[test]
+    fn unknown_values_that_are_not_codes_are_withheld() {
+        for value in ["Maria Smith", "maria@example.com", "5314636889"] {
+            let err = value.parse::<ConnectionStatus>().unwrap_err();
+            let shown = format!("{err} / {err:?}");
+            assert!(!shown.contains(value), "{shown}");
+            assert!(shown.contains("characters withheld"), "{shown}");
+            let serde = serde_json::from_str::<ConnectionStatus>(&format!("{value:?}"))
+                .unwrap_err()
+                .to_string();
+            assert!(!serde.contains(value), "{serde}");
+        }
+        assert!(format!("{:?}", UnknownStatus("CREU4".into())).contains("CREU4"));
     }
 
     #[test]

@@ -43,8 +43,9 @@ impl Element {
     }
 }
 
+/// quick-xml's message without the names and values it quotes (they may be personal data).
 fn xml_err(e: impl std::fmt::Display) -> ModelError {
-    ModelError::Xml(e.to_string())
+    ModelError::Xml(crate::privacy::without_values(&e.to_string()))
 }
 
 fn open(start: &BytesStart<'_>) -> Result<Element, ModelError> {
@@ -147,7 +148,10 @@ fn parse_tree(body: &str) -> Result<Element, ModelError> {
                     Some(ch) => ch.to_string(),
                     None => resolve_predefined_entity(&reference)
                         .ok_or_else(|| {
-                            ModelError::Xml(format!("unknown entity &{};", &*reference))
+                            ModelError::Xml(format!(
+                                "unknown entity ({} characters)",
+                                reference.len()
+                            ))
                         })?
                         .to_owned(),
                 };

@@ -54,7 +54,8 @@ where
     };
     StoreError::Backend {
         op,
-        message: format!("{}", DisplayErrorContext(&error)),
+        // A validation message may quote part of the request (an item's values).
+        message: crate::privacy::without_values(&format!("{}", DisplayErrorContext(&error))),
         transient,
     }
 }
@@ -101,7 +102,7 @@ where
 fn to_item(item: &RequestItem) -> Result<HashMap<String, AttributeValue>, StoreError> {
     serde_dynamo::to_item(item).map_err(|e| StoreError::Corrupt {
         id: item.request_id.clone(),
-        message: e.to_string(),
+        message: crate::privacy::dynamo_error(&e),
     })
 }
 
@@ -109,7 +110,7 @@ pub(crate) fn from_item(
     id: &str,
     item: HashMap<String, AttributeValue>,
 ) -> Result<RequestItem, StoreError> {
-    serde_dynamo::from_item(item).map_err(|e| StoreError::Corrupt {
+    super::image::decode(item).map_err(|e| StoreError::Corrupt {
         id: id.to_owned(),
         message: e.to_string(),
     })
@@ -150,16 +151,18 @@ const NAMES: &[(&str, &str)] = &[
 ];
 
 /// Set an update's expression and condition, with exactly the names and values they
-/// use (DynamoDB refuses unused ones): the common [`NAMES`] and `names`.
-fn expressions(
+/// use (DynamoDB refuses unused ones): every update of the requests and connections
+/// tables is built here. `names` is the table's placeholder list (unused ones are
+/// left out), `values` the values the caller may use.
+pub(crate) fn update_expressions<'n>(
     mut update: UpdateItemFluentBuilder,
     expression: &str,
-    condition: &str,
-    names: &[(&str, &str)],
+    condition: Option<&str>,
+    names: impl IntoIterator<Item = &'n (&'n str, &'n str)>,
     values: Vec<(&str, AttributeValue)>,
 ) -> UpdateItemFluentBuilder {
-    let text = format!("{expression} {condition}");
-    for (placeholder, name) in NAMES.iter().chain(names) {
+    let text = format!("{expression} {}", condition.unwrap_or_default());
+    for (placeholder, name) in names {
         if uses(&text, placeholder) {
             update = update.expression_attribute_names(*placeholder, *name);
         }
@@ -169,9 +172,28 @@ fn expressions(
             update = update.expression_attribute_values(placeholder, value);
         }
     }
-    update
-        .update_expression(expression)
-        .condition_expression(condition)
+    update = update.update_expression(expression);
+    match condition {
+        Some(condition) => update.condition_expression(condition),
+        None => update,
+    }
+}
+
+/// [`update_expressions`] for the requests table: its [`NAMES`] and `names`.
+fn expressions(
+    update: UpdateItemFluentBuilder,
+    expression: &str,
+    condition: &str,
+    names: &[(&str, &str)],
+    values: Vec<(&str, AttributeValue)>,
+) -> UpdateItemFluentBuilder {
+    update_expressions(
+        update,
+        expression,
+        Some(condition),
+        NAMES.iter().chain(names),
+        values,
+    )
 }
 
 fn state(value: RequestState) -> AttributeValue {
@@ -675,7 +697,7 @@ impl WorkStore for DynamoRequestStore {
         let record =
             serde_dynamo::to_attribute_value(&record).map_err(|e| StoreError::Corrupt {
                 id: id.to_owned(),
-                message: e.to_string(),
+                message: crate::privacy::dynamo_error(&e),
             })?;
         let removed: Vec<&str> = attr::PERSONAL
             .iter()

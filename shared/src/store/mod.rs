@@ -7,6 +7,7 @@
 //! tests.
 
 pub mod dynamo;
+pub mod image;
 pub mod layout;
 pub mod lifecycle;
 pub mod tables;

@@ -17,11 +17,12 @@ use triplink_shared::matching::Member;
 use triplink_shared::members::dynamo::DynamoMemberDirectory;
 use triplink_shared::members::MemberDirectory;
 use triplink_shared::store::layout::{RequestItem, RequestState};
+use triplink_shared::store::WorkStore;
 use triplink_shared::store::{tables, DynamoRequestStore};
 use triplink_shared::telemetry::Metrics;
 use triplink_shared::testing;
 use triplink_shared::vault::{KmsEncryptor, TokenVault};
-use worker::{ConcurPort, Worker, WorkerSettings};
+use worker::{ConcurPort, ConnectionSink, RecordOutcome, Worker, WorkerSettings};
 
 pub struct Env {
     pub sandbox: Sandbox,
@@ -167,6 +168,42 @@ pub fn records(items: &[RequestItem]) -> Vec<EventRecord> {
         .enumerate()
         .map(|(i, item)| record(item, "INSERT", 100 + i as u64))
         .collect()
+}
+
+/// Deliver `item` to `worker` as an `INSERT` record (stream sequence `sequence`), as
+/// invocation `owner` with a minute left: the outcome.
+pub async fn deliver<C, D, S, V>(
+    worker: &Worker<C, D, S, V>,
+    item: &RequestItem,
+    sequence: u64,
+    owner: &str,
+) -> RecordOutcome
+where
+    C: ConcurPort,
+    D: MemberDirectory,
+    S: WorkStore,
+    V: ConnectionSink,
+{
+    worker
+        .process(
+            &record(item, "INSERT", sequence),
+            owner,
+            lambda_deadline_ms(),
+            far(),
+        )
+        .await
+        .unwrap()
+}
+
+/// Set the sandbox's fault rules (`/_sandbox/faults`, e.g. `put:503:next=5`).
+pub async fn faults(env: &Env, rules: &[&str]) {
+    let response = triplink_shared::testing::http_client()
+        .post(env.sandbox.url("/_sandbox/faults"))
+        .json(&json!({ "rules": rules }))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success());
 }
 
 pub fn lambda_deadline_ms() -> i64 {
