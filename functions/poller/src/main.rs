@@ -12,7 +12,10 @@ use triplink_shared::config::ProcessEnv;
 use triplink_shared::lambda_init;
 use triplink_shared::telemetry::init_logging;
 
-#[tokio::main]
+// One thread: the work is I/O (Concur, DynamoDB, KMS) and a Lambda environment below
+// 1,769 MB has less than one vCPU; the runtime starts without spawning worker threads,
+// the largest part of a cold start's own time (bench/README.md, Init).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     init_logging();
     let init = lambda_init::or_report(&ProcessEnv, PollerInit::from_env(&ProcessEnv)).await?;
