@@ -115,14 +115,7 @@ async fn connections_revoke_revokes_at_concur_then_deletes_and_an_expired_one_is
     let page = concur.list_page(10, None, far()).await.unwrap();
     let mut connected = Vec::new();
     for (member, request) in ["A", "B"].iter().zip(&page.items) {
-        let tokens = concur
-            .exchange_request_token(
-                request.user_id.as_deref().unwrap(),
-                request.request_token.as_ref().unwrap(),
-                far(),
-            )
-            .await
-            .unwrap();
+        let tokens = testing::exchange(&concur, request).await;
         vault
             .store_connection(member, &request.id, &tokens, Utc::now())
             .await

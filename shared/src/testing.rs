@@ -245,3 +245,19 @@ pub fn received_image() -> std::collections::HashMap<String, serde_dynamo::Attri
     let item = crate::store::RequestItem::received(&request, chrono::Utc::now());
     serde_dynamo::to_item(item).unwrap_or_else(|e| panic!("the fixture item serialises: {e}"))
 }
+
+/// The user's tokens for a request the sandbox served: its single-use request token
+/// exchanged, as the worker does on a match.
+pub async fn exchange(
+    concur: &crate::concur::ConcurClient,
+    request: &crate::model::ConnectionRequest,
+) -> crate::concur::UserTokens {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let (Some(user_id), Some(token)) = (request.user_id.as_deref(), &request.request_token) else {
+        panic!("request {} has no user id or request token", request.id);
+    };
+    concur
+        .exchange_request_token(user_id, token, deadline)
+        .await
+        .unwrap_or_else(|e| panic!("the exchange of request {} failed: {e}", request.id))
+}

@@ -117,14 +117,7 @@ async fn refresh_fails_with_108(
 
 /// The user's tokens for a request the sandbox served (its single-use token exchanged).
 async fn exchange(concur: &ConcurClient, request: &ConnectionRequest) -> UserTokens {
-    concur
-        .exchange_request_token(
-            request.user_id.as_deref().unwrap(),
-            request.request_token.as_ref().unwrap(),
-            far(),
-        )
-        .await
-        .unwrap()
+    testing::exchange(concur, request).await
 }
 
 /// One keep-alive run now, with the default settings.

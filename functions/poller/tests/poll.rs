@@ -788,14 +788,7 @@ async fn the_run_renews_refresh_tokens_due_for_renewal_after_the_poll() {
     );
     let page = concur.list_page(10, None, far()).await.unwrap();
     let request = &page.items[0];
-    let tokens = concur
-        .exchange_request_token(
-            request.user_id.as_deref().unwrap(),
-            request.request_token.as_ref().unwrap(),
-            far(),
-        )
-        .await
-        .unwrap();
+    let tokens = testing::exchange(&concur, request).await;
     vault
         .store_connection(
             "member-1",

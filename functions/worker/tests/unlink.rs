@@ -70,15 +70,7 @@ async fn connect(env: &Env, members: &[&str]) -> Vec<UserTokens> {
         .iter()
         .zip(page.items.iter().filter(|r| r.user_id.is_some()))
     {
-        let tokens = env
-            .concur
-            .exchange_request_token(
-                request.user_id.as_deref().unwrap(),
-                request.request_token.as_ref().unwrap(),
-                far(),
-            )
-            .await
-            .unwrap();
+        let tokens = triplink_shared::testing::exchange(&env.concur, request).await;
         env.vault
             .store_connection(member, &request.id, &tokens, chrono::Utc::now())
             .await

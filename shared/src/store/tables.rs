@@ -41,17 +41,27 @@ fn attribute(
     Ok((key, definition))
 }
 
-/// The requests table: key `request_id`, stream of new and old images, TTL `expires_at`,
-/// and the sweep's sparse index `by-due` (`state`, `due_at`; keys only).
-pub async fn create_requests_table(client: &Client, name: &str) -> Result<(), StoreError> {
-    let (key, definition) = hash_key(attr::REQUEST_ID)?;
-    let (state_key, state_definition) = hash_key(attr::STATE)?;
-    let (due_key, due_definition) =
-        attribute(attr::DUE_AT, ScalarAttributeType::N, KeyType::Range)?;
-    let by_due = GlobalSecondaryIndex::builder()
-        .index_name(BY_DUE)
+/// A keys-only index on a state (hash, S) and a time (range, N, epoch ms) that only
+/// the items due for something carry: the sweep's `by-due`, the keep-alive's
+/// `by-renewal`. With the two attribute definitions it needs.
+fn sparse_index(
+    name: &str,
+    state: &str,
+    time: &str,
+) -> Result<
+    (
+        GlobalSecondaryIndex,
+        AttributeDefinition,
+        AttributeDefinition,
+    ),
+    StoreError,
+> {
+    let (state_key, state_definition) = hash_key(state)?;
+    let (time_key, time_definition) = attribute(time, ScalarAttributeType::N, KeyType::Range)?;
+    let index = GlobalSecondaryIndex::builder()
+        .index_name(name)
         .key_schema(state_key)
-        .key_schema(due_key)
+        .key_schema(time_key)
         .projection(
             Projection::builder()
                 .projection_type(ProjectionType::KeysOnly)
@@ -59,6 +69,15 @@ pub async fn create_requests_table(client: &Client, name: &str) -> Result<(), St
         )
         .build()
         .map_err(|e| backend("CreateTable", e))?;
+    Ok((index, state_definition, time_definition))
+}
+
+/// The requests table: key `request_id`, stream of new and old images, TTL `expires_at`,
+/// and the sweep's sparse index `by-due` (`state`, `due_at`; keys only).
+pub async fn create_requests_table(client: &Client, name: &str) -> Result<(), StoreError> {
+    let (key, definition) = hash_key(attr::REQUEST_ID)?;
+    let (by_due, state_definition, due_definition) =
+        sparse_index(BY_DUE, attr::STATE, attr::DUE_AT)?;
     client
         .create_table()
         .table_name(name)
@@ -148,20 +167,8 @@ pub async fn create_members_table(client: &Client, name: &str) -> Result<(), Sto
 pub async fn create_connections_table(client: &Client, name: &str) -> Result<(), StoreError> {
     use crate::vault::{attr as vault, BY_RENEWAL};
     let (key, definition) = hash_key(members::MEMBER_ID)?;
-    let (state_key, state_definition) = hash_key(vault::TOKEN_STATE)?;
-    let (renew_key, renew_definition) =
-        attribute(vault::RENEW_AT, ScalarAttributeType::N, KeyType::Range)?;
-    let by_renewal = GlobalSecondaryIndex::builder()
-        .index_name(BY_RENEWAL)
-        .key_schema(state_key)
-        .key_schema(renew_key)
-        .projection(
-            Projection::builder()
-                .projection_type(ProjectionType::KeysOnly)
-                .build(),
-        )
-        .build()
-        .map_err(|e| backend("CreateTable", e))?;
+    let (by_renewal, state_definition, renew_definition) =
+        sparse_index(BY_RENEWAL, vault::TOKEN_STATE, vault::RENEW_AT)?;
     client
         .create_table()
         .table_name(name)
