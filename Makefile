@@ -35,7 +35,7 @@ fmt-check:
 clippy:
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 
-cargo-test: venv
+cargo-test: venv test-tmpdir
 	cargo test --workspace --locked
 
 # The Concur sandbox against the official v3.2 Swagger (corrected where it
@@ -72,14 +72,15 @@ template-checkov: $(CHECKOV_STAMP)
 # both functions run as Lambda runs them (Runtime API, cold starts, deadlines, crashes,
 # timeouts), the poller on its schedule and the worker behind the stream mapping read
 # from template.yaml, against moto and the Concur sandbox. One verdict line per scenario.
-e2e: venv
+e2e: venv test-tmpdir
 	cargo test --workspace --locked --test lambda_e2e -- --ignored --nocapture --test-threads=1
 
-# Everything `make test` runs gets a temp dir of its own (TMPDIR), which must be empty at the
-# end: tests clean up after themselves, even the ones that kill processes mid-step.
+# The project's tests (cargo-test, e2e) get a temp dir of their own (TMPDIR), which must be
+# empty at the end of `make test`: they clean up after themselves, even the ones that kill
+# processes mid-step. (The Python tools keep the system's: their caches are theirs.)
 TEST_TMPDIR := $(CURDIR)/target/test-tmp
-test: export TMPDIR := $(TEST_TMPDIR)
-test: test-tmpdir fmt-check clippy cargo-test conformance template-lint template-checkov e2e
+cargo-test e2e: export TMPDIR := $(TEST_TMPDIR)
+test: fmt-check clippy cargo-test conformance template-lint template-checkov e2e
 	@left="$$(ls -A $(TEST_TMPDIR))"; if [ -n "$$left" ]; then \
 		echo "tests left files in the temp dir $(TEST_TMPDIR):"; echo "$$left"; exit 1; fi
 	@echo "temp dir clean: the tests left nothing behind"
