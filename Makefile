@@ -91,10 +91,12 @@ test-tmpdir:
 # Benchmarks that print figures (loopback only). `make build` first: the results include
 # the arm64 bootstraps and zips of .aws-sam/build. demo/benches/lambda.rs builds the release
 # functions and a bare lambda_runtime echo, prints one table and rewrites bench/results.md
-# and bench/results.json; then the poller's overlap of writes and fetches.
+# and bench/results.json; then the poller's overlap of writes and fetches; then the matching
+# engine's throughput (criterion, printed only; bench/README.md keeps one run's figures).
 bench: venv build
 	cargo bench --locked -p demo --bench lambda
 	cargo bench --locked -p poller --bench overlap
+	cargo bench --locked -p triplink-shared --bench matching
 
 # The main job end to end on this machine: moto_server (from .venv) and the Concur
 # sandbox on free loopback ports, poller and worker until Concur's queue is drained.

@@ -205,7 +205,7 @@ pub fn lambda_sdk_config(env: &impl Env) -> Result<SdkConfig, ConfigError> {
         .credentials_provider(SharedCredentialsProvider::new(
             EnvironmentVariableCredentialsProvider::new(),
         ))
-        .http_client(crate::http::SdkHttpClient::shared())
+        .http_client(crate::http::sdk_http_client())
         .timeout_config(sdk_timeout_config())
         .retry_config(sdk_retry_config());
     if let Some(endpoint) = env.get("AWS_ENDPOINT_URL") {

@@ -73,6 +73,57 @@ pub fn client_builder() -> Result<reqwest::ClientBuilder, String> {
         .user_agent(concat!("triplink-connector/", env!("CARGO_PKG_VERSION"))))
 }
 
+/// The HTTP client of the functions' AWS SDK configuration
+/// ([`crate::config::lambda_sdk_config`]): [`SdkHttpClient`], reqwest on the shared stack.
+#[cfg(not(feature = "sdk-smithy-client"))]
+pub fn sdk_http_client() -> SharedHttpClient {
+    SdkHttpClient::shared()
+}
+
+/// The HTTP client of the functions' AWS SDK configuration, with the off-by-default
+/// `sdk-smithy-client` feature (measurement only, bench/README.md): the SDK's own
+/// `aws-smithy-http-client` (hyper 1, rustls with `ring`) instead of reqwest. Its trust
+/// store takes only the platform's roots or PEM: here no platform roots, and the Mozilla
+/// roots of `webpki-root-certs` as a PEM bundle written by `build.rs`. The client parses
+/// them when the SDK first asks it for a connector (the first AWS call), not here.
+#[cfg(feature = "sdk-smithy-client")]
+pub fn sdk_http_client() -> SharedHttpClient {
+    use aws_smithy_http_client::tls::TrustStore;
+    use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider, TlsContext};
+
+    let trust_store = TrustStore::empty()
+        .with_native_roots(false)
+        .with_pem_certificate(ROOTS_PEM);
+    let builder =
+        aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring));
+    match TlsContext::builder().with_trust_store(trust_store).build() {
+        Ok(context) => builder.tls_context(context).build_https(),
+        // Not reached (building a context only stores its parts); the default context
+        // would read the platform's roots, so fail every call instead.
+        Err(error) => {
+            let reason = format!("TLS context: {error}");
+            aws_smithy_runtime_api::client::http::http_client_fn(move |_, _| {
+                SharedHttpConnector::new(FailingConnector(reason.clone()))
+            })
+        }
+    }
+}
+
+/// The Mozilla roots of `webpki-root-certs` as one PEM bundle (`build.rs`).
+#[cfg(feature = "sdk-smithy-client")]
+static ROOTS_PEM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/webpki-root-certs.pem"));
+
+#[cfg(feature = "sdk-smithy-client")]
+#[derive(Debug)]
+struct FailingConnector(String);
+
+#[cfg(feature = "sdk-smithy-client")]
+impl HttpConnector for FailingConnector {
+    fn call(&self, _request: HttpRequest) -> HttpConnectorFuture {
+        HttpConnectorFuture::ready(Err(ConnectorError::other(self.0.clone().into(), None)))
+    }
+}
+
 /// The AWS SDK's HTTP client on the shared stack. One reqwest client (one connection
 /// pool) per distinct connect/read timeout pair the SDK asks for; in practice one.
 #[derive(Debug, Clone, Default)]
@@ -198,5 +249,37 @@ mod tests {
         assert_eq!(config.alpn_protocols, vec![b"http/1.1".to_vec()]);
         assert!(!webpki_roots::TLS_SERVER_ROOTS.is_empty());
         client_builder().unwrap().build().unwrap();
+    }
+
+    /// The PEM bundle of the `sdk-smithy-client` variant: every block is a certificate
+    /// rustls takes as a trust anchor, as the SDK's client will.
+    #[cfg(feature = "sdk-smithy-client")]
+    #[test]
+    fn the_smithy_client_trusts_the_pem_roots() {
+        use base64::Engine;
+        let pem = std::str::from_utf8(ROOTS_PEM).unwrap();
+        let ders: Vec<rustls::pki_types::CertificateDer<'static>> = pem
+            .split("-----BEGIN CERTIFICATE-----")
+            .skip(1)
+            .map(|block| {
+                let body: String = block
+                    .split("-----END CERTIFICATE-----")
+                    .next()
+                    .unwrap()
+                    .split_whitespace()
+                    .collect();
+                base64::engine::general_purpose::STANDARD
+                    .decode(body)
+                    .unwrap()
+                    .into()
+            })
+            .collect();
+        assert!(ders.len() >= 100, "{} roots", ders.len());
+        let mut roots = rustls::RootCertStore::empty();
+        assert_eq!(
+            roots.add_parsable_certificates(ders.clone()),
+            (ders.len(), 0)
+        );
+        let _ = sdk_http_client();
     }
 }
