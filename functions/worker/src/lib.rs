@@ -1208,12 +1208,12 @@ where
     /// result; an unlink that did not revoke is an error (the event is retried).
     pub async fn handle_event(
         &self,
-        event: LambdaEvent<serde_json::Value>,
+        event: LambdaEvent<Box<serde_json::value::RawValue>>,
         revoker: &impl unlink::Revoker,
     ) -> Result<serde_json::Value, lambda_runtime::Error> {
         let deadline_ms = event.context.deadline as i64;
         let request_id = event.context.request_id;
-        match WorkerEvent::parse(event.payload)? {
+        match WorkerEvent::parse(event.payload.get())? {
             WorkerEvent::Stream(batch) => {
                 let response = self
                     .process_batch(&batch.records, &request_id, deadline_ms)
@@ -1283,22 +1283,35 @@ pub enum EventError {
 impl WorkerEvent {
     /// Tell the two apart by their shapes: a stream batch has `Records`, an EventBridge
     /// event `detail-type`.
-    pub fn parse(payload: serde_json::Value) -> Result<Self, EventError> {
+    ///
+    /// The payload is read twice from its text, never through a `serde_json::Value`: a
+    /// batch of 1,000 records as a `Value` tree takes several times its size in memory.
+    /// First a probe that allocates nothing for the records (`IgnoredAny`), then the
+    /// typed event.
+    pub fn parse(payload: &str) -> Result<Self, EventError> {
+        #[derive(serde::Deserialize)]
+        struct Probe {
+            #[serde(rename = "Records")]
+            records: Option<serde::de::IgnoredAny>,
+            #[serde(rename = "detail-type")]
+            detail_type: Option<String>,
+        }
         let unreadable = |what| {
             move |e: serde_json::Error| EventError::Unreadable {
                 what,
                 category: e.classify(),
             }
         };
-        if payload.get("Records").is_some() {
-            return serde_json::from_value(payload)
+        let probe: Probe = serde_json::from_str(payload).map_err(unreadable("event"))?;
+        if probe.records.is_some() {
+            return serde_json::from_str(payload)
                 .map(Self::Stream)
                 .map_err(unreadable("DynamoDB stream batch"));
         }
-        match payload.get("detail-type").and_then(|t| t.as_str()) {
+        match probe.detail_type.as_deref() {
             Some(unlink::DETAIL_TYPE) => {
                 let event: EventBridgeEvent<serde_json::Value> =
-                    serde_json::from_value(payload).map_err(unreadable("EventBridge event"))?;
+                    serde_json::from_str(payload).map_err(unreadable("EventBridge event"))?;
                 Ok(Self::Unlink(unlink::UnlinkDetail::parse(event.detail)?))
             }
             _ => Err(EventError::Unrecognised),

@@ -41,10 +41,7 @@ fn every_event_file_is_read_by_its_handlers_type() {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         let text = std::fs::read_to_string(&path).unwrap();
         if name.starts_with("worker-") {
-            let payload: serde_json::Value =
-                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
-            let event = match WorkerEvent::parse(payload).unwrap_or_else(|e| panic!("{name}: {e}"))
-            {
+            let event = match WorkerEvent::parse(&text).unwrap_or_else(|e| panic!("{name}: {e}")) {
                 WorkerEvent::Stream(event) => event,
                 WorkerEvent::Unlink(detail) => {
                     assert!(name.contains("unlink"), "{name}");

@@ -55,7 +55,10 @@ async fn deliver(env: &Env, event: Value, request_id: &str) -> Result<Value, Str
     };
     worker
         .handle_event(
-            lambda_runtime::LambdaEvent::new(event, context(request_id)),
+            lambda_runtime::LambdaEvent::new(
+                serde_json::value::to_raw_value(&event).unwrap(),
+                context(request_id),
+            ),
             &revoker,
         )
         .await
