@@ -261,3 +261,82 @@ pub async fn exchange(
         .await
         .unwrap_or_else(|e| panic!("the exchange of request {} failed: {e}", request.id))
 }
+
+/// What a function binary's failed cold start sent to Lambda's Runtime API.
+#[derive(Debug)]
+pub struct ColdStart {
+    /// Each `/runtime/init/error` post: its `Lambda-Runtime-Function-Error-Type` header
+    /// and its JSON body.
+    pub init_errors: Vec<(String, serde_json::Value)>,
+    /// Requests for an invocation (`/runtime/invocation/next`): none after an init error.
+    pub nexts: usize,
+    /// Every request the Runtime API received.
+    pub requests: usize,
+}
+
+/// Start `binary` with only `vars`, a region, a function name and the address of a stub
+/// Runtime API set, wait for it to exit (it must fail: a configuration error) and return
+/// what it sent to the Runtime API.
+pub async fn cold_start(binary: &std::path::Path, vars: &[(&str, &str)]) -> ColdStart {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    const INIT_ERROR: &str = "/2018-06-01/runtime/init/error";
+    let api = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(INIT_ERROR))
+        .respond_with(ResponseTemplate::new(202).set_body_string(r#"{"status":"OK"}"#))
+        .mount(&api)
+        .await;
+    let name = binary
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut child = Command::new(binary)
+        .env_clear()
+        .envs(vars.iter().copied())
+        .env("AWS_LAMBDA_RUNTIME_API", api.address().to_string())
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_LAMBDA_FUNCTION_NAME", &name)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", binary.display()));
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap_or_else(|e| panic!("{name}: {e}")) {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            child.kill().ok();
+            panic!("{name} did not exit after a configuration error");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!status.success(), "a failed cold start exits with an error");
+    let received = api.received_requests().await.unwrap_or_default();
+    let init_errors = received
+        .iter()
+        .filter(|r| r.url.path() == INIT_ERROR)
+        .map(|r| {
+            let header = r
+                .headers
+                .get("lambda-runtime-function-error-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            let body = serde_json::from_slice(&r.body)
+                .unwrap_or_else(|e| panic!("the init error is not JSON: {e}"));
+            (header, body)
+        })
+        .collect();
+    let nexts = received
+        .iter()
+        .filter(|r| r.url.path().ends_with("/invocation/next"))
+        .count();
+    ColdStart {
+        init_errors,
+        nexts,
+        requests: received.len(),
+    }
+}

@@ -2,65 +2,16 @@
 //! configuration error reaches `/runtime/init/error` with its type and message, and the
 //! process ends without asking for an invocation.
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
 
-use serde_json::Value;
-use wiremock::matchers::{method, path};
-use wiremock::{Mock, MockServer, ResponseTemplate};
+use triplink_shared::testing::{self, ColdStart};
 
-/// Run the debug `worker` binary with only `vars` (and the Runtime API's address) set,
-/// and return what the Runtime API received on `/runtime/init/error`.
-async fn cold_start(vars: &[(&str, &str)]) -> (Vec<(String, Value)>, usize) {
-    let api = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/2018-06-01/runtime/init/error"))
-        .respond_with(ResponseTemplate::new(202).set_body_string(r#"{"status":"OK"}"#))
-        .mount(&api)
-        .await;
-    let address = api.address().to_string();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_worker"))
-        .env_clear()
-        .envs(vars.iter().copied())
-        .env("AWS_LAMBDA_RUNTIME_API", &address)
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_LAMBDA_FUNCTION_NAME", "worker")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the worker binary starts");
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > Duration::from_secs(20) {
-            child.kill().ok();
-            panic!("the worker did not exit after a configuration error");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(!status.success(), "a failed cold start exits with an error");
-    let received = api.received_requests().await.unwrap();
-    let reports = received
-        .iter()
-        .filter(|r| r.url.path() == "/2018-06-01/runtime/init/error")
-        .map(|r| {
-            let header = r
-                .headers
-                .get("lambda-runtime-function-error-type")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned();
-            (header, serde_json::from_slice(&r.body).unwrap())
-        })
-        .collect();
-    let nexts = received
-        .iter()
-        .filter(|r| r.url.path().ends_with("/invocation/next"))
-        .count();
-    (reports, nexts)
+/// Run the debug `worker` binary with only `vars` set (see `testing::cold_start`).
+async fn cold_start(vars: &[(&str, &str)]) -> (Vec<(String, serde_json::Value)>, usize) {
+    let ColdStart {
+        init_errors, nexts, ..
+    } = testing::cold_start(Path::new(env!("CARGO_BIN_EXE_worker")), vars).await;
+    (init_errors, nexts)
 }
 
 const DEPLOYED: [(&str, &str); 6] = [
