@@ -1129,13 +1129,11 @@ where
         lambda_deadline_ms: i64,
     ) -> DynamoDbEventResponse {
         let now_ms = Utc::now().timestamp_millis();
-        let margin = self.settings.deadline_margin.as_millis() as i64;
         // The lease outlives everything this invocation can still do (life-cycle invariant 2).
         let lease_until_ms = DateTime::from_timestamp_millis(lambda_deadline_ms)
             .map(lifecycle::lease_until)
             .unwrap_or(lambda_deadline_ms);
-        let deadline = Instant::now()
-            + Duration::from_millis((lambda_deadline_ms - margin - now_ms).max(0) as u64);
+        let deadline = self.work_deadline(lambda_deadline_ms, now_ms);
 
         let mut groups: Vec<(String, Vec<&EventRecord>)> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
@@ -1203,6 +1201,13 @@ where
         response
     }
 
+    /// When this invocation stops starting work: `WORKER_DEADLINE_MARGIN_MS` before
+    /// Lambda's deadline (epoch ms), as an instant of this process's clock.
+    fn work_deadline(&self, lambda_deadline_ms: i64, now_ms: i64) -> Instant {
+        let margin = self.settings.deadline_margin.as_millis() as i64;
+        Instant::now() + Duration::from_millis((lambda_deadline_ms - margin - now_ms).max(0) as u64)
+    }
+
     /// The Lambda handler: a batch of the requests table's stream, or the supplier's
     /// unlink hook ([`unlink`]). Answers the stream's batch item failures, or the unlink's
     /// result; an unlink that did not revoke is an error (the event is retried).
@@ -1221,9 +1226,7 @@ where
                 Ok(serde_json::to_value(response)?)
             }
             WorkerEvent::Unlink(detail) => {
-                let margin = self.settings.deadline_margin.as_millis() as i64;
-                let left = deadline_ms - margin - Utc::now().timestamp_millis();
-                let deadline = Instant::now() + Duration::from_millis(left.max(0) as u64);
+                let deadline = self.work_deadline(deadline_ms, Utc::now().timestamp_millis());
                 let result = unlink::unlink(revoker, &detail, &request_id, deadline).await;
                 self.metrics.emit(
                     &[(
