@@ -639,21 +639,11 @@ impl<E: Encryptor> TokenVault<E> {
             }
         };
         for key in keys {
-            let item = match self
-                .dynamo
-                .get_item()
-                .table_name(&self.table)
-                .key(attr::MEMBER_ID, s(key.clone()))
-                .consistent_read(true)
-                .send()
-                .await
-            {
-                Ok(output) => match output.item {
-                    Some(item) => item,
-                    None => continue, // revoked meanwhile
-                },
+            let item = match self.read(&key).await {
+                Ok(Some(item)) => item,
+                Ok(None) => continue, // revoked meanwhile
                 Err(e) => {
-                    warn!(error = %sdk_error("GetItem", e), "could not read a replaced connection");
+                    warn!(error = %e, "could not read a replaced connection");
                     failed += 1;
                     continue;
                 }
@@ -738,16 +728,24 @@ impl<E: Encryptor> TokenVault<E> {
 
     /// A member's stored connection (no secret in it).
     pub async fn get(&self, member_id: &str) -> Result<Option<StoredConnection>, VaultError> {
+        self.read(member_id)
+            .await?
+            .map(|item| parse(member_id, item))
+            .transpose()
+    }
+
+    /// The item under `key`, read consistently.
+    async fn read(&self, key: &str) -> Result<Option<HashMap<String, AttributeValue>>, VaultError> {
         let output = self
             .dynamo
             .get_item()
             .table_name(&self.table)
-            .key(attr::MEMBER_ID, s(member_id))
+            .key(attr::MEMBER_ID, s(key))
             .consistent_read(true)
             .send()
             .await
             .map_err(|e| sdk_error("GetItem", e))?;
-        output.item.map(|item| parse(member_id, item)).transpose()
+        Ok(output.item)
     }
 
     async fn take_lease(
