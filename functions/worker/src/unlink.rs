@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tracing::{info, warn};
 use triplink_shared::concur::ConcurClient;
+use triplink_shared::privacy;
 use triplink_shared::vault::{Encryptor, Revoked, TokenVault, VaultError};
 
 /// The `detail-type` of an unlink event.
@@ -118,10 +119,9 @@ impl UnlinkDetail {
     /// Read and check an event's `detail`.
     pub fn parse(detail: serde_json::Value) -> Result<Self, UnlinkError> {
         let detail: Self = serde_json::from_value(detail).map_err(|e| {
-            // serde's message names the field, never a value of ours.
             UnlinkError::Invalid(format!(
                 "detail must be {{\"member_id\": \"...\"}} ({})",
-                e.classify_message()
+                privacy::json_error(&e)
             ))
         })?;
         let id = detail.member_id.as_str();
@@ -139,24 +139,6 @@ impl UnlinkDetail {
             ));
         }
         Ok(detail)
-    }
-}
-
-/// serde_json's error category, without the fragment of input it may quote.
-trait Classify {
-    fn classify_message(&self) -> &'static str;
-}
-
-impl Classify for serde_json::Error {
-    fn classify_message(&self) -> &'static str {
-        let text = self.to_string();
-        if text.starts_with("missing field") {
-            "missing field"
-        } else if text.starts_with("unknown field") {
-            "unknown field"
-        } else {
-            "not an object of strings"
-        }
     }
 }
 
@@ -241,8 +223,8 @@ mod tests {
                 json!({"member_id": "M-1", "email": "maria@example.com"}),
                 "unknown field",
             ),
-            (json!({"member_id": 998877123}), "not an object of strings"),
-            (json!("maria@example.com"), "not an object of strings"),
+            (json!({"member_id": 998877123}), "invalid type"),
+            (json!("maria@example.com"), "invalid type"),
             (json!({"member_id": "  "}), "empty"),
             (json!({"member_id": "a\u{0}b"}), "control"),
             (
