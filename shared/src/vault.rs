@@ -442,6 +442,9 @@ fn version_value(version: u64) -> (&'static str, AttributeValue) {
     (":version", AttributeValue::N(version.to_string()))
 }
 
+/// How many times a connection write is tried against concurrent replacements.
+const STORE_ROUNDS: u32 = 3;
+
 /// The placeholders of attribute names any connections-table update may use.
 const NAMES: &[(&str, &str)] = &[
     ("#id", attr::MEMBER_ID),
@@ -534,19 +537,10 @@ impl<E: Encryptor> TokenVault<E> {
         // The live connection of another Concur user would be orphaned at Concur: it is
         // kept aside (before the write replaces it) for the keep-alive to revoke. The
         // same user's older token is simply replaced (a revoke would end the new one).
-        if let Some(old) = self.get(member_id).await? {
-            let another_user = matches!(
-                (&old.concur_user_id, &tokens.user_id),
-                (Some(a), Some(b)) if a != b
-            );
-            if another_user && old.token_state == TokenState::Active {
-                self.queue_revoke(&old, now).await?;
-                info!(
-                    member_id,
-                    "the member's connection of another Concur user is replaced; its revoke is queued"
-                );
-            }
-        }
+        // The write is conditioned on there being no such connection, so the common case
+        // (a first connection, or the same user's) costs no read; when the condition
+        // fails, the stored connection is read, queued, and the write retried fenced on
+        // the version that was queued.
         let mut set = String::from(
             "SET #geo = :geo, #cipher = :cipher, #request = :request, #connected = :now, \
              #refreshed = :now, #expires = :expires, #state = :active, #renew = :renew",
@@ -560,6 +554,8 @@ impl<E: Encryptor> TokenVault<E> {
             (":active", s(TokenState::Active.as_str())),
             (":one", AttributeValue::N("1".into())),
             (":renew", self.renew_value(now, tokens.refresh_expires_at)),
+            (":expired", s(TokenState::Expired.as_str())),
+            (":replaced", s(TokenState::Replaced.as_str())),
         ];
         let mut remove = String::from(" REMOVE #owner, #until");
         match &tokens.user_id {
@@ -570,11 +566,63 @@ impl<E: Encryptor> TokenVault<E> {
             None => remove.push_str(", #user"),
         }
         let expression = format!("{set} ADD #version :one{remove}");
-        let output = expressions(self.update(member_id), &expression, None, NAMES, values)
+        // No other user's live connection (a connection without a state is active).
+        const NO_OTHER_LIVE: &str = "attribute_not_exists(#user) OR #user = :user \
+                                     OR #state = :expired OR #state = :replaced";
+        let mut condition = tokens.user_id.as_ref().map(|_| NO_OTHER_LIVE.to_owned());
+        let mut output = None;
+        for _ in 0..STORE_ROUNDS {
+            let result = expressions(
+                self.update(member_id),
+                &expression,
+                condition.as_deref(),
+                NAMES,
+                values.clone(),
+            )
             .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
             .send()
-            .await
-            .map_err(|e| sdk_error("UpdateItem", e))?;
+            .await;
+            match result {
+                Ok(written) => {
+                    output = Some(written);
+                    break;
+                }
+                Err(e) if is_condition_failure(&e) => {}
+                Err(e) => return Err(sdk_error("UpdateItem", e).into()),
+            }
+            // Another user's live connection is stored (or was, a moment ago).
+            let Some(old) = self.get(member_id).await? else {
+                condition = tokens.user_id.as_ref().map(|_| NO_OTHER_LIVE.to_owned());
+                continue;
+            };
+            let another_user = matches!(
+                (&old.concur_user_id, &tokens.user_id),
+                (Some(a), Some(b)) if a != b
+            );
+            if another_user && old.token_state == TokenState::Active {
+                self.queue_revoke(&old, now).await?;
+                info!(
+                    member_id,
+                    "the member's connection of another Concur user is replaced; its revoke is queued"
+                );
+            }
+            // Replace exactly what was read (and queued); anything newer is read again.
+            let seen = if old.token_version == 0 {
+                "attribute_not_exists(#version)"
+            } else {
+                "#version = :seen"
+            };
+            condition = Some(format!("({NO_OTHER_LIVE}) OR {seen}"));
+            values.retain(|(name, _)| *name != ":seen");
+            values.push((":seen", AttributeValue::N(old.token_version.to_string())));
+        }
+        let Some(output) = output else {
+            return Err(StoreError::Contention {
+                id: member_id.to_owned(),
+                tries: STORE_ROUNDS,
+            }
+            .into());
+        };
         let replaced = output
             .attributes
             .filter(|old| old.contains_key(attr::REFRESH_TOKEN_CIPHERTEXT))

@@ -581,6 +581,60 @@ async fn a_connection_of_another_user_replaced_is_revoked_at_concur_by_the_keep_
     assert_eq!(again.replaced_revoked, 0);
 }
 
+/// Two Concur users connect the same member at the same moment: whichever write lands
+/// second replaces a live connection of another user, so that one is queued for its
+/// revoke, never orphaned at Concur. The proxy holds both connection writes back (the
+/// second longer) so that both stores have read or tried before either write lands: a
+/// read-then-write would let both read "nothing stored" and the first token live on,
+/// unreachable. (moto does not make concurrent conditional writes atomic as DynamoDB
+/// does, so the writes are also kept apart in time.)
+#[tokio::test]
+async fn two_users_connecting_one_member_at_once_leave_no_orphan_at_concur() {
+    use triplink_shared::fault_proxy::{FaultProxy, Op, Rule};
+    let proxy = FaultProxy::start(&testing::moto().endpoint);
+    let dynamo = aws_sdk_dynamodb::Client::new(&testing::local_sdk_config(proxy.endpoint()));
+    let (sandbox, concur, vault) = setup_on(dynamo).await;
+    let page = concur.list_page(10, None, far()).await.unwrap();
+    let (first, second) = (&page.items[0], &page.items[1]);
+    let a = exchange(&concur, first).await;
+    let b = exchange(&concur, second).await;
+    for (request, wait) in [(first, 150), (second, 600)] {
+        proxy.add(
+            Rule::new(Op::UpdateItem)
+                .body_contains(request.id.clone())
+                .delay(Duration::from_millis(wait))
+                .next(1),
+        );
+    }
+    let now = Utc::now();
+    let (stored_a, stored_b) = tokio::join!(
+        vault.store_connection("R", &first.id, &a, now),
+        vault.store_connection("R", &second.id, &b, now),
+    );
+    stored_a.unwrap();
+    stored_b.unwrap();
+    let stored = vault.get("R").await.unwrap().unwrap();
+    assert_eq!(
+        stored.concur_user_id, b.user_id,
+        "the later write is stored"
+    );
+    let loser = a.user_id.clone().unwrap();
+
+    let summary = keep_alive_now(&vault, &concur).await;
+    assert_eq!(summary.replaced_revoked, 1, "{summary:?}");
+    assert_eq!(
+        live_refresh_tokens(&sandbox, &loser),
+        0,
+        "no orphan at Concur"
+    );
+    assert_eq!(
+        live_refresh_tokens(&sandbox, b.user_id.as_deref().unwrap()),
+        1,
+        "the stored one lives"
+    );
+    vault.access_token(&concur, "R", "a", far()).await.unwrap();
+}
+
 /// The keep-alive reads the sparse index `by-renewal`, never the whole table: with many
 /// connections not yet due ahead of it (in key order), a due one is found at once, even
 /// with one small page per run; an expired one is not in the index at all; and
