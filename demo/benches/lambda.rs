@@ -25,7 +25,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use aws_sdk_dynamodb::types::AttributeValue::S;
 use axum::body::Bytes;
 use demo::lambda::cargo::{build_release, workspace_root};
 use demo::lambda::process::{Invocation, LambdaFunction, Outcome};
@@ -43,7 +42,6 @@ const BIG_BATCH: usize = 1_000;
 const FIRST_RUNS: usize = 5;
 const SEED: u64 = 14;
 const FIRST_USERS: usize = 6;
-const MOTO_CALLS: usize = 400;
 /// The AWS operations counted per request (the proxy names them by `X-Amz-Target`).
 const AWS_OPS: [&str; 12] = [
     "GetItem",
@@ -284,38 +282,6 @@ async fn work(stack: &mut LocalStack) -> Vec<Invocation> {
     }
     stack.stop_traffic();
     stack.worker.history()
-}
-
-/// moto's throughput on this machine: `MOTO_CALLS` PutItems of a ~1 KB item, `concurrency`
-/// at a time, on loopback. Locally every DynamoDB and KMS call of the functions goes to
-/// this one Python process, which serves them about one at a time; a batch that makes
-/// many AWS calls is bounded by it, not by the function.
-async fn moto_seconds_per_call(concurrency: usize) -> f64 {
-    let client = testing::dynamodb();
-    let table = testing::unique_name("bench-moto");
-    triplink_shared::store::tables::create_requests_table(&client, &table)
-        .await
-        .unwrap_or_else(|e| panic!("moto table: {e}"));
-    let per_task = MOTO_CALLS / concurrency.max(1);
-    let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for task in 0..concurrency.max(1) {
-        let (client, table) = (client.clone(), table.clone());
-        tasks.spawn(async move {
-            for i in 0..per_task {
-                client
-                    .put_item()
-                    .table_name(&table)
-                    .item("request_id", S(format!("r{task}-{i}")))
-                    .item("filler", S("x".repeat(900)))
-                    .send()
-                    .await
-                    .unwrap_or_else(|e| panic!("moto PutItem: {e}"));
-            }
-        });
-    }
-    while tasks.join_next().await.is_some() {}
-    started.elapsed().as_secs_f64() / (per_task * concurrency.max(1)) as f64
 }
 
 struct Bins {
@@ -587,10 +553,16 @@ async fn main() {
     );
 
     // ----- worker batch -----------------------------------------------------------------
+    // Through the proxy, which times moto's busy periods: moto serves one request at a
+    // time, so the time it spends on the worker's calls bounds the batch from below.
+    let proxy = FaultProxy::start(&testing::moto().endpoint);
     let mut batch = stack(
         "bench-batch",
         BATCH,
-        &[("WorkerBatchSize", &BATCH.to_string())],
+        &[
+            ("WorkerBatchSize", &BATCH.to_string()),
+            ("LocalAwsEndpointUrl", proxy.endpoint()),
+        ],
         &bins,
     )
     .await;
@@ -610,27 +582,24 @@ async fn main() {
             .collect::<Vec<_>>(),
     )
     .await;
+    let busy_before = proxy.upstream_busy();
     let history = work(&mut batch).await;
+    let moto_busy = ms(proxy.upstream_busy() - busy_before);
     let calls = fault_hits(&batch.sandbox.local_url).await;
     drop(batch);
+    drop(proxy);
     let wall: f64 = history.iter().filter_map(|i| i.handler.map(ms)).sum();
     let per_request = calls as f64 / BATCH as f64;
     let ideal = (BATCH as f64 / concurrency as f64).ceil() * per_request * LATENCY_MS as f64;
     let ratio = wall / ideal;
-    // The same batch bounded by the local moto: its AWS calls one after another.
-    let moto_call_ms = moto_seconds_per_call(concurrency).await * 1000.0;
+    // The same batch bounded by the local moto: the time it was busy with the worker's
+    // calls (it serves them one after another).
     let aws_per_request: f64 = calls_per_request
         .values()
         .filter_map(|v| v["worker"].as_f64())
         .sum();
-    let moto_bound = BATCH as f64 * aws_per_request * moto_call_ms;
+    let moto_bound = moto_busy;
     let bounded_ratio = wall / ideal.max(moto_bound);
-    results.row(
-        &format!("moto on this machine: ms per PutItem, {concurrency} at a time"),
-        format!("{moto_call_ms:.2} ms"),
-        "",
-        None,
-    );
     results.row(
         &format!(
             "worker batch: {BATCH} requests, {} invocation(s), concurrency {concurrency}",
@@ -648,7 +617,7 @@ async fn main() {
     );
     results.row(
         &format!(
-            "worker batch: wall / max(ideal, moto bound {moto_bound:.0} ms: {aws_per_request:.1} AWS calls per request)"
+            "worker batch: wall / max(ideal, moto busy {moto_bound:.0} ms with its {aws_per_request:.1} AWS calls per request)"
         ),
         format!("{bounded_ratio:.2}"),
         "",
@@ -658,8 +627,8 @@ async fn main() {
         "worker_batch".into(),
         json!({ "requests": BATCH, "invocations": history.len(), "concurrency": concurrency,
                  "concur_calls": calls, "latency_ms": LATENCY_MS, "wall_ms": wall,
-                 "ideal_ms": ideal, "ratio": ratio, "moto_ms_per_call": moto_call_ms,
-                 "aws_calls_per_request": aws_per_request, "moto_bound_ms": moto_bound,
+                 "ideal_ms": ideal, "ratio": ratio, "moto_busy_ms": moto_busy,
+                 "aws_calls_per_request": aws_per_request,
                  "ratio_to_moto_bound": bounded_ratio }),
     );
 
@@ -724,12 +693,20 @@ async fn main() {
     config
         .environment
         .insert("POLL_MAX_PAGES".into(), (DRAIN / PAGE).to_string());
+    // moto's busy time with the poller's writes, through the proxy as for the batch.
+    let proxy = FaultProxy::start(&testing::moto().endpoint);
+    config
+        .environment
+        .insert("AWS_ENDPOINT_URL".into(), proxy.endpoint().to_owned());
     config.log_dir = tempdir().unwrap_or_else(std::env::temp_dir);
     let drain_poller = LambdaFunction::new(config);
     set_faults(&sandbox.local_url, &[format!("list:latency={LATENCY_MS}")]).await;
     let started = Instant::now();
     let runs = drain(&drain_poller, &event).await;
     let drain_wall = ms(started.elapsed());
+    let drain_moto_busy = ms(proxy.upstream_busy());
+    let drain_writes = proxy.calls("PutItem");
+    drop(proxy);
     let lists = fault_hits(&sandbox.local_url).await;
     let poller_rss = runs
         .iter()
@@ -743,12 +720,7 @@ async fn main() {
     let pages = DRAIN.div_ceil(PAGE) as f64;
     let ratio = handler / (pages * LATENCY_MS as f64);
     let per_page = handler / pages;
-    let poller_aws: f64 = calls_per_request
-        .values()
-        .filter_map(|v| v["poller"].as_f64())
-        .sum();
-    let drain_moto_bound = DRAIN as f64 * poller_aws * moto_call_ms;
-    let drain_bounded = handler / (pages * LATENCY_MS as f64).max(drain_moto_bound);
+    let drain_bounded = handler / (pages * LATENCY_MS as f64).max(drain_moto_busy);
     results.row(
         &format!(
             "poll drain: {DRAIN} requests, {} run(s), {lists} list calls",
@@ -766,7 +738,7 @@ async fn main() {
     );
     results.row(
         &format!(
-            "poll drain: handler / max(ideal, moto bound {drain_moto_bound:.0} ms: {poller_aws:.1} AWS calls per request)"
+            "poll drain: handler / max(ideal, moto busy {drain_moto_busy:.0} ms with {drain_writes} PutItem)"
         ),
         format!("{drain_bounded:.2}"),
         "",
@@ -791,7 +763,7 @@ async fn main() {
         "poll_drain".into(),
         json!({ "requests": DRAIN, "page": PAGE, "runs": runs.len(), "list_calls": lists,
                  "latency_ms": LATENCY_MS, "handler_ms": handler, "wall_ms": drain_wall,
-                 "ratio": ratio, "ms_per_page": per_page, "moto_bound_ms": drain_moto_bound,
+                 "ratio": ratio, "ms_per_page": per_page, "moto_busy_ms": drain_moto_busy,
                  "ratio_to_moto_bound": drain_bounded }),
     );
     results.json.insert(

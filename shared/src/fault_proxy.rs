@@ -47,6 +47,8 @@ use tokio::sync::oneshot;
 pub const MAX_MESSAGE: usize = 32 * 1024 * 1024;
 /// How many distinct operation names [`FaultProxy::calls`] counts.
 pub const MAX_OPERATIONS: usize = 256;
+/// The journal keeps the first this many calls (operation and table), then stops growing.
+pub const MAX_JOURNAL: usize = 100_000;
 const MAX_HEAD: usize = 64 * 1024;
 const JSON: &str = "application/x-amz-json-1.0";
 
@@ -271,6 +273,13 @@ struct State {
     /// Faults fired, by rule id (ids are indexes; kept after a rule is removed).
     fired: Vec<u64>,
     calls: HashMap<String, u64>,
+    /// Every call in arrival order, as `Operation table` (`Operation` without a table).
+    journal: Vec<String>,
+    /// Requests forwarded and not yet answered by the upstream, since when, and the
+    /// total time at least one was (the upstream's busy time, for a serial upstream).
+    in_flight: u32,
+    busy_since: Option<std::time::Instant>,
+    busy: Duration,
 }
 
 /// The proxy; see the module documentation. Stops when dropped.
@@ -369,6 +378,30 @@ impl FaultProxy {
     }
 }
 
+impl FaultProxy {
+    /// The calls seen so far, in arrival order, each as `Operation table` (the first table
+    /// the request names) or `Operation`; at most [`MAX_JOURNAL`].
+    pub fn journal(&self) -> Vec<String> {
+        lock(&self.state).journal.clone()
+    }
+
+    /// How long, in all, at least one forwarded request was waiting for the upstream's
+    /// answer: the busy time of an upstream that serves one request at a time (moto).
+    pub fn upstream_busy(&self) -> Duration {
+        let state = lock(&self.state);
+        state.busy
+            + state
+                .busy_since
+                .map(|since| since.elapsed())
+                .unwrap_or_default()
+    }
+
+    /// Forget the journal (the counters stay).
+    pub fn clear_journal(&self) {
+        lock(&self.state).journal.clear();
+    }
+}
+
 impl Drop for FaultProxy {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
@@ -403,7 +436,15 @@ fn decide(state: &Mutex<State>, op: &str, body: &[u8]) -> Action {
         rules,
         fired,
         calls,
+        journal,
+        ..
     } = &mut *state;
+    if journal.len() < MAX_JOURNAL {
+        journal.push(match tables.first() {
+            Some(table) => format!("{op} {table}"),
+            None => op.to_owned(),
+        });
+    }
     if let Some(count) = calls.get_mut(op) {
         *count += 1;
     } else if calls.len() < MAX_OPERATIONS {
@@ -606,7 +647,10 @@ async fn connection(mut client: Wire, upstream: Arc<str>, state: Arc<Mutex<State
                 if let Some(wait) = delay {
                     tokio::time::sleep(wait).await;
                 }
-                let response = match forward(&upstream, &request).await {
+                upstream_started(&state);
+                let forwarded = forward(&upstream, &request).await;
+                upstream_ended(&state);
+                let response = match forwarded {
                     Ok(response) => response,
                     Err(e) => {
                         tracing::warn!(error = %e, %upstream, "fault proxy: upstream failed");
@@ -621,6 +665,24 @@ async fn connection(mut client: Wire, upstream: Arc<str>, state: Arc<Mutex<State
         };
         if !keep_alive {
             return;
+        }
+    }
+}
+
+fn upstream_started(state: &Mutex<State>) {
+    let mut state = lock(state);
+    if state.in_flight == 0 {
+        state.busy_since = Some(std::time::Instant::now());
+    }
+    state.in_flight += 1;
+}
+
+fn upstream_ended(state: &Mutex<State>) {
+    let mut state = lock(state);
+    state.in_flight = state.in_flight.saturating_sub(1);
+    if state.in_flight == 0 {
+        if let Some(since) = state.busy_since.take() {
+            state.busy += since.elapsed();
         }
     }
 }

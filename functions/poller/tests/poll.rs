@@ -618,7 +618,7 @@ impl PendingSource for Held<'_> {
 }
 
 /// Report an attempt exactly as the worker does, step by step through the life cycle's
-/// writes (claim, decision, PUT counted, PUT, reported).
+/// writes (claim, decision with its PUT counted, PUT, reported).
 async fn report_as_the_worker(concur: &ConcurClient, store: &DynamoRequestStore, id: &str) {
     use triplink_shared::store::{Claim, Decision, Lease, ReportResult, WorkStore};
     let now = chrono::Utc::now();
@@ -635,14 +635,31 @@ async fn report_as_the_worker(concur: &ConcurClient, store: &DynamoRequestStore,
         status: ConnectionStatus::Connected,
         reason: "matched".into(),
     };
-    assert!(store.record_decision(lease, &decision, now).await.unwrap());
-    assert_eq!(store.record_put_sent(lease, now).await.unwrap(), Some(0));
+    assert_eq!(
+        store
+            .record_decision_and_put_sent(lease, &decision, now)
+            .await
+            .unwrap(),
+        Some(0)
+    );
     concur
         .update_status(id, ConnectionStatus::Connected, far())
         .await
         .unwrap();
+    let decided = triplink_shared::store::RequestItem {
+        decided_status: Some(decision.status),
+        decided_at: Some(triplink_shared::store::layout::timestamp(now)),
+        decision_reason: Some(decision.reason.clone()),
+        ..item.clone()
+    };
     assert!(store
-        .record_reported(lease, ReportResult::Accepted, chrono::Utc::now(), 30)
+        .record_reported(
+            lease,
+            &decided,
+            ReportResult::Accepted,
+            chrono::Utc::now(),
+            30
+        )
         .await
         .unwrap());
 }

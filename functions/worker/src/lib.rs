@@ -821,6 +821,21 @@ where
         let Some(earlier_sends) = self.store.record_put_sent(lease, Utc::now()).await? else {
             return Ok(self.lease_lost(item, lease).await);
         };
+        self.put_and_record(item, lease, status, resent, earlier_sends, deadline)
+            .await
+    }
+
+    /// Send the status whose PUT was just counted (`earlier_sends`: the PUTs counted
+    /// before it), and record Concur's answer.
+    async fn put_and_record(
+        &self,
+        item: &RequestItem,
+        lease: Lease<'_>,
+        status: ConnectionStatus,
+        resent: bool,
+        earlier_sends: u32,
+        deadline: Instant,
+    ) -> Result<RecordOutcome, RecordError> {
         let result = match self.concur.report(&item.request_id, status, deadline).await {
             Ok(()) => ReportResult::Accepted,
             // Not outstanding at Concur: either an earlier PUT of ours was taken and only
@@ -887,7 +902,13 @@ where
     ) -> Result<RecordOutcome, RecordError> {
         if !self
             .store
-            .record_reported(lease, result, Utc::now(), self.settings.retention_days)
+            .record_reported(
+                lease,
+                item,
+                result,
+                Utc::now(),
+                self.settings.retention_days,
+            )
             .await?
         {
             warn!(request_id = %item.request_id, "lease lost before the report was recorded");
@@ -957,17 +978,41 @@ where
                     Step::Leave(reason) => return self.leave(&item, lease, reason).await,
                     Step::LeaseLost => return Ok(self.lease_lost(&item, lease).await),
                 };
-                if !self
-                    .store
-                    .record_decision(lease, &decided, Utc::now())
-                    .await?
-                {
-                    warn!(request_id = %item.request_id, "lease lost before the decision was recorded");
-                    return Ok(self.lease_lost(&item, lease).await);
+                let now = Utc::now();
+                // The attempt as it is once the decision is recorded.
+                let mut decided_item = item.clone();
+                decided_item.decided_status = Some(decided.status);
+                decided_item.decided_at = Some(triplink_shared::store::layout::timestamp(now));
+                decided_item.decision_reason = Some(decided.reason.clone());
+                if self.safety.breaker.open(now).is_some() || item.puts_sent > 0 {
+                    // Recorded alone: kept decided, and sent (once the breaker closes) by
+                    // the re-send path with its checks.
+                    if !self.store.record_decision(lease, &decided, now).await? {
+                        warn!(request_id = %item.request_id, "lease lost before the decision was recorded");
+                        return Ok(self.lease_lost(&item, lease).await);
+                    }
+                    (decided_item, decided.status, false)
+                } else {
+                    // The decision and the count of the PUT that sends it, in one write.
+                    let Some(earlier_sends) = self
+                        .store
+                        .record_decision_and_put_sent(lease, &decided, now)
+                        .await?
+                    else {
+                        warn!(request_id = %item.request_id, "lease lost before the decision was recorded");
+                        return Ok(self.lease_lost(&item, lease).await);
+                    };
+                    return self
+                        .put_and_record(
+                            &decided_item,
+                            lease,
+                            decided.status,
+                            false,
+                            earlier_sends,
+                            deadline,
+                        )
+                        .await;
                 }
-                let mut item = item;
-                item.decided_at = Some(triplink_shared::store::layout::timestamp(Utc::now()));
-                (item, decided.status, false)
             }
             Claim::Decided(item) => {
                 let Some(status) = item.decided_status else {

@@ -127,15 +127,32 @@ impl WorkStore for CrashStore<'_> {
         self.crash.after(Point::AfterPutCounted).await;
         Ok(sent)
     }
+    async fn record_decision_and_put_sent(
+        &self,
+        lease: Lease<'_>,
+        decision: &Decision,
+        now: DateTime<Utc>,
+    ) -> Result<Option<u32>, StoreError> {
+        // One write leaves the attempt decided with its PUT counted: dying "after the
+        // decision" and "after the count" are the same state on this path.
+        let sent = self
+            .inner
+            .record_decision_and_put_sent(lease, decision, now)
+            .await?;
+        self.crash.after(Point::AfterDecisionRecorded).await;
+        self.crash.after(Point::AfterPutCounted).await;
+        Ok(sent)
+    }
     async fn record_reported(
         &self,
         lease: Lease<'_>,
+        decided: &RequestItem,
         result: ReportResult,
         now: DateTime<Utc>,
         retention_days: i64,
     ) -> Result<bool, StoreError> {
         self.inner
-            .record_reported(lease, result, now, retention_days)
+            .record_reported(lease, decided, result, now, retention_days)
             .await
     }
     async fn release(

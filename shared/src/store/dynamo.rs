@@ -483,6 +483,126 @@ impl RequestStore for DynamoRequestStore {
     }
 }
 
+impl DynamoRequestStore {
+    /// The write of a decision (fenced: our lease, still `working`, no decision yet), and
+    /// with `put` the count of the PUT about to send it in the same write.
+    fn decision_update(
+        &self,
+        lease: &Lease<'_>,
+        decision: &Decision,
+        now: DateTime<Utc>,
+        put: bool,
+    ) -> UpdateItemFluentBuilder {
+        let (fence, mut values) = lease_fence(lease, &[RequestState::Working]);
+        values.extend([
+            (":decided", state(RequestState::Decided)),
+            (":status", s(decision.status.as_str())),
+            (":reason", s(decision.reason.clone())),
+            (":now", s(timestamp(now))),
+            (":one", n(1)),
+        ]);
+        let expression = if put {
+            "SET #state = :decided, #status = :status, #decided_at = :now, #reason = :reason, \
+             #updated = :now ADD #puts :one"
+        } else {
+            "SET #state = :decided, #status = :status, #decided_at = :now, #reason = :reason, #updated = :now"
+        };
+        expressions(
+            self.update(lease.id),
+            expression,
+            &format!("{fence} AND attribute_not_exists(#status)"),
+            &[
+                ("#decided_at", attr::DECIDED_AT),
+                ("#reason", attr::DECISION_REASON),
+                ("#puts", attr::PUTS_SENT),
+            ],
+            values,
+        )
+    }
+}
+
+/// The PUTs counted before a write that added one (its `UPDATED_OLD` answer); `None`
+/// when the write's lease fence failed.
+fn puts_before<E, R>(
+    result: Result<aws_sdk_dynamodb::operation::update_item::UpdateItemOutput, SdkError<E, R>>,
+) -> Result<Option<u32>, StoreError>
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match result {
+        Ok(output) => Ok(Some(
+            output
+                .attributes
+                .and_then(|old| old.get(attr::PUTS_SENT).cloned())
+                .and_then(|v| v.as_n().ok().and_then(|n| n.parse().ok()))
+                .unwrap_or(0),
+        )),
+        Err(e) if is_condition_failure(&e) => Ok(None),
+        Err(e) => Err(sdk_error("UpdateItem", e)),
+    }
+}
+
+/// One conditional claim write: the attempt taken from `read_state` into `target` (with
+/// a lease), if `condition` still holds.
+struct ClaimWrite<'a> {
+    id: &'a str,
+    attempt: u32,
+    owner: &'a str,
+    lease_until_ms: i64,
+    now: DateTime<Utc>,
+    read_state: RequestState,
+    target: RequestState,
+    condition: &'static str,
+}
+
+impl DynamoRequestStore {
+    /// The claim write; `None` when its condition failed (the item is not as assumed).
+    async fn try_claim(&self, write: &ClaimWrite<'_>) -> Result<Option<Claim>, StoreError> {
+        // An attempt with a recorded decision is claimed to re-send it, never to decide again.
+        let decision_fence = match write.target {
+            RequestState::Decided => "attribute_exists(#status)",
+            _ => "attribute_not_exists(#status)",
+        };
+        let result = expressions(
+            self.update(write.id),
+            "SET #state = :target, #owner = :owner, #until = :until, #due = :until, #updated = :now",
+            &format!(
+                "#attempt = :attempt AND attribute_not_exists(#parked) AND {decision_fence} AND {}",
+                write.condition
+            ),
+            &[],
+            vec![
+                (":target", state(write.target)),
+                (":read_state", state(write.read_state)),
+                (":owner", s(write.owner)),
+                (":until", n(write.lease_until_ms)),
+                (":now", s(timestamp(write.now))),
+                (":now_ms", n(write.now.timestamp_millis())),
+                (":attempt", n(write.attempt)),
+            ],
+        )
+        .return_values(ReturnValue::AllNew)
+        .send()
+        .await;
+        match result {
+            Ok(output) => {
+                let item = output.attributes.ok_or_else(|| StoreError::Corrupt {
+                    id: write.id.to_owned(),
+                    message: "claim returned no item".into(),
+                })?;
+                let item = from_item(write.id, item)?;
+                Ok(Some(match write.target {
+                    RequestState::Decided => Claim::Decided(item),
+                    _ => Claim::Claimed(item),
+                }))
+            }
+            Err(e) if is_condition_failure(&e) => Ok(None),
+            Err(e) => Err(sdk_error("UpdateItem", e)),
+        }
+    }
+}
+
 impl WorkStore for DynamoRequestStore {
     async fn claim(
         &self,
@@ -493,6 +613,22 @@ impl WorkStore for DynamoRequestStore {
         now: DateTime<Utc>,
     ) -> Result<Claim, StoreError> {
         let now_ms = now.timestamp_millis();
+        // The stream delivers `received` items, and almost all are claimed as they are: one
+        // conditional write, no read. If its condition fails, the item is read and the
+        // claim decided on what it holds.
+        let fast = ClaimWrite {
+            id,
+            attempt,
+            owner,
+            lease_until_ms,
+            now,
+            read_state: RequestState::Received,
+            target: RequestState::Working,
+            condition: "#state = :read_state",
+        };
+        if let Some(claim) = self.try_claim(&fast).await? {
+            return Ok(claim);
+        }
         for _ in 0..MAX_ROUNDS {
             let Some(read) = self.get(id).await? else {
                 return Ok(Claim::Stale);
@@ -523,46 +659,23 @@ impl WorkStore for DynamoRequestStore {
                 }
             };
             // An attempt with a recorded decision is claimed to re-send it, never to decide again.
-            let (target, decision_fence) = match read.decided_status {
-                Some(_) => (RequestState::Decided, "attribute_exists(#status)"),
-                None => (RequestState::Working, "attribute_not_exists(#status)"),
+            let target = match read.decided_status {
+                Some(_) => RequestState::Decided,
+                None => RequestState::Working,
             };
-            let result = expressions(
-                self.update(id),
-                "SET #state = :target, #owner = :owner, #until = :until, #due = :until, #updated = :now",
-                &format!(
-                    "#attempt = :attempt AND attribute_not_exists(#parked) AND {decision_fence} AND {condition}"
-                ),
-                &[],
-                vec![
-                    (":target", state(target)),
-                    (":read_state", state(read.state)),
-                    (":owner", s(owner)),
-                    (":until", n(lease_until_ms)),
-                    (":now", s(timestamp(now))),
-                    (":now_ms", n(now_ms)),
-                    (":attempt", n(attempt)),
-                ],
-            )
-            .return_values(ReturnValue::AllNew)
-            .send()
-            .await;
-            match result {
-                Ok(output) => {
-                    let item = output.attributes.ok_or_else(|| StoreError::Corrupt {
-                        id: id.to_owned(),
-                        message: "claim returned no item".into(),
-                    })?;
-                    let item = from_item(id, item)?;
-                    return Ok(match target {
-                        RequestState::Decided => Claim::Decided(item),
-                        _ => Claim::Claimed(item),
-                    });
-                }
-                Err(e) if is_condition_failure(&e) => {
-                    debug!(request_id = %id, "claim raced another write, reading again");
-                }
-                Err(e) => return Err(sdk_error("UpdateItem", e)),
+            let write = ClaimWrite {
+                id,
+                attempt,
+                owner,
+                lease_until_ms,
+                now,
+                read_state: read.state,
+                target,
+                condition,
+            };
+            match self.try_claim(&write).await? {
+                Some(claim) => return Ok(claim),
+                None => debug!(request_id = %id, "claim raced another write, reading again"),
             }
         }
         Err(StoreError::Contention {
@@ -615,24 +728,26 @@ impl WorkStore for DynamoRequestStore {
         decision: &Decision,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        self.leased_write(
-            &lease,
-            &[RequestState::Working],
-            "SET #state = :decided, #status = :status, #decided_at = :now, #reason = :reason, #updated = :now",
-            Some("attribute_not_exists(#status)"),
-            &[
-                ("#status", attr::DECIDED_STATUS),
-                ("#decided_at", attr::DECIDED_AT),
-                ("#reason", attr::DECISION_REASON),
-            ],
-            vec![
-                (":decided", state(RequestState::Decided)),
-                (":status", s(decision.status.as_str())),
-                (":reason", s(decision.reason.clone())),
-                (":now", s(timestamp(now))),
-            ],
+        conditional(
+            "UpdateItem",
+            self.decision_update(&lease, decision, now, false)
+                .send()
+                .await,
         )
-        .await
+    }
+
+    async fn record_decision_and_put_sent(
+        &self,
+        lease: Lease<'_>,
+        decision: &Decision,
+        now: DateTime<Utc>,
+    ) -> Result<Option<u32>, StoreError> {
+        puts_before(
+            self.decision_update(&lease, decision, now, true)
+                .return_values(ReturnValue::UpdatedOld)
+                .send()
+                .await,
+        )
     }
 
     async fn record_put_sent(
@@ -642,56 +757,41 @@ impl WorkStore for DynamoRequestStore {
     ) -> Result<Option<u32>, StoreError> {
         let (fence, mut values) = lease_fence(&lease, &[RequestState::Decided]);
         values.extend([(":now", s(timestamp(now))), (":one", n(1))]);
-        let result = expressions(
-            self.update(lease.id),
-            "SET #updated = :now ADD #puts :one",
-            &fence,
-            &[("#puts", attr::PUTS_SENT)],
-            values,
+        puts_before(
+            expressions(
+                self.update(lease.id),
+                "SET #updated = :now ADD #puts :one",
+                &fence,
+                &[("#puts", attr::PUTS_SENT)],
+                values,
+            )
+            .return_values(ReturnValue::UpdatedOld)
+            .send()
+            .await,
         )
-        .return_values(ReturnValue::UpdatedOld)
-        .send()
-        .await;
-        match result {
-            Ok(output) => Ok(Some(
-                output
-                    .attributes
-                    .and_then(|old| old.get(attr::PUTS_SENT).cloned())
-                    .and_then(|v| v.as_n().ok().and_then(|n| n.parse().ok()))
-                    .unwrap_or(0),
-            )),
-            Err(e) if is_condition_failure(&e) => Ok(None),
-            Err(e) => Err(sdk_error("UpdateItem", e)),
-        }
     }
 
     async fn record_reported(
         &self,
         lease: Lease<'_>,
+        decided: &RequestItem,
         result: ReportResult,
         now: DateTime<Utc>,
         retention_days: i64,
     ) -> Result<bool, StoreError> {
         let id = lease.id;
-        let Some(item) = self.get(id).await? else {
-            return Ok(false);
-        };
-        if item.attempt != lease.attempt
-            || item.state != RequestState::Decided
-            || item.lease_owner.as_deref() != Some(lease.owner)
-        {
-            return Ok(false);
-        }
-        let status = item.decided_status.ok_or_else(|| StoreError::Corrupt {
+        // No read: the lease holder holds the decision it reports (it recorded it, or read
+        // it with its claim); the write is fenced on the lease and on that status.
+        let status = decided.decided_status.ok_or_else(|| StoreError::Corrupt {
             id: id.to_owned(),
             message: "decided without a status".into(),
         })?;
         let record = super::AttemptRecord {
             attempt: lease.attempt,
             status,
-            decided_at: item.decided_at.clone().unwrap_or_else(|| timestamp(now)),
+            decided_at: decided.decided_at.clone().unwrap_or_else(|| timestamp(now)),
             reported_at: Some(timestamp(now)),
-            reason: item.decision_reason.clone(),
+            reason: decided.decision_reason.clone(),
             result: Some(result),
         };
         let record =
@@ -732,10 +832,11 @@ impl WorkStore for DynamoRequestStore {
                  #expires = :expires, #history = list_append(if_not_exists(#history, :empty), :record) \
                  REMOVE {remove}"
             ),
-            None,
+            Some("#status = :decided_status"),
             &names,
             vec![
                 (":reported", state(RequestState::Reported)),
+                (":decided_status", s(status.as_str())),
                 (":now", s(timestamp(now))),
                 (":result", s(result.as_str())),
                 (":expires", n(expiry(now, retention_days))),

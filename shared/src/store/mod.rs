@@ -180,11 +180,24 @@ pub trait WorkStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<Option<u32>, StoreError>> + Send;
 
+    /// [`WorkStore::record_decision`] and [`WorkStore::record_put_sent`] in one write, for a
+    /// decision sent at once: the PUTs counted before (`None`: the lease is not ours).
+    fn record_decision_and_put_sent(
+        &self,
+        lease: Lease<'_>,
+        decision: &Decision,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Option<u32>, StoreError>> + Send;
+
     /// Concur answered the PUT: `decided` → `reported`, history appended, personal data
-    /// and token removed, TTL set. `Ok(false)`: the lease was lost or it was reported.
+    /// and token removed, TTL set. `decided` is the attempt as the lease holder holds it
+    /// (its decision, when and why): the history is written from it without a read,
+    /// fenced on the stored status being the same. `Ok(false)`: the lease was lost or it
+    /// was reported.
     fn record_reported(
         &self,
         lease: Lease<'_>,
+        decided: &RequestItem,
         result: ReportResult,
         now: DateTime<Utc>,
         retention_days: i64,
@@ -285,14 +298,23 @@ impl<T: WorkStore> WorkStore for &T {
     ) -> impl Future<Output = Result<Option<u32>, StoreError>> + Send {
         T::record_put_sent(self, lease, now)
     }
+    fn record_decision_and_put_sent(
+        &self,
+        lease: Lease<'_>,
+        decision: &Decision,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Option<u32>, StoreError>> + Send {
+        T::record_decision_and_put_sent(self, lease, decision, now)
+    }
     fn record_reported(
         &self,
         lease: Lease<'_>,
+        decided: &RequestItem,
         result: ReportResult,
         now: DateTime<Utc>,
         retention_days: i64,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        T::record_reported(self, lease, result, now, retention_days)
+        T::record_reported(self, lease, decided, result, now, retention_days)
     }
     fn release(
         &self,
