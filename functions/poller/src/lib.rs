@@ -11,8 +11,9 @@
 //! * Each run first sweeps the table: attempts whose lease expired or that waited too
 //!   long are re-armed so the stream delivers them again (bounded; then parked with an
 //!   alarm). This is how a crashed worker's requests finish without an operator.
-//! * A page's store writes overlap with the next page's fetch, so a run costs about the
-//!   sum of the page round-trips.
+//! * Reading and writing run side by side: the pages read wait in a short queue
+//!   ([`WRITE_AHEAD_PAGES`]) for their writes, so a run costs about the sum of the page
+//!   round-trips or of the writes, whichever is larger, not the slower of each pair.
 //! * Nothing is popped here (the poller never PUTs): a crash at any point leaves every
 //!   request at Concur, and the next run stores what this one did not.
 //! * The worker pops requests concurrently, which shifts Concur's offsets (Scenario 2 of
@@ -277,6 +278,9 @@ impl From<PollError> for lambda_runtime::Diagnostic {
 }
 
 /// A page as fetched: its items and when its GET was sent.
+/// Pages read and waiting for their writes, at most (besides the one being written).
+pub const WRITE_AHEAD_PAGES: usize = 2;
+
 struct Fetched {
     page: Page,
     fetched_at: chrono::DateTime<Utc>,
@@ -347,100 +351,111 @@ pub async fn poll<C: PendingSource, S: RequestStore>(
         .unwrap_or(started);
     let mut summary = PollSummary::default();
     let mut offset: Option<String> = None;
-    let mut unwritten: Option<Fetched> = None;
     let mut stop: Option<StopReason> = None;
     let mut concur_error: Option<ConcurError> = None;
-    let mut store_error: Option<StoreError> = None;
     // A NextPage naming another host: logged once per run, with the pages that did.
     let mut foreign_next_page: Option<(ForeignNextPage, u32)> = None;
-    loop {
-        if stop.is_none() {
-            if summary.pages >= settings.max_pages {
-                stop = Some(StopReason::PageCap);
-            } else if Instant::now() >= stop_at {
-                stop = Some(StopReason::Deadline);
-            }
-        }
-        let fetch = async {
-            match stop {
-                None => {
-                    let fetched_at = Utc::now();
-                    Some(
-                        concur
-                            .list_page(settings.page_limit, offset.as_deref(), stop_at)
-                            .await
-                            .map(|page| Fetched { page, fetched_at }),
-                    )
+    // Reading and writing run side by side: the pages read wait in a short queue for
+    // their writes, so a slow page of writes does not hold the next read back, nor a
+    // slow read the writes (each side paces itself on its own average, not on the
+    // slower of each pair). At most WRITE_AHEAD_PAGES read pages wait.
+    let (pages, mut to_write) = tokio::sync::mpsc::channel::<Fetched>(WRITE_AHEAD_PAGES);
+    let read = async {
+        loop {
+            if stop.is_none() {
+                if summary.pages >= settings.max_pages {
+                    stop = Some(StopReason::PageCap);
+                } else if Instant::now() >= stop_at {
+                    stop = Some(StopReason::Deadline);
                 }
-                Some(_) => None,
             }
-        };
-        let write = async {
-            match unwritten.take() {
-                Some(fetched) => store_page(store, fetched, settings.write_concurrency).await,
-                None => Vec::new(),
+            if stop.is_some() {
+                break;
             }
-        };
-        let (fetched, written) = tokio::join!(fetch, write);
-        for (request_id, result) in written {
-            match result {
-                Ok(None) => {}
-                Ok(Some(PollWrite::New)) => summary.new += 1,
-                Ok(Some(PollWrite::Requeued { attempt })) => {
-                    info!(request_id = %request_id, attempt, "requeued request stored as a new attempt");
-                    summary.requeued += 1
+            let fetched_at = Utc::now();
+            let fetched = concur
+                .list_page(settings.page_limit, offset.as_deref(), stop_at)
+                .await
+                .map(|page| Fetched { page, fetched_at });
+            match fetched {
+                Ok(mut fetched) => {
+                    summary.pages += 1;
+                    summary.seen += fetched.page.items.len() as u32;
+                    summary.quarantined += fetched.page.quarantined.len() as u32;
+                    summary.degraded += fetched.page.degraded.len() as u32;
+                    if let Some(foreign) = fetched.page.foreign_next_page.take() {
+                        foreign_next_page.get_or_insert((foreign, 0)).1 += 1;
+                    }
+                    match fetched.page.next_offset.take() {
+                        Some(next) => offset = Some(next),
+                        None => stop = Some(StopReason::Drained),
+                    }
+                    if pages.send(fetched).await.is_err() {
+                        break;
+                    }
                 }
-                Ok(Some(PollWrite::TokenRefreshed)) => summary.token_refreshed += 1,
-                Ok(Some(PollWrite::Recovered)) => summary.recovered += 1,
-                Ok(Some(PollWrite::Unchanged)) => summary.unchanged += 1,
+                // A call cut short by the deadline is the deadline, not a Concur failure.
+                Err(e)
+                    if matches!(e, ConcurError::DeadlineExceeded { .. })
+                        || (matches!(e, ConcurError::Timeout { .. })
+                            && Instant::now() >= stop_at) =>
+                {
+                    stop = Some(StopReason::Deadline)
+                }
                 Err(e) => {
-                    error!(request_id = %request_id, error = %e, "could not store a polled request");
-                    summary.failed += 1;
-                    store_error.get_or_insert(e);
+                    error!(
+                        error = %e,
+                        error_kind = e.kind(),
+                        correlation_id = e.correlation_id().unwrap_or(""),
+                        pages_done = summary.pages,
+                        "Concur failed while paging; stopping this run"
+                    );
+                    summary.error = Some(format!("{}: {e}", e.kind()));
+                    stop = Some(if e.pause().is_some() {
+                        StopReason::ConcurPaused
+                    } else {
+                        StopReason::ConcurError
+                    });
+                    concur_error = Some(e);
                 }
             }
         }
-        match fetched {
-            None => break,
-            Some(Ok(mut fetched)) => {
-                summary.pages += 1;
-                summary.seen += fetched.page.items.len() as u32;
-                summary.quarantined += fetched.page.quarantined.len() as u32;
-                summary.degraded += fetched.page.degraded.len() as u32;
-                if let Some(foreign) = fetched.page.foreign_next_page.take() {
-                    foreign_next_page.get_or_insert((foreign, 0)).1 += 1;
-                }
-                match fetched.page.next_offset.take() {
-                    Some(next) => offset = Some(next),
-                    None => stop = Some(StopReason::Drained),
-                }
-                unwritten = Some(fetched);
-            }
-            // A call cut short by the deadline is the deadline, not a Concur failure.
-            Some(Err(e))
-                if matches!(e, ConcurError::DeadlineExceeded { .. })
-                    || (matches!(e, ConcurError::Timeout { .. }) && Instant::now() >= stop_at) =>
+        // Closing the queue lets the writes finish the pages already read.
+        drop(pages);
+    };
+    let write = async {
+        let mut written = PollSummary::default();
+        let mut store_error: Option<StoreError> = None;
+        while let Some(fetched) = to_write.recv().await {
+            for (request_id, result) in store_page(store, fetched, settings.write_concurrency).await
             {
-                stop = Some(StopReason::Deadline)
-            }
-            Some(Err(e)) => {
-                error!(
-                    error = %e,
-                    error_kind = e.kind(),
-                    correlation_id = e.correlation_id().unwrap_or(""),
-                    pages_done = summary.pages,
-                    "Concur failed while paging; stopping this run"
-                );
-                summary.error = Some(format!("{}: {e}", e.kind()));
-                stop = Some(if e.pause().is_some() {
-                    StopReason::ConcurPaused
-                } else {
-                    StopReason::ConcurError
-                });
-                concur_error = Some(e);
+                match result {
+                    Ok(None) => {}
+                    Ok(Some(PollWrite::New)) => written.new += 1,
+                    Ok(Some(PollWrite::Requeued { attempt })) => {
+                        info!(request_id = %request_id, attempt, "requeued request stored as a new attempt");
+                        written.requeued += 1
+                    }
+                    Ok(Some(PollWrite::TokenRefreshed)) => written.token_refreshed += 1,
+                    Ok(Some(PollWrite::Recovered)) => written.recovered += 1,
+                    Ok(Some(PollWrite::Unchanged)) => written.unchanged += 1,
+                    Err(e) => {
+                        error!(request_id = %request_id, error = %e, "could not store a polled request");
+                        written.failed += 1;
+                        store_error.get_or_insert(e);
+                    }
+                }
             }
         }
-    }
+        (written, store_error)
+    };
+    let ((), (written, store_error)) = tokio::join!(read, write);
+    summary.new = written.new;
+    summary.requeued = written.requeued;
+    summary.token_refreshed = written.token_refreshed;
+    summary.recovered = written.recovered;
+    summary.unchanged = written.unchanged;
+    summary.failed = written.failed;
     if let Some((foreign, pages)) = foreign_next_page {
         warn!(
             next_page_host = %foreign.next_page_host,

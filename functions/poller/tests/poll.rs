@@ -848,3 +848,91 @@ async fn the_run_renews_refresh_tokens_due_for_renewal_after_the_poll() {
         .await
         .unwrap();
 }
+
+/// A store whose writes wait until released (reads pass through).
+struct Gated<'a> {
+    inner: &'a DynamoRequestStore,
+    open: tokio::sync::watch::Receiver<bool>,
+}
+
+impl RequestStore for Gated<'_> {
+    async fn record_polled(
+        &self,
+        request: &triplink_shared::model::ConnectionRequest,
+        fetched_at: chrono::DateTime<chrono::Utc>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<triplink_shared::store::PollWrite, triplink_shared::store::StoreError> {
+        let mut open = self.open.clone();
+        let _ = open.wait_for(|open| *open).await;
+        self.inner.record_polled(request, fetched_at, now).await
+    }
+    async fn record_quarantined(
+        &self,
+        id: &str,
+        reason: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<triplink_shared::store::QuarantineWrite, triplink_shared::store::StoreError> {
+        self.inner.record_quarantined(id, reason, now).await
+    }
+    async fn get(
+        &self,
+        id: &str,
+    ) -> Result<Option<RequestItem>, triplink_shared::store::StoreError> {
+        self.inner.get(id).await
+    }
+}
+
+/// A Concur whose list calls are counted.
+struct Counted<'a> {
+    inner: &'a ConcurClient,
+    lists: AtomicU32,
+}
+
+impl PendingSource for Counted<'_> {
+    async fn list_page(
+        &self,
+        limit: u32,
+        offset: Option<&str>,
+        deadline: Instant,
+    ) -> Result<Page, ConcurError> {
+        self.lists.fetch_add(1, Ordering::SeqCst);
+        self.inner.list_page(limit, offset, deadline).await
+    }
+}
+
+/// Reading runs ahead of writing, but only so far: while the store takes no write, the
+/// run reads at most the page being written, the pages waiting for it and the one in
+/// hand; once writes resume, every page read is written, once.
+#[tokio::test]
+async fn reading_runs_ahead_of_stuck_writes_by_a_bounded_number_of_pages() {
+    let sandbox = sandbox(200, |_| {}).await;
+    let client = client(&sandbox);
+    let concur = Counted {
+        inner: &client,
+        lists: AtomicU32::new(0),
+    };
+    let store = store().await;
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let gated = Gated {
+        inner: &store,
+        open: gate,
+    };
+    let settings = settings();
+    let run = poll(&concur, &gated, &settings, far());
+    tokio::pin!(run);
+    // Let the run read as far as it will while no write lands.
+    let waited = tokio::time::timeout(Duration::from_millis(1500), &mut run).await;
+    assert!(waited.is_err(), "the run cannot end while its writes wait");
+    let lists = concur.lists.load(Ordering::SeqCst);
+    let bound = (poller::WRITE_AHEAD_PAGES + 2) as u32;
+    assert!(
+        (1..=bound).contains(&lists),
+        "read {lists} pages ahead of the writes (at most {bound})"
+    );
+    assert!(testing::scan_requests(&store).await.is_empty());
+    open.send(true).unwrap();
+    let summary = run.await.unwrap();
+    assert_eq!(summary.stop_reason, StopReason::Drained);
+    assert_eq!(summary.new, 200, "{summary:?}");
+    assert_each_stored_once(&testing::scan_requests(&store).await, 200);
+}
