@@ -679,6 +679,10 @@ async fn main() {
     let mut sandbox_config = concur_sandbox::Config::for_tests();
     sandbox_config.users = DRAIN;
     sandbox_config.seed = Some(SEED);
+    let credentials = (
+        sandbox_config.client_id.clone(),
+        sandbox_config.client_secret.clone(),
+    );
     let sandbox = concur_sandbox::spawn(sandbox_config)
         .await
         .unwrap_or_else(|e| panic!("sandbox: {e}"));
@@ -716,6 +720,35 @@ async fn main() {
     let drain_writes = proxy.calls("PutItem");
     drop(proxy);
     let lists = fault_hits(&sandbox.local_url).await;
+    // Reading alone: the same pages (the poller popped nothing) read one after another by
+    // the same Concur client, with the same 20 ms, and no writes. What a list call costs
+    // beyond the injected latency (the sandbox's own work, loopback, parsing) is in it.
+    let reader =
+        triplink_shared::concur::ConcurClient::new(triplink_shared::concur::ConcurConfig::new(
+            triplink_shared::concur::BaseUrl::parse(&sandbox.local_url)
+                .unwrap_or_else(|e| panic!("sandbox URL: {e}")),
+            credentials.0,
+            secrecy::SecretString::from(credentials.1),
+        ))
+        .unwrap_or_else(|e| panic!("Concur client: {e}"));
+    let read_started = Instant::now();
+    let (mut read_pages, mut offset) = (0u64, None::<String>);
+    while read_pages < 2 * lists.max(1) {
+        let page = reader
+            .list_page(
+                PAGE as u32,
+                offset.as_deref(),
+                tokio::time::Instant::now() + Duration::from_secs(30),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("list: {e}"));
+        read_pages += 1;
+        match page.next_offset {
+            Some(next) => offset = Some(next),
+            None => break,
+        }
+    }
+    let reading_alone = ms(read_started.elapsed());
     let poller_rss = runs
         .iter()
         .filter_map(|i| i.peak_rss_kib)
@@ -729,6 +762,7 @@ async fn main() {
     let ratio = handler / (pages * LATENCY_MS as f64);
     let per_page = handler / pages;
     let drain_bounded = handler / (pages * LATENCY_MS as f64).max(drain_moto_busy);
+    let to_reading = handler / reading_alone;
     results.row(
         &format!(
             "poll drain: {DRAIN} requests, {} run(s), {lists} list calls",
@@ -753,6 +787,23 @@ async fn main() {
         None,
     );
     results.row(
+        &format!(
+            "poll drain: the same {read_pages} pages read alone, no writes (ms; / (pages x 20 ms))"
+        ),
+        format!(
+            "{reading_alone:.0} ms; {:.2}",
+            reading_alone / (read_pages as f64 * LATENCY_MS as f64)
+        ),
+        "",
+        None,
+    );
+    results.row(
+        "poll drain: handler / reading alone",
+        format!("{to_reading:.2}"),
+        "",
+        None,
+    );
+    results.row(
         &format!("poller peak RSS, {DRAIN} drain (MiB)"),
         format!("{poller_rss:.1} MiB"),
         "<= 30 MB",
@@ -772,7 +823,8 @@ async fn main() {
         json!({ "requests": DRAIN, "page": PAGE, "runs": runs.len(), "list_calls": lists,
                  "latency_ms": LATENCY_MS, "handler_ms": handler, "wall_ms": drain_wall,
                  "ratio": ratio, "ms_per_page": per_page, "moto_busy_ms": drain_moto_busy,
-                 "ratio_to_moto_bound": drain_bounded }),
+                 "ratio_to_moto_bound": drain_bounded, "reading_alone_ms": reading_alone,
+                 "reading_alone_pages": read_pages, "ratio_to_reading_alone": to_reading }),
     );
     results.json.insert(
         "peak_rss_mib".into(),
