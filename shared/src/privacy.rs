@@ -93,7 +93,9 @@ impl fmt::Debug for Masked<'_> {
 /// where they name the program's own vocabulary: a field (`` missing field `id` ``) or
 /// the list of what was expected (`` expected one of `active`, `closed` ``), and only
 /// when made of ASCII letters and underscores; every other back-quoted part becomes
-/// `` `…` ``. Line and column numbers and the error's category are kept.
+/// `` `…` ``, and since such a value may hold back quotes of its own, everything up to
+/// the message's last back quote goes with it. Line and column numbers and the error's
+/// category are kept.
 pub fn without_values(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
     let mut rest = message;
@@ -114,12 +116,26 @@ pub fn without_values(message: &str) -> String {
                 break;
             }
         }
+        let vocabulary = out.ends_with("field `") || out.contains("expected");
+        // A back-quoted value is not escaped: it may hold back quotes of its own, so
+        // where it ends is unknown. Unless it is a word of the vocabulary, it is taken to
+        // run to the last back quote of the message (what follows that is the program's).
+        if quote == '`' {
+            let word = end.is_some_and(|end| {
+                let inner = &after[..end];
+                vocabulary
+                    && !inner.is_empty()
+                    && inner.chars().all(|c| c.is_ascii_alphabetic() || c == '_')
+            });
+            if !word {
+                end = after.rfind('`');
+            }
+        }
         let Some(end) = end else {
             out.push('…');
             return out;
         };
         let inner = &after[..end];
-        let vocabulary = out.ends_with("field `") || out.contains("expected");
         if quote == '`'
             && vocabulary
             && !inner.is_empty()
@@ -284,7 +300,17 @@ mod tests {
             ),
             (
                 "missing field `last_name`; unknown variant `Smith`, expected one of `active`",
-                "missing field `last_name`; unknown variant `…`, expected one of `active`",
+                "missing field `last_name`; unknown variant `…`",
+            ),
+            // A value holding back quotes of its own (quick-xml's mismatched end tag, or
+            // serde's unknown variant) shows none of itself.
+            (
+                "ill-formed document: expected `</a>`, but `</b`maria`smith>` was found",
+                "ill-formed document: expected `…` was found",
+            ),
+            (
+                "unknown variant `x`, expected one of `MARIA`, expected one of `active`",
+                "unknown variant `…`",
             ),
             (
                 "at 3..9: unrecognized entity `maria`",
