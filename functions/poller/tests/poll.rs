@@ -882,35 +882,14 @@ impl RequestStore for Gated<'_> {
     }
 }
 
-/// A Concur whose list calls are counted.
-struct Counted<'a> {
-    inner: &'a ConcurClient,
-    lists: AtomicU32,
-}
-
-impl PendingSource for Counted<'_> {
-    async fn list_page(
-        &self,
-        limit: u32,
-        offset: Option<&str>,
-        deadline: Instant,
-    ) -> Result<Page, ConcurError> {
-        self.lists.fetch_add(1, Ordering::SeqCst);
-        self.inner.list_page(limit, offset, deadline).await
-    }
-}
-
 /// Reading runs ahead of writing, but only so far: while the store takes no write, the
 /// run reads at most the page being written, the pages waiting for it and the one in
 /// hand; once writes resume, every page read is written, once.
 #[tokio::test]
 async fn reading_runs_ahead_of_stuck_writes_by_a_bounded_number_of_pages() {
     let sandbox = sandbox(200, |_| {}).await;
-    let client = client(&sandbox);
-    let concur = Counted {
-        inner: &client,
-        lists: AtomicU32::new(0),
-    };
+    // Counts the pages read (no fault ever set).
+    let concur = fault_after(&sandbox, u32::MAX, Vec::new());
     let store = store().await;
     let (open, gate) = tokio::sync::watch::channel(false);
     let gated = Gated {
@@ -923,7 +902,7 @@ async fn reading_runs_ahead_of_stuck_writes_by_a_bounded_number_of_pages() {
     // Let the run read as far as it will while no write lands.
     let waited = tokio::time::timeout(Duration::from_millis(1500), &mut run).await;
     assert!(waited.is_err(), "the run cannot end while its writes wait");
-    let lists = concur.lists.load(Ordering::SeqCst);
+    let lists = concur.pages.load(Ordering::SeqCst);
     let bound = (poller::WRITE_AHEAD_PAGES + 2) as u32;
     assert!(
         (1..=bound).contains(&lists),
