@@ -99,9 +99,15 @@ async fn run_everything_at_once(env: &Env, store: &DynamoRequestStore) -> u32 {
                     // Short invocations (6 s, 3 s of it past the worker's margin), so the
                     // lease of a holder that got stuck ends quickly.
                     let deadline = Utc::now().timestamp_millis() + 6_000;
-                    worker
-                        .process_batch(&batch, &format!("{name}-{invocation}"), deadline)
-                        .await;
+                    // Lambda stops an invocation at its deadline: nothing of it runs
+                    // after, so nothing of it outlives its lease (which ends just after
+                    // the deadline). On a loaded machine a holder could otherwise still
+                    // be exchanging when another worker takes the attempt over.
+                    let _ = tokio::time::timeout(
+                        Duration::from_millis(6_000),
+                        worker.process_batch(&batch, &format!("{name}-{invocation}"), deadline),
+                    )
+                    .await;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
