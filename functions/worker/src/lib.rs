@@ -12,10 +12,12 @@
 //! 3. On a match, record that the token is being submitted, **exchange** it and
 //!    **store** the connection. A token an earlier holder submitted is never submitted
 //!    again: its connection is looked up in the vault, or a fresh token is read.
-//! 4. **Record the decision** (`working` → `decided`) before sending it: a crash after
-//!    this line re-sends the same status, never another one.
-//! 5. Count the PUT, **PUT** the status, and **record it reported** with how Concur
-//!    took it (accepted, a lost acknowledgement, or not outstanding).
+//! 4. **Record the decision** (`working` → `decided`) before sending it, in the same
+//!    write as the count of the PUT about to send it: a crash after this line re-sends
+//!    the same status, never another one, once Concur shows it did not take the first.
+//! 5. **PUT** the status, and **record it reported** with how Concur took it (accepted,
+//!    a lost acknowledgement, or not outstanding). A re-sent decision counts its PUT in
+//!    a write of its own first.
 //!
 //! A failure the process survives releases the lease with a backoff (no status is
 //! spent on it); a crash leaves the lease to expire. Either way the poller's sweep
