@@ -31,7 +31,7 @@ use tracing::{error, info, warn};
 use crate::concur::{
     BaseUrl, ConcurClient, ConcurError, OAuthErrorKind, UserTokens, DEFAULT_CALL_TIMEOUT,
 };
-use crate::store::dynamo::{sdk_error, update_expressions as expressions};
+use crate::store::dynamo::{is_condition_failure, sdk_error, update_expressions as expressions};
 use crate::store::layout::{members, timestamp};
 use crate::store::StoreError;
 use crate::telemetry::{Metrics, Unit};
@@ -333,15 +333,6 @@ fn parse(
 
 fn s(value: impl Into<String>) -> AttributeValue {
     AttributeValue::S(value.into())
-}
-
-fn is_condition_failure<E: aws_sdk_dynamodb::error::ProvideErrorMetadata, R>(
-    error: &aws_sdk_dynamodb::error::SdkError<E, R>,
-) -> bool {
-    error
-        .as_service_error()
-        .and_then(|e| e.code())
-        .is_some_and(|code| code == "ConditionalCheckFailedException")
 }
 
 /// The keep-alive's knobs.

@@ -60,7 +60,7 @@ where
     }
 }
 
-fn is_condition_failure<E, R>(error: &SdkError<E, R>) -> bool
+pub(crate) fn is_condition_failure<E, R>(error: &SdkError<E, R>) -> bool
 where
     E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
 {
@@ -559,7 +559,8 @@ struct ClaimWrite<'a> {
 impl DynamoRequestStore {
     /// The claim write; `None` when its condition failed (the item is not as assumed).
     async fn try_claim(&self, write: &ClaimWrite<'_>) -> Result<Option<Claim>, StoreError> {
-        // An attempt with a recorded decision is claimed to re-send it, never to decide again.
+        // The target matches what is stored: `decided` only with a decision, `working`
+        // only without one.
         let decision_fence = match write.target {
             RequestState::Decided => "attribute_exists(#status)",
             _ => "attribute_not_exists(#status)",
