@@ -207,7 +207,13 @@ async fn run_with_chaos(
     (injected, effect): (&str, &str),
 ) {
     let _serial = SERIAL.lock().await;
-    let mut stack = stack(name, &[("WorkerTimeoutSeconds", "10")]).await;
+    // One page per poller run (a run every 500 ms): the queue flows in over seconds, so
+    // work is left when the chaos is armed, however fast the warm-up's invocations.
+    let mut stack = stack(
+        name,
+        &[("WorkerTimeoutSeconds", "10"), ("PollMaxPages", "1")],
+    )
+    .await;
     let work_dir = stack.log_dir();
     let started = Instant::now();
     stack.start_traffic().await.unwrap();
